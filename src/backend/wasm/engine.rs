@@ -1,0 +1,352 @@
+//! Engines, memory caps and the compiled-module cache.
+//!
+//! Two base engines exist per process, created on first use: one whose code carries only the
+//! stop checks, one that also meters fuel (see [`guard`](super::guard)). Compiled modules are
+//! cached per base engine, in memory by the SHA-256 of the module's binary, and optionally on
+//! disk. Each sandbox uses a *clone* of a base engine with its own [`CappedTunables`]: clones
+//! share compiled code, and the tunables only change how memories and tables are created at
+//! instantiation, not the code, so one compiled module serves every memory cap.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use wasmer::sys::vm::{
+    MemoryError, MemoryStyle, TableStyle, VMConfig, VMMemory, VMMemoryDefinition, VMTable, VMTableDefinition,
+};
+use wasmer::sys::{
+    BaseTunables, CompilerConfig, Cranelift, CraneliftOptLevel, EngineBuilder, NativeEngineExt, Tunables,
+};
+use wasmer::{Engine, MemoryType, Module, Pages, TableType};
+
+use super::guard::{Guard, GUARD_VERSION};
+use crate::{Error, Result};
+
+/// Tables may not grow past this many elements (16 MiB of host memory for funcref tables).
+pub(crate) const MAX_TABLE_ELEMENTS: u32 = 1 << 20;
+/// Compiled modules kept in memory per engine; the least recently used is dropped beyond it.
+const MEMORY_CACHE_ENTRIES: usize = 256;
+
+thread_local! {
+    /// Set when the tunables refuse a memory whose *minimum* exceeds the cap, so that the
+    /// instantiating thread can report `MemoryLimit` instead of a generic link error.
+    static MEMORY_REFUSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Returns and clears the flag set when this thread's last instantiation was refused memory.
+pub(crate) fn take_memory_refused() -> bool {
+    MEMORY_REFUSED.with(|f| f.replace(false))
+}
+
+/// Tunables that cap linear memories and tables. The memory *style* is left to
+/// [`BaseTunables`] (static, 4 GiB reservation + guard), so compiled code does not depend on the
+/// cap.
+#[derive(Clone)]
+pub(crate) struct CappedTunables {
+    base: BaseTunables,
+    max_pages: Option<Pages>,
+}
+
+impl CappedTunables {
+    fn memory_type(&self, ty: &MemoryType) -> Result<MemoryType, MemoryError> {
+        let Some(cap) = self.max_pages else {
+            return Ok(*ty);
+        };
+        if ty.minimum > cap {
+            MEMORY_REFUSED.with(|f| f.set(true));
+            return Err(MemoryError::MinimumMemoryTooLarge { min_requested: ty.minimum, max_allowed: cap });
+        }
+        let maximum = Some(ty.maximum.map_or(cap, |m| m.min(cap)));
+        Ok(MemoryType { maximum, ..*ty })
+    }
+
+    fn table_type(ty: &TableType) -> Result<TableType, String> {
+        if ty.minimum > MAX_TABLE_ELEMENTS {
+            MEMORY_REFUSED.with(|f| f.set(true));
+            return Err(format!("table of {} elements exceeds sandcell's limit of {MAX_TABLE_ELEMENTS}", ty.minimum));
+        }
+        let maximum = Some(ty.maximum.map_or(MAX_TABLE_ELEMENTS, |m| m.min(MAX_TABLE_ELEMENTS)));
+        Ok(TableType { maximum, ..*ty })
+    }
+}
+
+impl Tunables for CappedTunables {
+    fn memory_style(&self, memory: &MemoryType) -> MemoryStyle {
+        self.base.memory_style(memory)
+    }
+
+    fn table_style(&self, table: &TableType) -> TableStyle {
+        self.base.table_style(table)
+    }
+
+    fn create_host_memory(&self, ty: &MemoryType, style: &MemoryStyle) -> Result<VMMemory, MemoryError> {
+        self.base.create_host_memory(&self.memory_type(ty)?, style)
+    }
+
+    unsafe fn create_vm_memory(
+        &self,
+        ty: &MemoryType,
+        style: &MemoryStyle,
+        vm_definition_location: NonNull<VMMemoryDefinition>,
+    ) -> Result<VMMemory, MemoryError> {
+        let ty = self.memory_type(ty)?;
+        // SAFETY: forwarded unchanged; the caller guarantees `vm_definition_location` is valid.
+        unsafe { self.base.create_vm_memory(&ty, style, vm_definition_location) }
+    }
+
+    fn create_host_table(&self, ty: &TableType, style: &TableStyle) -> Result<VMTable, String> {
+        self.base.create_host_table(&Self::table_type(ty)?, style)
+    }
+
+    unsafe fn create_vm_table(
+        &self,
+        ty: &TableType,
+        style: &TableStyle,
+        vm_definition_location: NonNull<VMTableDefinition>,
+    ) -> Result<VMTable, String> {
+        let ty = Self::table_type(ty)?;
+        // SAFETY: forwarded unchanged; the caller guarantees `vm_definition_location` is valid.
+        unsafe { self.base.create_vm_table(&ty, style, vm_definition_location) }
+    }
+
+    fn vmconfig(&self) -> &VMConfig {
+        self.base.vmconfig()
+    }
+}
+
+/// A base engine and its in-memory module cache.
+pub(crate) struct BaseEngine {
+    engine: Engine,
+    metered: bool,
+    modules: Mutex<Lru>,
+}
+
+#[derive(Default)]
+struct Lru {
+    clock: u64,
+    entries: HashMap<[u8; 32], (u64, CompiledModule)>,
+}
+
+/// A compiled module and what sandcell learned about it at compile time.
+#[derive(Clone)]
+pub(crate) struct CompiledModule {
+    pub(crate) module: Module,
+    /// Whether the module imports anything (all imports are WASI preview 1, checked).
+    pub(crate) uses_wasi: bool,
+}
+
+/// Where compiled modules come from on a lookup (for tests and benches).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CacheSource {
+    Memory,
+    Disk,
+    Compiled,
+}
+
+static PLAIN: OnceLock<BaseEngine> = OnceLock::new();
+static METERED: OnceLock<BaseEngine> = OnceLock::new();
+
+/// The base engine of the given flavour, created on first use.
+pub(crate) fn base(metered: bool) -> &'static BaseEngine {
+    let cell = if metered { &METERED } else { &PLAIN };
+    cell.get_or_init(|| {
+        let mut compiler = Cranelift::default();
+        compiler.opt_level(CraneliftOptLevel::Speed);
+        compiler.push_middleware(Guard::new(metered));
+        let engine: Engine = EngineBuilder::new(compiler).into();
+        BaseEngine { engine, metered, modules: Mutex::new(Lru::default()) }
+    })
+}
+
+impl BaseEngine {
+    /// A clone of this engine whose instances get at most `memory_bytes` of linear memory.
+    pub(crate) fn capped(&self, memory_bytes: Option<u64>) -> Engine {
+        let max_pages = memory_bytes
+            .map(|b| Pages(u32::try_from(b / wasmer::WASM_PAGE_SIZE as u64).unwrap_or(u32::MAX).min(65536)));
+        let mut engine = self.engine.clone();
+        engine.set_tunables(CappedTunables { base: BaseTunables::default(), max_pages });
+        engine
+    }
+
+    /// What identifies this engine's compiled code, for cache keys.
+    fn fingerprint(&self) -> String {
+        format!(
+            "wasmer {} / {} / guard v{GUARD_VERSION} / metered {}",
+            wasmer_types::VERSION,
+            self.engine.deterministic_id(),
+            self.metered
+        )
+    }
+
+    /// Returns the compiled module for `wasm` (binary), from memory, disk, or by compiling it.
+    pub(crate) fn module(&self, wasm: &[u8], disk: Option<&DiskCache>) -> Result<(CompiledModule, CacheSource)> {
+        let hash: [u8; 32] = Sha256::digest(wasm).into();
+        {
+            let mut lru = self.modules.lock();
+            lru.clock += 1;
+            let now = lru.clock;
+            if let Some((used, m)) = lru.entries.get_mut(&hash) {
+                *used = now;
+                return Ok((m.clone(), CacheSource::Memory));
+            }
+        }
+        let key = disk.map(|_| hex(&Sha256::digest([&hash[..], self.fingerprint().as_bytes()].concat())));
+        let mut source = CacheSource::Compiled;
+        let mut module = None;
+        if let (Some(disk), Some(key)) = (disk, &key) {
+            if let Some(bytes) = disk.load(key) {
+                // SAFETY: `DiskCache::load` returns only bytes that this code wrote (checked by a
+                // digest and version header) into a directory that only this user may write to.
+                if let Ok(m) = unsafe { Module::deserialize(&self.engine, bytes) } {
+                    module = Some(m);
+                    source = CacheSource::Disk;
+                }
+            }
+        }
+        let module = match module {
+            Some(m) => m,
+            None => {
+                let m = Module::from_binary(&self.engine, wasm)
+                    .map_err(|e| Error::invalid_program(format!("not a valid WebAssembly module: {e}")))?;
+                if let (Some(disk), Some(key)) = (disk, &key) {
+                    let bytes = m
+                        .serialize()
+                        .map_err(|e| Error::Engine { reason: format!("cannot serialize a compiled module: {e}") })?;
+                    disk.store(key, &bytes)?;
+                }
+                m
+            }
+        };
+        let uses_wasi = check_imports(&module)?;
+        let compiled = CompiledModule { module, uses_wasi };
+        let mut lru = self.modules.lock();
+        if lru.entries.len() >= MEMORY_CACHE_ENTRIES {
+            if let Some(oldest) = lru.entries.iter().min_by_key(|(_, (used, _))| *used).map(|(k, _)| *k) {
+                lru.entries.remove(&oldest);
+            }
+        }
+        let now = lru.clock;
+        lru.entries.insert(hash, (now, compiled.clone()));
+        Ok((compiled, source))
+    }
+}
+
+/// The WASI preview 1 namespace, the only one a sandbox provides.
+pub(crate) const WASI_MODULE: &str = "wasi_snapshot_preview1";
+
+/// Refuses modules that import anything but WASI preview 1 functions (no host memory, no
+/// wasix extensions, no sockets). Returns whether the module imports anything.
+fn check_imports(module: &Module) -> Result<bool> {
+    let mut any = false;
+    for import in module.imports() {
+        any = true;
+        let is_fn = matches!(import.ty(), wasmer::ExternType::Function(_));
+        if import.module() != WASI_MODULE || !is_fn {
+            return Err(Error::invalid_program(format!(
+                "the module imports `{}::{}`, which sandcell does not provide: a wasm sandbox offers only \
+                 WASI preview 1 functions (`{WASI_MODULE}`)",
+                import.module(),
+                import.name()
+            )));
+        }
+    }
+    Ok(any)
+}
+
+/// Parses WAT text into a binary module, or returns the bytes unchanged if already binary.
+pub(crate) fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+    if bytes.starts_with(b"\0asm") {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        Error::invalid_program("neither a WebAssembly binary (no `\\0asm` header) nor WAT text (not UTF-8)")
+    })?;
+    wasmer::wat2wasm(text.as_bytes())
+        .map(|b| std::borrow::Cow::Owned(b.into_owned()))
+        .map_err(|e| Error::invalid_program(format!("not a valid WAT module: {e}")))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compiled modules on disk. Files are `<key>.module`: a header (magic, format version, SHA-256
+/// of the payload) and wasmer's serialized artifact. wasmer does not check artifacts when
+/// loading them, so sandcell only uses a directory that nobody else can write to, and checks the
+/// digest so that a truncated or corrupted file is recompiled rather than loaded.
+#[derive(Debug)]
+pub(crate) struct DiskCache {
+    dir: PathBuf,
+}
+
+const DISK_MAGIC: &[u8; 8] = b"SCMODv1\0";
+
+impl DiskCache {
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
+        let err = |reason: String| Error::Cache { dir: dir.to_owned(), reason };
+        fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+        let meta = fs::metadata(dir).map_err(|e| err(format!("cannot read it: {e}")))?;
+        if !meta.is_dir() {
+            return Err(err("is not a directory".into()));
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        if meta.uid() != uid {
+            return Err(err(format!(
+                "is owned by uid {} but sandcell runs as uid {uid}; compiled code is loaded from it, so it must be \
+                 owned by the current user",
+                meta.uid()
+            )));
+        }
+        if meta.permissions().mode() & 0o022 != 0 {
+            return Err(err("is writable by group or others; run `chmod go-w` on it".into()));
+        }
+        Ok(DiskCache { dir: dir.to_owned() })
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.module"))
+    }
+
+    fn load(&self, key: &str) -> Option<Vec<u8>> {
+        let data = fs::read(self.path(key)).ok()?;
+        let (header, payload) = data.split_at_checked(8 + 32)?;
+        if &header[..8] != DISK_MAGIC || header[8..] != Sha256::digest(payload)[..] {
+            return None;
+        }
+        Some(payload.to_vec())
+    }
+
+    fn store(&self, key: &str, payload: &[u8]) -> Result<()> {
+        let err = |reason: String| Error::Cache { dir: self.dir.clone(), reason };
+        let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode_0600().open(&tmp)?;
+            f.write_all(DISK_MAGIC)?;
+            f.write_all(&Sha256::digest(payload))?;
+            f.write_all(payload)?;
+            f.sync_data()?;
+            fs::rename(&tmp, self.path(key))
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            err(format!("cannot write a compiled module: {e}"))
+        })
+    }
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+impl Mode0600 for fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+}

@@ -1,0 +1,82 @@
+//! sandcell runs untrusted code behind one [`Sandbox`] trait, with three isolation backends:
+//! WebAssembly (wasmer + Cranelift), a confined Linux process, and a kernel-less KVM micro-VM.
+//!
+//! ```
+//! use std::time::Duration;
+//! use sandcell::{BackendKind, Policy, Program, Sandbox, SandboxBuilder, Status};
+//!
+//! let policy = Policy::builder()
+//!     .memory(64 << 20)                 // 64 MiB
+//!     .timeout(Duration::from_secs(2))  // wall clock
+//!     .build()?;
+//! let sandbox = SandboxBuilder::new(BackendKind::Wasm).policy(policy).build()?;
+//! let outcome = sandbox.run(&Program::path("examples/hello.wat"))?;
+//! assert_eq!(outcome.status, Status::Exited(0));
+//! assert_eq!(String::from_utf8_lossy(&outcome.stdout), "Hello, world!\n");
+//! # Ok::<(), sandcell::Error>(())
+//! ```
+//!
+//! # Core concepts
+//!
+//! - [`Policy`]: what a run may do — memory, CPU, wall-clock timeout, processes, output size,
+//!   filesystem mounts, network, environment. Backend-neutral, serde-(de)serializable,
+//!   validated once when a sandbox is built. A backend enforces every field or refuses the
+//!   policy with [`Error::Unenforceable`]; nothing is silently weakened.
+//! - [`Program`]: what to run — a wasm module, a native executable, or a micro-VM guest — with
+//!   its arguments, environment, stdin and working directory.
+//! - [`Outcome`]: how the run ended ([`Status`]), its captured stdout and stderr (capped), and
+//!   what it used ([`Usage`]).
+//! - [`Sandbox`]: the trait every backend implements; built by [`SandboxBuilder`]. A sandbox is
+//!   `Send + Sync` and runs many programs from many threads.
+//! - [`InterruptHandle`]: stops runs from another thread, on every backend.
+//! - [`probe()`]: what this host supports.
+//!
+//! Two kinds of failure are never mixed: whatever the *guest* does is an [`Outcome`]; an
+//! [`Error`] means the *host* could not do what was asked, and says how to fix it.
+//!
+//! # Cargo features
+//!
+//! - `process` (default): the process backend (Linux).
+//! - `microvm` (default): the micro-VM backend (Linux, x86-64, `/dev/kvm`).
+//!
+//! The wasm backend is always built.
+
+#![deny(missing_docs)]
+#![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+mod backend;
+mod control;
+mod error;
+mod outcome;
+mod policy;
+mod probe;
+mod program;
+mod sandbox;
+mod sys;
+pub mod units;
+
+pub use backend::wasm::WasmSandbox;
+pub use control::{InterruptHandle, OutputCallback};
+pub use error::{Error, ErrorKind, Result};
+pub use outcome::{signal_name, CpuBudget, Outcome, Status, Stream, Trap, TrapKind, Usage};
+pub use policy::{
+    Mount, Network, Policy, PolicyBuilder, DEFAULT_MAX_OPEN_FILES, DEFAULT_MAX_OUTPUT, DEFAULT_MAX_PROCESSES,
+    DEFAULT_MEMORY,
+};
+pub use probe::{probe, BackendSupport, Cgroups, HostSupport, KvmFlavor, Probe};
+pub use program::{Artifact, Program};
+pub use sandbox::{sandbox, BackendKind, RunOptions, Sandbox, SandboxBuilder};
+
+/// Compile-time check that the public types can cross threads.
+#[allow(dead_code)]
+fn _assert_thread_safety() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Policy>();
+    send_sync::<Program>();
+    send_sync::<Outcome>();
+    send_sync::<Error>();
+    send_sync::<InterruptHandle>();
+    send_sync::<Box<dyn Sandbox>>();
+    send_sync::<WasmSandbox>();
+    send_sync::<Probe>();
+}

@@ -1,0 +1,173 @@
+//! The [`Sandbox`] trait and building a sandbox from a backend and a policy.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::control::{InterruptHandle, OutputCallback};
+use crate::{Error, Outcome, Policy, Program, Result};
+
+/// The isolation backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum BackendKind {
+    /// WebAssembly (wasmer + Cranelift), WASI preview 1. Runs `.wasm` / `.wat` modules.
+    Wasm = 1,
+    /// A Linux process confined by namespaces, seccomp-bpf, Landlock and resource limits.
+    /// Runs native executables.
+    Process = 2,
+    /// A kernel-less KVM micro-VM. Runs wasm modules (engine inside the guest) and freestanding
+    /// guest programs.
+    MicroVm = 3,
+}
+
+impl BackendKind {
+    /// All backends.
+    pub const ALL: [BackendKind; 3] = [BackendKind::Wasm, BackendKind::Process, BackendKind::MicroVm];
+
+    /// The lowercase name used by the CLI and in JSON (`wasm`, `process`, `microvm`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Wasm => "wasm",
+            BackendKind::Process => "process",
+            BackendKind::MicroVm => "microvm",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "wasm" => Ok(BackendKind::Wasm),
+            "process" => Ok(BackendKind::Process),
+            "microvm" => Ok(BackendKind::MicroVm),
+            other => Err(Error::invalid_policy(
+                "backend",
+                format!("unknown backend `{other}`: expected wasm, process or microvm"),
+            )),
+        }
+    }
+}
+
+/// Per-run options beyond the [`Program`]: an interrupt handle and a streaming output callback.
+#[derive(Default)]
+#[must_use]
+pub struct RunOptions {
+    /// Attach the run to this handle as well as to the sandbox's own.
+    pub interrupt: Option<InterruptHandle>,
+    /// Called with each chunk of output as the guest produces it, on the thread running the
+    /// guest. The chunks are also captured in the [`Outcome`], within the same cap.
+    pub on_output: Option<OutputCallback>,
+}
+
+impl RunOptions {
+    /// No options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets [`RunOptions::interrupt`].
+    pub fn interrupt(mut self, handle: InterruptHandle) -> Self {
+        self.interrupt = Some(handle);
+        self
+    }
+    /// Sets [`RunOptions::on_output`].
+    pub fn on_output(mut self, callback: impl FnMut(crate::Stream, &[u8]) + Send + 'static) -> Self {
+        self.on_output = Some(Box::new(callback));
+        self
+    }
+}
+
+impl fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("interrupt", &self.interrupt)
+            .field("on_output", &self.on_output.as_ref().map(|_| "callback"))
+            .finish()
+    }
+}
+
+/// An isolation backend with a policy applied. `Send + Sync`: one sandbox runs many programs,
+/// from many threads at once; each run is independent.
+pub trait Sandbox: Send + Sync + fmt::Debug {
+    /// Which backend this is.
+    fn backend(&self) -> BackendKind;
+
+    /// The validated policy every run follows.
+    fn policy(&self) -> &Policy;
+
+    /// Runs a program to completion. `Ok` whatever the guest did; `Err` only when the host could
+    /// not run it (unreadable or malformed program, a system resource missing).
+    fn run(&self, program: &Program) -> Result<Outcome> {
+        self.run_with(program, RunOptions::default())
+    }
+
+    /// Runs a program with [`RunOptions`].
+    fn run_with(&self, program: &Program, options: RunOptions) -> Result<Outcome>;
+
+    /// The sandbox's interrupt handle: stops every run in progress on this sandbox.
+    fn interrupt_handle(&self) -> InterruptHandle;
+}
+
+/// Builds a [`Sandbox`] for a backend: the policy plus backend configuration that is not policy
+/// (where compiled modules are cached).
+///
+/// ```
+/// use sandcell::{BackendKind, Policy, Program, SandboxBuilder, Status};
+/// let sandbox = SandboxBuilder::new(BackendKind::Wasm)
+///     .policy(Policy::builder().memory(32 << 20).build()?)
+///     .build()?;
+/// let outcome = sandbox.run(&Program::path("examples/hello.wat"))?;
+/// assert_eq!(outcome.status, Status::Exited(0));
+/// assert_eq!(outcome.stdout, b"Hello, world!\n");
+/// # Ok::<(), sandcell::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct SandboxBuilder {
+    pub(crate) backend: BackendKind,
+    pub(crate) policy: Policy,
+    pub(crate) cache_dir: Option<PathBuf>,
+}
+
+impl SandboxBuilder {
+    /// A builder for `backend` with the default policy.
+    pub fn new(backend: BackendKind) -> Self {
+        SandboxBuilder { backend, policy: Policy::default(), cache_dir: None }
+    }
+
+    /// The policy of every run.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// A directory for compiled artifacts (wasm modules; micro-VM guest images), shared by every
+    /// process that uses the same directory. It must be owned by the current user and not be
+    /// writable by others: sandcell loads native code from it.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Validates the policy, lowers it onto the backend, and returns the sandbox.
+    pub fn build(self) -> Result<Box<dyn Sandbox>> {
+        self.policy.validate()?;
+        match self.backend {
+            BackendKind::Wasm => Ok(Box::new(crate::backend::wasm::WasmSandbox::new(self)?)),
+            BackendKind::Process => crate::backend::build_process(self),
+            BackendKind::MicroVm => crate::backend::build_microvm(self),
+        }
+    }
+}
+
+/// Shorthand for `SandboxBuilder::new(backend).policy(policy).build()`.
+pub fn sandbox(backend: BackendKind, policy: Policy) -> Result<Box<dyn Sandbox>> {
+    SandboxBuilder::new(backend).policy(policy).build()
+}
