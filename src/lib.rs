@@ -58,7 +58,7 @@ pub mod units;
 pub use backend::wasm::WasmSandbox;
 pub use control::{InterruptHandle, OutputCallback};
 pub use error::{Error, ErrorKind, Result};
-pub use outcome::{signal_name, CpuBudget, Outcome, Status, Stream, Trap, TrapKind, Usage};
+pub use outcome::{signal_name, ArtifactSource, CpuBudget, Outcome, Status, Stream, Trap, TrapKind, Usage};
 pub use policy::{
     Mount, Network, Policy, PolicyBuilder, DEFAULT_MAX_OPEN_FILES, DEFAULT_MAX_OUTPUT, DEFAULT_MAX_PROCESSES,
     DEFAULT_MEMORY,

@@ -216,6 +216,30 @@ pub struct Usage {
     pub peak_memory_bytes: u64,
     /// Fuel consumed, when the policy set a fuel budget.
     pub fuel: Option<u64>,
+    /// Where the compiled program came from (wasm and micro-VM backends).
+    pub artifact: Option<ArtifactSource>,
+}
+
+/// Where a run's compiled artifact came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArtifactSource {
+    /// The in-memory cache of this process.
+    Memory,
+    /// The on-disk cache directory.
+    Disk,
+    /// Compiled for this run (and stored in the caches).
+    Compiled,
+}
+
+impl ArtifactSource {
+    /// `memory`, `disk` or `compiled`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ArtifactSource::Memory => "memory",
+            ArtifactSource::Disk => "disk",
+            ArtifactSource::Compiled => "compiled",
+        }
+    }
 }
 
 /// The two output streams.
@@ -252,12 +276,11 @@ impl Outcome {
     /// `{"status": {"kind": ..., "code"|"signal"|"detail": ...}, "stdout": ..., "stderr": ...,
     /// "usage": {...}, "enforced": {...}, "skipped": {...}}`.
     ///
-    /// Output that is valid UTF-8 is an ordinary JSON string. Output that is not keeps every
-    /// byte: each byte that is not part of valid UTF-8 is written as the escape `\udcXX`
-    /// (`XX` = the byte, the "surrogateescape" convention of PEP 383, so that Python's
-    /// `s.encode("utf-8", "surrogateescape")` gives the exact bytes back), and the exact bytes
-    /// are also given base64-encoded in `stdout_base64` / `stderr_base64` for JSON parsers that
-    /// reject lone surrogates.
+    /// Output that is valid UTF-8 is an ordinary JSON string. Output that is not is given twice:
+    /// `stdout` holds it as text with each invalid byte replaced by U+FFFD (readable, and
+    /// accepted by every JSON parser), and `stdout_base64` holds the exact bytes, base64-encoded
+    /// (likewise `stderr_base64`). So no byte is ever lost, and `*_base64` appears exactly when
+    /// the output is not UTF-8.
     pub fn to_json(&self) -> String {
         let mut out = String::with_capacity(self.stdout.len() + self.stderr.len() + 256);
         out.push_str("{\"status\":{\"kind\":");
@@ -287,11 +310,12 @@ impl Outcome {
         }
         let u = &self.usage;
         out.push_str(&format!(
-            ",\"usage\":{{\"wall_ms\":{:.3},\"cpu_ms\":{:.3},\"peak_memory_bytes\":{},\"fuel\":{}}}",
+            ",\"usage\":{{\"wall_ms\":{:.3},\"cpu_ms\":{:.3},\"peak_memory_bytes\":{},\"fuel\":{},\"cache\":{}}}",
             u.wall.as_secs_f64() * 1e3,
             u.cpu.as_secs_f64() * 1e3,
             u.peak_memory_bytes,
             u.fuel.map_or_else(|| "null".to_owned(), |f| f.to_string()),
+            u.artifact.map_or_else(|| "null".to_owned(), |a| format!("\"{}\"", a.name())),
         ));
         for (name, map) in [("enforced", &self.enforced), ("skipped", &self.skipped)] {
             out.push_str(&format!(",\"{name}\":{{"));
@@ -331,28 +355,9 @@ fn json_char(out: &mut String, c: char) {
     }
 }
 
-/// Appends bytes as a JSON string, escaping bytes that are not valid UTF-8 as `\udcXX`.
-fn json_bytes(out: &mut String, mut bytes: &[u8]) {
-    out.push('"');
-    loop {
-        match std::str::from_utf8(bytes) {
-            Ok(s) => {
-                s.chars().for_each(|c| json_char(out, c));
-                break;
-            }
-            Err(e) => {
-                let (good, rest) = bytes.split_at(e.valid_up_to());
-                // SAFETY-free: `good` is valid UTF-8 by `valid_up_to`.
-                std::str::from_utf8(good).unwrap_or_default().chars().for_each(|c| json_char(out, c));
-                let bad = e.error_len().unwrap_or(rest.len());
-                for b in &rest[..bad] {
-                    out.push_str(&format!("\\udc{b:02x}"));
-                }
-                bytes = &rest[bad..];
-            }
-        }
-    }
-    out.push('"');
+/// Appends bytes as a JSON string, with invalid UTF-8 replaced by U+FFFD.
+fn json_bytes(out: &mut String, bytes: &[u8]) {
+    json_str(out, &String::from_utf8_lossy(bytes));
 }
 
 /// Standard base64 with padding.
@@ -388,7 +393,7 @@ mod tests {
             skipped: BTreeMap::new(),
         };
         let json = outcome.to_json();
-        assert!(json.contains(r#""stdout":"ok \udcff\udcfe end\n""#), "{json}");
+        assert!(json.contains("\"stdout\":\"ok \u{fffd}\u{fffd} end\\n\""), "{json}");
         assert!(json.contains(r#""stdout_base64":"b2sg//4gZW5kCg==""#), "{json}");
         assert!(json.contains("\"stderr\":\"caf\u{e9} \\\"q\\\"\""), "{json}");
         assert!(!json.contains("stderr_base64"));

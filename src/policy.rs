@@ -196,8 +196,12 @@ impl Policy {
 
     /// Parses the JSON form (unknown fields are refused) and validates it.
     pub fn from_json(json: &str) -> Result<Self> {
-        let policy: Policy = serde_json::from_str(json)
-            .map_err(|e| Error::invalid_policy("(document)", format!("not a valid policy document: {e}")))?;
+        let bad = |e: String| Error::invalid_policy("(document)", format!("not a valid policy document: {e}"));
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        if !value.is_object() {
+            return Err(bad("a policy is a JSON object".into()));
+        }
+        let policy: Policy = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
         policy.validate()?;
         Ok(policy)
     }

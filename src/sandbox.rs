@@ -167,6 +167,19 @@ impl SandboxBuilder {
     }
 }
 
+impl SandboxBuilder {
+    /// Builds a wasm sandbox as its concrete type, for the wasm-only methods
+    /// ([`WasmSandbox::precompile`](crate::WasmSandbox::precompile)). Fails if the builder's
+    /// backend is not [`BackendKind::Wasm`].
+    pub fn build_wasm(self) -> Result<crate::WasmSandbox> {
+        if self.backend != BackendKind::Wasm {
+            return Err(Error::invalid_policy("backend", format!("build_wasm() called on a {} builder", self.backend)));
+        }
+        self.policy.validate()?;
+        crate::backend::wasm::WasmSandbox::new(self)
+    }
+}
+
 /// Shorthand for `SandboxBuilder::new(backend).policy(policy).build()`.
 pub fn sandbox(backend: BackendKind, policy: Policy) -> Result<Box<dyn Sandbox>> {
     SandboxBuilder::new(backend).policy(policy).build()

@@ -15,11 +15,13 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use wasmer::sys::vm::{
-    MemoryError, MemoryStyle, TableStyle, VMConfig, VMMemory, VMMemoryDefinition, VMTable, VMTableDefinition,
+    ExpectedValue, LinearMemory, MemoryError, MemoryStyle, TableStyle, ThreadConditions, Trap, VMConfig, VMMemory,
+    VMMemoryDefinition, VMSharedMemory, VMTable, VMTableDefinition, WaiterError,
 };
 use wasmer::sys::{
     BaseTunables, CompilerConfig, Cranelift, CraneliftOptLevel, EngineBuilder, NativeEngineExt, Tunables,
@@ -27,7 +29,7 @@ use wasmer::sys::{
 use wasmer::{Engine, MemoryType, Module, Pages, TableType};
 
 use super::guard::{Guard, GUARD_VERSION};
-use crate::{Error, Result};
+use crate::{ArtifactSource, Error, Result};
 
 /// Tables may not grow past this many elements (16 MiB of host memory for funcref tables).
 pub(crate) const MAX_TABLE_ELEMENTS: u32 = 1 << 20;
@@ -43,6 +45,87 @@ thread_local! {
 /// Returns and clears the flag set when this thread's last instantiation was refused memory.
 pub(crate) fn take_memory_refused() -> bool {
     MEMORY_REFUSED.with(|f| f.replace(false))
+}
+
+thread_local! {
+    /// Set when a `memory.grow` on this thread failed (the cap was reached). wasm code and its
+    /// `memory.grow` run on the thread that called into the instance, so a run can tell whether
+    /// its guest hit the memory cap.
+    static GROW_REFUSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Returns and clears the flag set when a `memory.grow` on this thread failed.
+pub(crate) fn take_grow_refused() -> bool {
+    GROW_REFUSED.with(|f| f.replace(false))
+}
+
+/// A linear memory that records refused growth in [`GROW_REFUSED`]; everything else is
+/// delegated unchanged.
+#[derive(Debug)]
+struct GrowWatch(VMMemory);
+
+impl LinearMemory for GrowWatch {
+    fn ty(&self) -> MemoryType {
+        self.0.ty()
+    }
+    fn size(&self) -> Pages {
+        self.0.size()
+    }
+    fn style(&self) -> MemoryStyle {
+        self.0.style()
+    }
+    fn grow(&mut self, delta: Pages) -> Result<Pages, MemoryError> {
+        let r = self.0.grow(delta);
+        if r.is_err() {
+            GROW_REFUSED.with(|f| f.set(true));
+        }
+        r
+    }
+    fn grow_at_least(&mut self, min_size: u64) -> Result<(), MemoryError> {
+        let r = self.0.grow_at_least(min_size);
+        if r.is_err() {
+            GROW_REFUSED.with(|f| f.set(true));
+        }
+        r
+    }
+    fn reset(&mut self) -> Result<(), MemoryError> {
+        self.0.reset()
+    }
+    fn vmmemory(&self) -> NonNull<VMMemoryDefinition> {
+        self.0.vmmemory()
+    }
+    fn try_clone(&self) -> Result<Box<dyn LinearMemory + Send + Sync + 'static>, MemoryError> {
+        LinearMemory::try_clone(&self.0)
+    }
+    unsafe fn initialize_with_data(&self, start: usize, data: &[u8]) -> Result<(), Trap> {
+        // SAFETY: forwarded unchanged under the caller's guarantees.
+        unsafe { self.0.initialize_with_data(start, data) }
+    }
+    fn copy(&self) -> Result<Box<dyn LinearMemory + Send + Sync + 'static>, MemoryError> {
+        LinearMemory::copy(&self.0)
+    }
+    fn as_shared(&self) -> Result<VMSharedMemory, MemoryError> {
+        self.0.as_shared()
+    }
+    unsafe fn do_wait(
+        &mut self,
+        dst: u32,
+        expected: ExpectedValue,
+        timeout: Option<Duration>,
+    ) -> Result<u32, WaiterError> {
+        // SAFETY: forwarded unchanged under the caller's guarantees.
+        unsafe { self.0.do_wait(dst, expected, timeout) }
+    }
+    fn do_notify(&mut self, dst: u32, count: u32) -> u32 {
+        self.0.do_notify(dst, count)
+    }
+    fn thread_conditions(&self) -> Option<&ThreadConditions> {
+        self.0.thread_conditions()
+    }
+}
+
+fn watched(memory: VMMemory) -> VMMemory {
+    VMMemory(Box::new(GrowWatch(memory)))
 }
 
 /// Tunables that cap linear memories and tables. The memory *style* is left to
@@ -87,7 +170,7 @@ impl Tunables for CappedTunables {
     }
 
     fn create_host_memory(&self, ty: &MemoryType, style: &MemoryStyle) -> Result<VMMemory, MemoryError> {
-        self.base.create_host_memory(&self.memory_type(ty)?, style)
+        self.base.create_host_memory(&self.memory_type(ty)?, style).map(watched)
     }
 
     unsafe fn create_vm_memory(
@@ -98,7 +181,7 @@ impl Tunables for CappedTunables {
     ) -> Result<VMMemory, MemoryError> {
         let ty = self.memory_type(ty)?;
         // SAFETY: forwarded unchanged; the caller guarantees `vm_definition_location` is valid.
-        unsafe { self.base.create_vm_memory(&ty, style, vm_definition_location) }
+        unsafe { self.base.create_vm_memory(&ty, style, vm_definition_location) }.map(watched)
     }
 
     fn create_host_table(&self, ty: &TableType, style: &TableStyle) -> Result<VMTable, String> {
@@ -142,14 +225,6 @@ pub(crate) struct CompiledModule {
     pub(crate) uses_wasi: bool,
 }
 
-/// Where compiled modules come from on a lookup (for tests and benches).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum CacheSource {
-    Memory,
-    Disk,
-    Compiled,
-}
-
 static PLAIN: OnceLock<BaseEngine> = OnceLock::new();
 static METERED: OnceLock<BaseEngine> = OnceLock::new();
 
@@ -186,7 +261,7 @@ impl BaseEngine {
     }
 
     /// Returns the compiled module for `wasm` (binary), from memory, disk, or by compiling it.
-    pub(crate) fn module(&self, wasm: &[u8], disk: Option<&DiskCache>) -> Result<(CompiledModule, CacheSource)> {
+    pub(crate) fn module(&self, wasm: &[u8], disk: Option<&DiskCache>) -> Result<(CompiledModule, ArtifactSource)> {
         let hash: [u8; 32] = Sha256::digest(wasm).into();
         {
             let mut lru = self.modules.lock();
@@ -194,11 +269,11 @@ impl BaseEngine {
             let now = lru.clock;
             if let Some((used, m)) = lru.entries.get_mut(&hash) {
                 *used = now;
-                return Ok((m.clone(), CacheSource::Memory));
+                return Ok((m.clone(), ArtifactSource::Memory));
             }
         }
         let key = disk.map(|_| hex(&Sha256::digest([&hash[..], self.fingerprint().as_bytes()].concat())));
-        let mut source = CacheSource::Compiled;
+        let mut source = ArtifactSource::Compiled;
         let mut module = None;
         if let (Some(disk), Some(key)) = (disk, &key) {
             if let Some(bytes) = disk.load(key) {
@@ -206,7 +281,7 @@ impl BaseEngine {
                 // digest and version header) into a directory that only this user may write to.
                 if let Ok(m) = unsafe { Module::deserialize(&self.engine, bytes) } {
                     module = Some(m);
-                    source = CacheSource::Disk;
+                    source = ArtifactSource::Disk;
                 }
             }
         }

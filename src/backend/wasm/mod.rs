@@ -33,18 +33,20 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use wasmer::{AsStoreMut, Function, Imports, Instance, Module, RuntimeError, Store, Type, Value};
+use wasmer::{
+    AsStoreMut, Function, FunctionEnv, FunctionEnvMut, Imports, Instance, Module, RuntimeError, Store, Type, Value,
+};
 use wasmer_wasix::runtime::task_manager::tokio::TokioTaskManager;
 use wasmer_wasix::{PluggableRuntime, UnsupportedVirtualNetworking, WasiEnv, WasiError, WasiFunctionEnv, WasiVersion};
 
-use self::engine::{BaseEngine, CacheSource, CompiledModule, DiskCache, WASI_MODULE};
+use self::engine::{BaseEngine, CompiledModule, DiskCache, WASI_MODULE};
 use self::fs::{FsLimits, MountRoot};
 use self::guard::{FLAG_FUEL, FLAG_HOST, FUEL_EXPORT, STOP_EXPORT};
 use self::stdio::{OutputFile, Sink, StdinFile};
 use crate::control::{watchdog, Capture, InterruptHandle, RunControl, StopReason};
 use crate::{
-    BackendKind, CpuBudget, Error, Network, Outcome, Policy, Program, Result, RunOptions, SandboxBuilder, Status,
-    Stream, Trap, TrapKind, Usage,
+    ArtifactSource, BackendKind, CpuBudget, Error, Network, Outcome, Policy, Program, Result, RunOptions,
+    SandboxBuilder, Status, Stream, Trap, TrapKind, Usage,
 };
 
 /// The tokio runtime wasmer-wasix needs for its file operations; one for the process.
@@ -187,19 +189,14 @@ impl WasmSandbox {
         })
     }
 
-    /// Compiles (or fetches from the caches) the program's module. Exposed for benchmarks and
-    /// tests; `run` does this itself.
-    #[doc(hidden)]
-    pub fn precompile(&self, program: &Program) -> Result<&'static str> {
+    /// Compiles the program's module, or fetches it from the caches, without running it, and
+    /// says where it came from. `run` does this itself; call it to warm the caches ahead of time.
+    pub fn precompile(&self, program: &Program) -> Result<ArtifactSource> {
         let (_, source) = self.compile(program)?;
-        Ok(match source {
-            CacheSource::Memory => "memory",
-            CacheSource::Disk => "disk",
-            CacheSource::Compiled => "compiled",
-        })
+        Ok(source)
     }
 
-    fn compile(&self, program: &Program) -> Result<(CompiledModule, CacheSource)> {
+    fn compile(&self, program: &Program) -> Result<(CompiledModule, ArtifactSource)> {
         let bytes = program.load()?;
         let wasm = engine::to_binary(&bytes)?;
         self.base.module(&wasm, self.disk.as_ref())
@@ -213,6 +210,7 @@ impl WasmSandbox {
     fn run_compiled(
         &self,
         compiled: &CompiledModule,
+        source: ArtifactSource,
         program: &Program,
         options: RunOptions,
         started: Instant,
@@ -239,6 +237,8 @@ impl WasmSandbox {
                 "proc_exit",
                 Function::new_typed(&mut store, |code: i32| -> Result<(), GuestExit> { Err(GuestExit(code as u32)) }),
             );
+            limit_descriptors(&mut store, &mut imports, self.policy.max_open_files);
+            no_sockets(&mut store, &mut imports);
             let result = Instance::new(&mut store, &compiled.module, &imports);
             wasi = Some(fenv);
             result
@@ -248,7 +248,7 @@ impl WasmSandbox {
         let instance = match instantiated {
             Ok(i) => i,
             Err(e) if engine::take_memory_refused() => {
-                let usage = Usage { wall: started.elapsed(), ..Usage::default() };
+                let usage = Usage { wall: started.elapsed(), artifact: Some(source), ..Usage::default() };
                 let _ = e;
                 return Ok(self.outcome(Status::MemoryLimit, &sink, usage));
             }
@@ -285,7 +285,9 @@ impl WasmSandbox {
             })
         })?;
         let params = entry_params(func.ty(&store).params(), program, entry)?;
+        engine::take_grow_refused();
         let result = func.call(&mut store, &params);
+        let grow_refused = engine::take_grow_refused();
 
         drop(timers);
         control.disarm();
@@ -307,7 +309,11 @@ impl WasmSandbox {
                 }
                 control.reason().map_or(Status::Exited(0), StopReason::status)
             }
-            (None, Err(e)) => classify(e),
+            (None, Err(e)) => match classify(e) {
+                // The guest died (typically an allocator abort) after the cap refused it memory.
+                Status::Trap(_) if grow_refused => Status::MemoryLimit,
+                other => other,
+            },
         };
         if let Some(fenv) = wasi.as_ref() {
             let code = status.exit_code().unwrap_or(1);
@@ -323,7 +329,7 @@ impl WasmSandbox {
         drop(instance);
         drop(wasi);
         drop(store);
-        let usage = Usage { wall: started.elapsed(), cpu, peak_memory_bytes, fuel };
+        let usage = Usage { wall: started.elapsed(), cpu, peak_memory_bytes, fuel, artifact: Some(source) };
         Ok(self.outcome(status, &sink, usage))
     }
 
@@ -344,9 +350,6 @@ impl WasmSandbox {
             builder
                 .add_preopen_build(|p| p.directory(guest).read(true).write(writable).create(writable))
                 .map_err(|e| Error::Engine { reason: format!("cannot preopen `{}`: {e}", guest.display()) })?;
-        }
-        if let Some(cwd) = program.working_dir() {
-            builder.set_current_dir(cwd);
         }
         let env = builder.build().map_err(|e| Error::invalid_program(format!("cannot set up WASI: {e}")))?;
         Ok(WasiFunctionEnv::new(store, env))
@@ -381,6 +384,92 @@ impl WasmSandbox {
             ));
         }
         timers
+    }
+}
+
+/// Caps the number of descriptors the guest holds open (`max_open_files`). In WASI preview 1
+/// only `path_open` creates descriptors, so sandcell wraps it and `fd_close`: an open beyond the
+/// cap fails with `EMFILE`. (wasix keeps each descriptor in host memory and has no cap of its
+/// own, so without this a guest could grow host memory by opening one file forever.) Closing
+/// the initial descriptors (stdio, preopens) frees at most that many extra slots.
+fn limit_descriptors(store: &mut Store, imports: &mut Imports, max: Option<u64>) {
+    const ERRNO_MFILE: i32 = 33;
+    let Some(max) = max else { return };
+    let (Some(wasmer::Extern::Function(open)), Some(wasmer::Extern::Function(close))) =
+        (imports.get_export(WASI_MODULE, "path_open"), imports.get_export(WASI_MODULE, "fd_close"))
+    else {
+        return;
+    };
+    struct Descriptors {
+        open: Function,
+        close: Function,
+        count: u64,
+        max: u64,
+    }
+    let env = FunctionEnv::new(store, Descriptors { open, close, count: 0, max });
+    type OpenArgs = (i32, i32, i32, i32, i32, i64, i64, i32, i32);
+    let path_open = Function::new_typed_with_env(
+        store,
+        &env,
+        |mut ctx: FunctionEnvMut<Descriptors>,
+         a: i32,
+         b: i32,
+         c: i32,
+         d: i32,
+         e: i32,
+         f: i64,
+         g: i64,
+         h: i32,
+         i: i32| {
+            let (count, max, inner) = {
+                let data = ctx.data();
+                (data.count, data.max, data.open.clone())
+            };
+            if count >= max {
+                return Ok(ERRNO_MFILE);
+            }
+            let typed = inner.typed::<OpenArgs, i32>(&ctx)?;
+            let errno = typed.call(&mut ctx, a, b, c, d, e, f, g, h, i)?;
+            if errno == 0 {
+                ctx.data_mut().count += 1;
+            }
+            Ok::<i32, RuntimeError>(errno)
+        },
+    );
+    let fd_close = Function::new_typed_with_env(store, &env, |mut ctx: FunctionEnvMut<Descriptors>, fd: i32| {
+        let inner = ctx.data().close.clone();
+        let errno = inner.typed::<i32, i32>(&ctx)?.call(&mut ctx, fd)?;
+        if errno == 0 {
+            let data = ctx.data_mut();
+            data.count = data.count.saturating_sub(1);
+        }
+        Ok::<i32, RuntimeError>(errno)
+    });
+    imports.define(WASI_MODULE, "path_open", path_open);
+    imports.define(WASI_MODULE, "fd_close", fd_close);
+}
+
+/// A sandbox has no network, so no descriptor is ever a socket: WASI preview 1's `sock_accept`,
+/// `sock_recv`, `sock_send` and `sock_shutdown` fail with `EBADF` on a descriptor that is not
+/// open and `ENOTSOCK` on any other (wasix would answer `EACCES` or `ENOTSUP` there). wasix still
+/// checks the descriptor; its networking is `Unsupported`, so it can never succeed.
+fn no_sockets(store: &mut Store, imports: &mut Imports) {
+    const ERRNO_BADF: i32 = 8;
+    const ERRNO_NOTSOCK: i32 = 57;
+    for name in ["sock_accept", "sock_recv", "sock_send", "sock_shutdown"] {
+        let Some(wasmer::Extern::Function(inner)) = imports.get_export(WASI_MODULE, name) else { continue };
+        let ty = inner.ty(store);
+        let env = FunctionEnv::new(store, inner);
+        let wrapped = Function::new_with_env(store, &env, ty, |mut ctx: FunctionEnvMut<Function>, args: &[Value]| {
+            let inner = ctx.data().clone();
+            let result = inner.call(&mut ctx, args)?;
+            let errno = match result.first().and_then(Value::i32) {
+                Some(0) | Some(ERRNO_BADF) => result[0].i32().unwrap_or(ERRNO_BADF),
+                _ => ERRNO_NOTSOCK,
+            };
+            Ok(vec![Value::I32(errno)])
+        });
+        imports.define(WASI_MODULE, name, wrapped);
     }
 }
 
@@ -495,8 +584,15 @@ impl crate::Sandbox for WasmSandbox {
     fn run_with(&self, program: &Program, options: RunOptions) -> Result<Outcome> {
         let started = Instant::now();
         program.validate()?;
-        let (compiled, _) = self.compile(program)?;
-        self.run_compiled(&compiled, program, options, started)
+        if let Some(cwd) = program.working_dir() {
+            return Err(Error::invalid_program(format!(
+                "the wasm backend cannot start a program in `{}`: WASI preview 1 has no working directory (a \
+                 guest's libc resolves relative paths against its preopened mounts); use absolute paths",
+                cwd.display()
+            )));
+        }
+        let (compiled, source) = self.compile(program)?;
+        self.run_compiled(&compiled, source, program, options, started)
     }
 
     fn interrupt_handle(&self) -> InterruptHandle {

@@ -1,0 +1,200 @@
+//! The `sandcell` command line: its exit statuses and `--json` form are a contract.
+
+use std::process::{Command, Output, Stdio};
+
+use crate::common::{text, TempDir};
+use crate::or_skip;
+
+fn sandcell(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sandcell"))
+        .args(args)
+        .current_dir(crate::common::repo())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
+}
+
+#[test]
+fn runs_the_sample_and_passes_output_through() {
+    let out = sandcell(&["run", "examples/hello.wat"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "Hello, world!\n");
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn exit_status_is_the_guest_exit_code() {
+    let guest = or_skip!(crate::common::wasm_guest(), "no wasm test guest");
+    let g = guest.to_str().unwrap();
+    for code in ["0", "3", "7"] {
+        let out = sandcell(&["run", g, "--", "exit", code]);
+        assert_eq!(out.status.code(), Some(code.parse().unwrap()));
+    }
+    // Without `--`, arguments after PROGRAM go to the guest as well.
+    assert_eq!(sandcell(&["run", g, "exit", "9"]).status.code(), Some(9));
+}
+
+#[test]
+fn timeout_is_124_with_a_reason() {
+    let dir = TempDir::new("cli-loop");
+    let loop_wat = dir.join("loop.wat");
+    std::fs::write(&loop_wat, r#"(module (func (export "_start") (loop $l (br $l))))"#).unwrap();
+    let out = sandcell(&["run", "--timeout", "300ms", loop_wat.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(124));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("timeout"), "{err}");
+}
+
+#[test]
+fn other_limits_and_traps_are_125_with_a_reason() {
+    let dir = TempDir::new("cli-trap");
+    let trap = dir.join("trap.wat");
+    std::fs::write(&trap, r#"(module (func (export "_start") unreachable))"#).unwrap();
+    let out = sandcell(&["run", trap.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("trap: unreachable"), "{}", text(&out.stderr));
+
+    let big = dir.join("big.wat");
+    std::fs::write(&big, r#"(module (memory 100) (func (export "_start")))"#).unwrap();
+    let out = sandcell(&["run", "--memory", "1M", big.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("memory limit"), "{}", text(&out.stderr));
+
+    let fuel = dir.join("fuel.wat");
+    std::fs::write(&fuel, r#"(module (func (export "_start") (loop $l (br $l))))"#).unwrap();
+    let out = sandcell(&["run", "--fuel", "1000", fuel.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("fuel"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn host_errors_are_126_with_the_message() {
+    let out = sandcell(&["run", "/no/such/module.wasm"]);
+    assert_eq!(out.status.code(), Some(126));
+    assert!(text(&out.stderr).contains("/no/such/module.wasm"), "{}", text(&out.stderr));
+    for bad in [
+        &["run", "--memory", "lots", "examples/hello.wat"][..],
+        &["run", "--timeout", "soon", "examples/hello.wat"],
+        &["run", "--mount", "nocolon", "examples/hello.wat"],
+        &["run", "--backend", "vmware", "examples/hello.wat"],
+        &["run", "--bogus", "examples/hello.wat"],
+        &["run"],
+        &["frobnicate"],
+    ] {
+        let out = sandcell(bad);
+        assert_eq!(out.status.code(), Some(126), "{bad:?}");
+        assert!(!text(&out.stderr).is_empty(), "{bad:?}");
+    }
+}
+
+#[test]
+fn sizes_and_durations_accept_every_documented_form() {
+    for size in ["1048576", "64K", "64M", "1G"] {
+        let out = sandcell(&["run", "--memory", size, "--max-output", size, "examples/hello.wat"]);
+        assert_eq!(out.status.code(), Some(0), "{size}: {}", text(&out.stderr));
+    }
+    for d in ["2s", "500ms"] {
+        assert_eq!(sandcell(&["run", "--timeout", d, "examples/hello.wat"]).status.code(), Some(0), "{d}");
+    }
+}
+
+#[test]
+fn json_output_has_the_documented_shape() {
+    let out = sandcell(&["run", "--json", "examples/hello.wat"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v = json(&out);
+    assert_eq!(v["status"]["kind"], "exited");
+    assert_eq!(v["status"]["code"], 0);
+    assert_eq!(v["stdout"], "Hello, world!\n");
+    assert_eq!(v["stderr"], "");
+    for field in ["wall_ms", "cpu_ms", "peak_memory_bytes", "fuel"] {
+        assert!(v["usage"].get(field).is_some(), "usage.{field} missing: {v}");
+    }
+
+    let dir = TempDir::new("cli-json");
+    let trap = dir.join("trap.wat");
+    std::fs::write(&trap, r#"(module (func (export "_start") (drop (i32.div_u (i32.const 1) (i32.const 0)))))"#)
+        .unwrap();
+    let v = json(&sandcell(&["run", "--json", trap.to_str().unwrap()]));
+    assert_eq!(v["status"]["kind"], "trap");
+    assert!(v["status"]["detail"].as_str().unwrap().contains("division_by_zero"), "{v}");
+
+    let looping = dir.join("loop.wat");
+    std::fs::write(&looping, r#"(module (func (export "_start") (loop $l (br $l))))"#).unwrap();
+    let out = sandcell(&["run", "--json", "--timeout", "200ms", looping.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(124));
+    assert_eq!(json(&out)["status"]["kind"], "timeout");
+    let v = json(&sandcell(&["run", "--json", "--fuel", "500", looping.to_str().unwrap()]));
+    assert_eq!(v["status"]["kind"], "cpu_limit");
+    assert!(v["usage"]["fuel"].as_u64().unwrap() <= 500);
+
+    let out = sandcell(&["run", "--json", "/no/such.wasm"]);
+    assert_eq!(out.status.code(), Some(126));
+    assert!(json(&out)["error"].as_str().unwrap().contains("/no/such.wasm"));
+}
+
+#[test]
+fn json_escapes_non_utf8_output_losslessly() {
+    let guest = or_skip!(crate::common::wasm_guest(), "no wasm test guest");
+    let out = sandcell(&["run", "--json", guest.to_str().unwrap(), "--", "bytes"]);
+    let v = json(&out);
+    assert_eq!(v["stdout"], "ok \u{fffd}\u{fffd}\u{0} end");
+    assert_eq!(v["stdout_base64"], "b2sg//4AIGVuZA==");
+    assert!(v.get("stderr_base64").is_none(), "{v}");
+}
+
+#[test]
+fn mounts_env_and_guest_arguments() {
+    let guest = or_skip!(crate::common::wasm_guest(), "no wasm test guest");
+    let dir = TempDir::new("cli-mount");
+    std::fs::write(dir.join("in.txt"), "from the host").unwrap();
+    let mount_ro = format!("{}:/data", dir.path().display());
+    let out = sandcell(&["run", "--mount", &mount_ro, guest.to_str().unwrap(), "--", "read", "/data/in.txt"]);
+    assert_eq!(text(&out.stdout), "ok from the host\n");
+    let out = sandcell(&["run", "--mount", &mount_ro, guest.to_str().unwrap(), "--", "write", "/data/x", "y"]);
+    assert!(text(&out.stdout).starts_with("err"), "{}", text(&out.stdout));
+    let mount_rw = format!("{}:/data:rw", dir.path().display());
+    let out = sandcell(&["run", "--mount", &mount_rw, guest.to_str().unwrap(), "--", "write", "/data/x", "y"]);
+    assert_eq!(text(&out.stdout), "ok\n");
+    assert_eq!(std::fs::read_to_string(dir.join("x")).unwrap(), "y");
+    let out = sandcell(&["run", "--env", "A=1", "--env", "B=two=2", guest.to_str().unwrap(), "--", "env"]);
+    assert_eq!(text(&out.stdout), "A=1\nB=two=2\n");
+}
+
+#[test]
+fn stdin_of_the_cli_reaches_the_guest() {
+    let guest = or_skip!(crate::common::wasm_guest(), "no wasm test guest");
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandcell"))
+        .args(["run", guest.to_str().unwrap(), "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"through a pipe").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "through a pipe");
+}
+
+#[test]
+fn probe_lists_every_backend() {
+    let out = sandcell(&["probe"]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = text(&out.stdout);
+    for b in ["wasm", "process", "microvm"] {
+        assert!(s.lines().any(|l| l.starts_with(b)), "{s}");
+    }
+    let v = json(&sandcell(&["probe", "--json"]));
+    let backends = v["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 3);
+    assert_eq!(backends[0]["backend"], "wasm");
+    assert_eq!(backends[0]["available"], true);
+    for b in backends {
+        assert!(!b["reason"].as_str().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,401 @@
+//! The conformance suite: the same cases, written against the `Sandbox` trait alone, run on every
+//! backend available here. Each backend runs the same test guest (`tests/guests/testguest`),
+//! compiled for what the backend executes.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sandcell::{
+    BackendKind, CpuBudget, InterruptHandle, Mount, Policy, Program, RunOptions, Sandbox, SandboxBuilder, Status,
+    Stream,
+};
+
+use crate::common::{self, text, TempDir};
+
+/// One backend and how to run the test guest on it.
+pub struct Fixture {
+    pub kind: BackendKind,
+    guest: PathBuf,
+}
+
+/// Where the process backend sees the native test guest.
+const GUEST_DIR: &str = "/opt/sandcell-guest";
+
+impl Fixture {
+    /// The test guest in `mode`, with arguments.
+    pub fn guest(&self, mode: &str, args: &[&str]) -> Program {
+        let path = match self.kind {
+            BackendKind::Process => PathBuf::from(GUEST_DIR).join("testguest"),
+            _ => self.guest.clone(),
+        };
+        Program::path(path).name("testguest").arg(mode).args(args.iter().copied())
+    }
+
+    /// A sandbox of this backend with `policy`, plus what the backend needs to reach the guest.
+    pub fn sandbox(&self, mut policy: Policy) -> Box<dyn Sandbox> {
+        if self.kind == BackendKind::Process {
+            policy.mounts.push(Mount::read_only(self.guest.parent().unwrap(), GUEST_DIR));
+        }
+        SandboxBuilder::new(self.kind).policy(policy).build().unwrap_or_else(|e| panic!("{}: {e}", self.kind))
+    }
+}
+
+/// Every backend available on this host with its guest built. Backends that cannot run here are
+/// reported (and fail the test under `SANDCELL_REQUIRE_ALL`).
+pub fn fixtures() -> Vec<Fixture> {
+    let mut out = Vec::new();
+    for kind in BackendKind::ALL {
+        let support = sandcell::probe().backend(kind);
+        if !support.available {
+            if common::require_all() {
+                panic!("{} is set but the {kind} backend is unavailable: {}", common::REQUIRE_ALL, support.reason);
+            }
+            eprintln!("SKIPPED on {kind}: {}", support.reason);
+            continue;
+        }
+        let guest = match kind {
+            BackendKind::Process => common::native_guest(),
+            _ => common::wasm_guest(),
+        };
+        match guest {
+            Ok(g) => out.push(Fixture { kind, guest: g.to_path_buf() }),
+            Err(e) if common::require_all() => {
+                panic!("{}: cannot build the {kind} test guest: {e}", common::REQUIRE_ALL)
+            }
+            Err(e) => eprintln!("SKIPPED on {kind}: {e}"),
+        }
+    }
+    out
+}
+
+fn policy() -> Policy {
+    Policy::builder().memory(256 << 20).timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+#[test]
+fn hello_passes_args_stdin_env_and_separates_streams() {
+    for f in fixtures() {
+        let sb = f.sandbox(policy());
+        let out =
+            sb.run(&f.guest("hello", &["one", "two words"]).stdin(b"piped in".to_vec()).env("GREETING", "hi")).unwrap();
+        assert_eq!(out.status, Status::Exited(0), "{}: {out:?}", f.kind);
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("Hello from testguest"), "{}: {stdout}", f.kind);
+        assert!(stdout.contains("args: one two words"), "{}: {stdout}", f.kind);
+        assert!(stdout.contains("stdin: piped in"), "{}: {stdout}", f.kind);
+        assert!(stdout.contains("GREETING=hi"), "{}: {stdout}", f.kind);
+        assert_eq!(text(&out.stderr), "a line on stderr\n", "{}", f.kind);
+        assert!(out.usage.wall > Duration::ZERO);
+    }
+}
+
+#[test]
+fn exit_codes_are_exact() {
+    for f in fixtures() {
+        let sb = f.sandbox(policy());
+        for code in [0, 1, 3, 42, 255] {
+            let out = sb.run(&f.guest("exit", &[&code.to_string()])).unwrap();
+            assert_eq!(out.status, Status::Exited(code), "{}", f.kind);
+        }
+    }
+}
+
+#[test]
+fn environment_is_only_what_policy_and_program_give() {
+    for f in fixtures() {
+        let p =
+            Policy { env: [("FROM_POLICY".into(), "p".into()), ("BOTH".into(), "policy".into())].into(), ..policy() };
+        let sb = f.sandbox(p);
+        let out = sb.run(&f.guest("env", &[]).env("BOTH", "program")).unwrap();
+        let env = text(&out.stdout);
+        assert!(env.contains("FROM_POLICY=p\n"), "{}: {env}", f.kind);
+        assert!(env.contains("BOTH=program\n"), "{}: {env}", f.kind);
+        assert!(!env.contains("BOTH=policy"), "{}: {env}", f.kind);
+        for host_var in ["HOME=", "PATH=/root", "CARGO", "USER="] {
+            assert!(
+                !env.lines().any(|l| l.starts_with(host_var)),
+                "{}: host variable {host_var} leaked: {env}",
+                f.kind
+            );
+        }
+    }
+}
+
+#[test]
+fn wall_clock_timeout_stops_a_spinning_guest() {
+    for f in fixtures() {
+        let sb = f.sandbox(Policy { timeout: Some(Duration::from_millis(300)), ..policy() });
+        let started = Instant::now();
+        let out = sb.run(&f.guest("spin", &[])).unwrap();
+        assert_eq!(out.status, Status::Timeout, "{}", f.kind);
+        assert!(started.elapsed() < Duration::from_secs(5), "{}: took {:?}", f.kind, started.elapsed());
+        assert!(out.usage.wall >= Duration::from_millis(300), "{}", f.kind);
+    }
+}
+
+#[test]
+fn wall_clock_timeout_stops_a_sleeping_guest() {
+    for f in fixtures() {
+        let sb = f.sandbox(Policy { timeout: Some(Duration::from_millis(300)), ..policy() });
+        let started = Instant::now();
+        let out = sb.run(&f.guest("sleep", &["60000"])).unwrap();
+        assert_eq!(out.status, Status::Timeout, "{}", f.kind);
+        assert!(started.elapsed() < Duration::from_secs(5), "{}: took {:?}", f.kind, started.elapsed());
+    }
+}
+
+#[test]
+fn cpu_time_limit_stops_a_spinning_guest() {
+    for f in fixtures() {
+        let sb = f.sandbox(Policy { cpu_time: Some(Duration::from_millis(300)), ..policy() });
+        let started = Instant::now();
+        let out = sb.run(&f.guest("spin", &[])).unwrap();
+        assert_eq!(out.status, Status::CpuLimit(CpuBudget::CpuTime), "{}", f.kind);
+        assert!(started.elapsed() < Duration::from_secs(10), "{}: took {:?}", f.kind, started.elapsed());
+        assert!(out.usage.cpu >= Duration::from_millis(250), "{}: cpu {:?}", f.kind, out.usage.cpu);
+    }
+}
+
+#[test]
+fn sandbox_interrupt_handle_stops_runs_in_progress_from_another_thread() {
+    for f in fixtures() {
+        let sb: Arc<dyn Sandbox> = Arc::from(f.sandbox(policy()));
+        let handle = sb.interrupt_handle();
+        let runner = {
+            let sb = sb.clone();
+            let program = f.guest("spin", &[]);
+            std::thread::spawn(move || sb.run(&program))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handle.active_runs() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        handle.interrupt();
+        let out = runner.join().unwrap().unwrap();
+        assert_eq!(out.status, Status::Interrupted, "{}", f.kind);
+        // The sandbox's handle does not affect later runs.
+        let out = sb.run(&f.guest("exit", &["0"])).unwrap();
+        assert_eq!(out.status, Status::Exited(0), "{}", f.kind);
+    }
+}
+
+#[test]
+fn a_run_handle_interrupted_before_the_run_stops_it_at_once() {
+    for f in fixtures() {
+        let sb = f.sandbox(policy());
+        let handle = InterruptHandle::new();
+        handle.interrupt();
+        let started = Instant::now();
+        let out = sb.run_with(&f.guest("spin", &[]), RunOptions::new().interrupt(handle)).unwrap();
+        assert_eq!(out.status, Status::Interrupted, "{}", f.kind);
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", f.kind);
+    }
+}
+
+#[test]
+fn output_flood_is_capped_without_host_memory_growth() {
+    for f in fixtures() {
+        let cap = 1 << 20;
+        let sb = f.sandbox(Policy { max_output: cap, timeout: Some(Duration::from_secs(30)), ..policy() });
+        let out = sb.run(&f.guest("flood", &["1073741824", "both"])).unwrap();
+        assert_eq!(out.status, Status::OutputLimit, "{}", f.kind);
+        assert_eq!(out.stdout.len() as u64, cap, "{}", f.kind);
+        assert!(out.stderr.len() as u64 <= cap, "{}", f.kind);
+        assert!(out.stdout.iter().all(|&b| b == b'x'), "{}", f.kind);
+    }
+}
+
+#[test]
+fn output_within_the_cap_is_complete() {
+    for f in fixtures() {
+        let sb = f.sandbox(Policy { max_output: 1 << 20, ..policy() });
+        let out = sb.run(&f.guest("flood", &["655360"])).unwrap();
+        assert_eq!(out.status, Status::Exited(0), "{}", f.kind);
+        assert_eq!(out.stdout.len(), 655360, "{}", f.kind);
+    }
+}
+
+#[test]
+fn streamed_output_matches_captured_output() {
+    for f in fixtures() {
+        let sb = f.sandbox(policy());
+        let seen: Arc<Mutex<(Vec<u8>, Vec<u8>)>> = Arc::default();
+        let s = seen.clone();
+        let options = RunOptions::new().on_output(move |stream, bytes| {
+            let mut s = s.lock().unwrap();
+            match stream {
+                Stream::Stdout => s.0.extend_from_slice(bytes),
+                Stream::Stderr => s.1.extend_from_slice(bytes),
+            }
+        });
+        let out = sb.run_with(&f.guest("hello", &["streamed"]), options).unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.0, out.stdout, "{}", f.kind);
+        assert_eq!(seen.1, out.stderr, "{}", f.kind);
+        assert!(!out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn memory_bomb_ends_with_memory_limit() {
+    for f in fixtures() {
+        let sb = f.sandbox(Policy { memory: Some(64 << 20), ..policy() });
+        let out = sb.run(&f.guest("alloc", &["1024"])).unwrap();
+        assert_eq!(out.status, Status::MemoryLimit, "{}: {out:?}", f.kind);
+        // Within the cap it works.
+        let out = sb.run(&f.guest("alloc", &["16"])).unwrap();
+        assert_eq!(out.status, Status::Exited(0), "{}: {}", f.kind, text(&out.stderr));
+    }
+}
+
+#[test]
+fn non_utf8_output_keeps_every_byte() {
+    for f in fixtures() {
+        let out = f.sandbox(policy()).run(&f.guest("bytes", &[])).unwrap();
+        assert_eq!(out.stdout, b"ok \xff\xfe\x00 end", "{}", f.kind);
+    }
+}
+
+fn mount_fixture() -> (TempDir, TempDir) {
+    let ro = TempDir::new("ro");
+    std::fs::write(ro.join("data.txt"), "read-only data").unwrap();
+    std::fs::create_dir(ro.join("sub")).unwrap();
+    let rw = TempDir::new("rw");
+    std::fs::write(rw.join("existing.txt"), "old").unwrap();
+    (ro, rw)
+}
+
+#[test]
+fn read_only_mount_is_readable_and_refuses_every_write() {
+    for f in fixtures() {
+        let (ro, _rw) = mount_fixture();
+        let sb = f.sandbox(Policy { mounts: vec![Mount::read_only(ro.path(), "/data")], ..policy() });
+        let out = sb.run(&f.guest("read", &["/data/data.txt"])).unwrap();
+        assert_eq!(text(&out.stdout), "ok read-only data\n", "{}", f.kind);
+        let out = sb.run(&f.guest("ls", &["/data"])).unwrap();
+        assert_eq!(text(&out.stdout), "ok data.txt,sub\n", "{}", f.kind);
+        for (mode, path) in [
+            ("write", "/data/data.txt"),
+            ("write", "/data/new.txt"),
+            ("create", "/data/created.txt"),
+            ("remove", "/data/data.txt"),
+            ("mkdir", "/data/newdir"),
+        ] {
+            let out = sb.run(&f.guest(mode, &[path])).unwrap();
+            assert!(text(&out.stdout).starts_with("err"), "{}: {mode} {path} succeeded: {}", f.kind, text(&out.stdout));
+        }
+        assert_eq!(std::fs::read_to_string(ro.join("data.txt")).unwrap(), "read-only data", "{}", f.kind);
+        assert!(
+            !ro.join("new.txt").exists() && !ro.join("created.txt").exists() && !ro.join("newdir").exists(),
+            "{}",
+            f.kind
+        );
+    }
+}
+
+#[test]
+fn read_write_mount_writes_reach_the_host() {
+    for f in fixtures() {
+        let (_ro, rw) = mount_fixture();
+        let sb = f.sandbox(Policy { mounts: vec![Mount::read_write(rw.path(), "/work")], ..policy() });
+        let out = sb.run(&f.guest("write", &["/work/out.txt", "written by the guest"])).unwrap();
+        assert_eq!(text(&out.stdout), "ok\n", "{}: {}", f.kind, text(&out.stderr));
+        assert_eq!(std::fs::read_to_string(rw.join("out.txt")).unwrap(), "written by the guest", "{}", f.kind);
+        let out = sb.run(&f.guest("remove", &["/work/existing.txt"])).unwrap();
+        assert_eq!(text(&out.stdout), "ok\n", "{}", f.kind);
+        assert!(!rw.join("existing.txt").exists(), "{}", f.kind);
+    }
+}
+
+#[test]
+fn nothing_outside_the_mounts_is_reachable() {
+    for f in fixtures() {
+        let (ro, _rw) = mount_fixture();
+        let secret = TempDir::new("secret");
+        std::fs::write(secret.join("secret.txt"), "host secret").unwrap();
+        std::os::unix::fs::symlink(secret.join("secret.txt"), ro.join("abs-link")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../../../../../../../../..".to_owned() + &secret.join("secret.txt").display().to_string(),
+            ro.join("rel-link"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(secret.path(), ro.join("dir-link")).unwrap();
+        let sb = f.sandbox(Policy { mounts: vec![Mount::read_only(ro.path(), "/data")], ..policy() });
+        let secret_path = secret.join("secret.txt").display().to_string();
+        let dotdot = format!("/data/../../../../../../..{secret_path}");
+        for path in [
+            secret_path.as_str(),
+            dotdot.as_str(),
+            "/data/abs-link",
+            "/data/rel-link",
+            "/data/dir-link/secret.txt",
+            "/etc/passwd",
+            "/etc/shadow",
+        ] {
+            let out = sb.run(&f.guest("read", &[path])).unwrap();
+            let stdout = text(&out.stdout);
+            assert!(!stdout.contains("host secret"), "{}: read {path} escaped the mount: {stdout}", f.kind);
+            assert!(!stdout.contains("root:"), "{}: read {path} reached the host: {stdout}", f.kind);
+            assert!(stdout.starts_with("err"), "{}: read {path}: {stdout}", f.kind);
+        }
+    }
+}
+
+#[test]
+fn one_sandbox_runs_many_programs_from_many_threads() {
+    for f in fixtures() {
+        let sb: Arc<dyn Sandbox> = Arc::from(f.sandbox(policy()));
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let sb = sb.clone();
+                let programs: Vec<Program> = (0..5)
+                    .map(|i| f.guest("hello", &[&format!("t{t}-i{i}")]).stdin(format!("in-{t}-{i}").into_bytes()))
+                    .collect();
+                std::thread::spawn(move || {
+                    for (i, p) in programs.iter().enumerate() {
+                        let out = sb.run(p).unwrap();
+                        assert_eq!(out.status, Status::Exited(0));
+                        let s = text(&out.stdout);
+                        assert!(s.contains(&format!("args: t{t}-i{i}")), "{s}");
+                        assert!(s.contains(&format!("stdin: in-{t}-{i}")), "{s}");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn unreadable_program_is_a_host_error_not_an_outcome() {
+    for f in fixtures() {
+        let sb = f.sandbox(policy());
+        let missing = match f.kind {
+            BackendKind::Process => Program::path("/no/such/program"),
+            _ => Program::path("/no/such/program.wasm"),
+        };
+        let err = sb.run(&missing).unwrap_err();
+        assert!(err.to_string().contains("/no/such/program"), "{}: {err}", f.kind);
+    }
+}
+
+#[test]
+fn working_directory_is_set_or_refused() {
+    for f in fixtures() {
+        let (_ro, rw) = mount_fixture();
+        let sb = f.sandbox(Policy { mounts: vec![Mount::read_write(rw.path(), "/work")], ..policy() });
+        let result = sb.run(&f.guest("cwd", &[]).cwd("/work"));
+        if f.kind == BackendKind::Process {
+            assert_eq!(text(&result.unwrap().stdout), "/work\n", "{}", f.kind);
+        } else {
+            // WASI preview 1 has no working directory: refused loudly rather than ignored.
+            let err = result.unwrap_err();
+            assert_eq!(err.kind(), sandcell::ErrorKind::InvalidProgram, "{}: {err}", f.kind);
+            assert!(err.to_string().contains("working directory"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! Wasm backend specifics: memory caps, interruption of loop-free code, traps, fuel, the module
+//! cache, and the holes in wasmer-wasix's defaults that sandcell closes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sandcell::{
+    ArtifactSource, BackendKind, CpuBudget, Error, ErrorKind, InterruptHandle, Mount, Network, Policy, Program,
+    RunOptions, Sandbox, SandboxBuilder, Status, TrapKind, WasmSandbox,
+};
+
+use crate::common::{text, TempDir};
+use crate::or_skip;
+
+fn sandbox(policy: Policy) -> Box<dyn Sandbox> {
+    SandboxBuilder::new(BackendKind::Wasm).policy(policy).build().unwrap()
+}
+
+fn wat(src: &str) -> Program {
+    Program::bytes(src.as_bytes().to_vec())
+}
+
+/// A module whose `_start` grows memory step by step and writes each `memory.grow` result to
+/// stdout as one byte per call ('0'+result, or '-' for -1).
+const GROW: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $out (param $r i32)
+    (i32.store8 (i32.const 100) (select (i32.const 45) (i32.add (i32.const 48) (local.get $r))
+                                        (i32.eq (local.get $r) (i32.const -1))))
+    (i32.store (i32.const 0) (i32.const 100)) (i32.store (i32.const 4) (i32.const 1))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_start")
+    (call $out (memory.grow (i32.const 1)))   ;; 1 -> 2 pages: returns 1
+    (call $out (memory.grow (i32.const 1)))   ;; 2 -> 3 pages: returns 2
+    (call $out (memory.grow (i32.const 1)))   ;; refused at a 3-page cap: -1
+    (call $out (memory.grow (i32.const 100))))) ;; refused: -1
+"#;
+
+#[test]
+fn memory_grow_returns_minus_one_at_the_cap() {
+    let sb = sandbox(Policy { memory: Some(3 * 65536), ..Policy::default() });
+    let out = sb.run(&wat(GROW)).unwrap();
+    assert_eq!(text(&out.stdout), "12--");
+    // The guest handled the refusal itself, so it exited normally.
+    assert_eq!(out.status, Status::Exited(0));
+    assert_eq!(out.usage.peak_memory_bytes, 3 * 65536);
+    // With room, every grow succeeds.
+    let out = sandbox(Policy { memory: Some(200 * 65536), ..Policy::default() }).run(&wat(GROW)).unwrap();
+    assert_eq!(text(&out.stdout), "1234");
+}
+
+#[test]
+fn a_module_whose_initial_memory_exceeds_the_cap_fails_cleanly() {
+    let sb = sandbox(Policy { memory: Some(1 << 20), ..Policy::default() });
+    let out = sb.run(&wat(r#"(module (memory 100) (func (export "_start")))"#)).unwrap();
+    assert_eq!(out.status, Status::MemoryLimit);
+    let out = sb.run(&wat(r#"(module (memory 16) (func (export "_start")))"#)).unwrap();
+    assert_eq!(out.status, Status::Exited(0));
+    // A huge table is refused the same way (tables are host memory too).
+    let out = sb.run(&wat(r#"(module (table 100000000 funcref) (func (export "_start")))"#)).unwrap();
+    assert_eq!(out.status, Status::MemoryLimit);
+}
+
+fn stopped_within(sb: &dyn Sandbox, program: &Program, limit: Duration) -> Status {
+    let started = Instant::now();
+    let out = sb.run(program).unwrap();
+    assert!(started.elapsed() < limit, "took {:?}", started.elapsed());
+    out.status
+}
+
+#[test]
+fn timeout_stops_an_empty_infinite_loop() {
+    let sb = sandbox(Policy { timeout: Some(Duration::from_millis(200)), ..Policy::default() });
+    let p = wat(r#"(module (func (export "_start") (loop $l (br $l))))"#);
+    assert_eq!(stopped_within(&*sb, &p, Duration::from_secs(3)), Status::Timeout);
+}
+
+#[test]
+fn timeout_stops_an_arithmetic_loop_without_calls() {
+    let sb = sandbox(Policy { timeout: Some(Duration::from_millis(200)), ..Policy::default() });
+    let p = wat(r#"(module (func (export "_start") (local $i i64)
+             (loop $l (local.set $i (i64.add (local.get $i) (i64.const 1))) (br $l))))"#);
+    assert_eq!(stopped_within(&*sb, &p, Duration::from_secs(3)), Status::Timeout);
+}
+
+/// Naive recursive Fibonacci: no loop anywhere, only calls.
+const FIB: &str = r#"(module
+  (func $fib (export "fib") (param $n i64) (result i64)
+    (if (result i64) (i64.lt_u (local.get $n) (i64.const 2))
+      (then (local.get $n))
+      (else (i64.add (call $fib (i64.sub (local.get $n) (i64.const 1)))
+                     (call $fib (i64.sub (local.get $n) (i64.const 2)))))))
+  (func (export "_start") (drop (call $fib (i64.const 60)))))"#;
+
+#[test]
+fn timeout_stops_loop_free_recursion() {
+    let sb = sandbox(Policy { timeout: Some(Duration::from_millis(200)), ..Policy::default() });
+    assert_eq!(stopped_within(&*sb, &wat(FIB), Duration::from_secs(3)), Status::Timeout);
+}
+
+#[test]
+fn interrupt_handle_stops_loop_free_recursion_from_another_thread() {
+    let sb: Arc<dyn Sandbox> = Arc::from(sandbox(Policy::default()));
+    let handle = InterruptHandle::new();
+    let h = handle.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        h.interrupt();
+    });
+    let started = Instant::now();
+    let out = sb.run_with(&wat(FIB), RunOptions::new().interrupt(handle)).unwrap();
+    stopper.join().unwrap();
+    assert_eq!(out.status, Status::Interrupted);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn entry_point_calls_an_export_with_arguments() {
+    let sb = sandbox(Policy::default());
+    let out = sb.run(&wat(FIB).entry("fib").arg("20")).unwrap();
+    assert_eq!(out.status, Status::Exited(0));
+    assert_eq!(text(&out.stdout), "6765\n");
+    let err = sb.run(&wat(FIB).entry("fib").arg("x")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidProgram);
+    let err = sb.run(&wat(FIB).entry("nope")).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+fn trap_of(body: &str) -> (TrapKind, String) {
+    let src = format!(
+        r#"(module (memory 1) (table 2 funcref) (type $t (func))
+             (func $rec (call $rec))
+             (func (export "_start") {body}))"#
+    );
+    match sandbox(Policy::default()).run(&wat(&src)).unwrap().status {
+        Status::Trap(t) => (t.kind, t.message),
+        other => panic!("{body}: expected a trap, got {other:?}"),
+    }
+}
+
+#[test]
+fn traps_end_as_trap_with_their_kind_and_the_host_survives() {
+    let cases = [
+        ("unreachable", TrapKind::Unreachable),
+        ("(drop (i32.div_s (i32.const 1) (i32.const 0)))", TrapKind::IntegerDivisionByZero),
+        ("(drop (i32.div_s (i32.const -2147483648) (i32.const -1)))", TrapKind::IntegerOverflow),
+        ("(drop (i32.load (i32.const 0x7ffffff0)))", TrapKind::MemoryOutOfBounds),
+        ("(call_indirect (type $t) (i32.const 0))", TrapKind::IndirectCallToNull),
+        ("(call_indirect (type $t) (i32.const 7))", TrapKind::TableOutOfBounds),
+        ("(drop (i32.trunc_f32_s (f32.const nan)))", TrapKind::BadConversionToInteger),
+        ("(call $rec)", TrapKind::StackOverflow),
+    ];
+    for _ in 0..3 {
+        for (body, kind) in cases {
+            let (got, message) = trap_of(body);
+            assert_eq!(got, kind, "{body}: {message}");
+        }
+    }
+}
+
+#[test]
+fn a_rust_guest_panic_is_a_trap_with_its_message_on_stderr() {
+    let guest = or_skip!(crate::common::wasm_guest(), "no wasm test guest");
+    let out = sandbox(Policy::default()).run(&Program::path(guest).arg("panic")).unwrap();
+    assert!(matches!(&out.status, Status::Trap(t) if t.kind == TrapKind::Unreachable), "{:?}", out.status);
+    assert!(text(&out.stderr).contains("the guest panicked on purpose"));
+}
+
+#[test]
+fn fuel_limits_work_and_usage_reports_what_was_used() {
+    let sb = sandbox(Policy { fuel: Some(1_000_000), ..Policy::default() });
+    let out = sb.run(&wat(FIB)).unwrap();
+    assert_eq!(out.status, Status::CpuLimit(CpuBudget::Fuel));
+    let used = out.usage.fuel.unwrap();
+    assert!(used > 900_000 && used <= 1_000_000, "{used}");
+
+    let out = sb.run(&wat(FIB).entry("fib").arg("10")).unwrap();
+    assert_eq!(out.status, Status::Exited(0));
+    assert_eq!(text(&out.stdout), "55\n");
+    let small = out.usage.fuel.unwrap();
+    let out = sb.run(&wat(FIB).entry("fib").arg("15")).unwrap();
+    let larger = out.usage.fuel.unwrap();
+    assert!(small > 0 && larger > small * 5, "fib(10) used {small}, fib(15) used {larger}");
+    // Deterministic: the same work costs the same fuel.
+    let again = sb.run(&wat(FIB).entry("fib").arg("15")).unwrap().usage.fuel.unwrap();
+    assert_eq!(again, larger);
+    // No fuel policy: nothing is metered.
+    assert_eq!(sandbox(Policy::default()).run(&wat(FIB).entry("fib").arg("10")).unwrap().usage.fuel, None);
+}
+
+#[test]
+fn fuel_also_stops_an_empty_loop() {
+    let sb = sandbox(Policy { fuel: Some(10_000), ..Policy::default() });
+    let out = sb.run(&wat(r#"(module (func (export "_start") (loop $l (br $l))))"#)).unwrap();
+    assert_eq!(out.status, Status::CpuLimit(CpuBudget::Fuel));
+}
+
+#[test]
+fn exit_codes_above_255_are_not_truncated_to_success() {
+    let sb = sandbox(Policy::default());
+    for code in [256u32, 300, 65536, u32::MAX] {
+        let src = format!(
+            r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                 (memory (export "memory") 1)
+                 (func (export "_start") (call $exit (i32.const {}))))"#,
+            code as i32
+        );
+        assert_eq!(sb.run(&wat(&src)).unwrap().status, Status::Exited(code as i32));
+    }
+}
+
+#[test]
+fn modules_importing_anything_but_wasi_preview1_are_refused() {
+    let sb = sandbox(Policy::default());
+    for (module, name) in [("env", "host_fn"), ("wasix_32v1", "sock_open"), ("wasi", "thread-spawn")] {
+        let src = format!(r#"(module (import "{module}" "{name}" (func)) (func (export "_start")))"#);
+        let err = sb.run(&wat(&src)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidProgram, "{err}");
+        assert!(err.to_string().contains(name), "{err}");
+    }
+    let err = sb.run(&wat(r#"(module (import "wasi_snapshot_preview1" "memory" (memory 1)))"#)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidProgram);
+}
+
+#[test]
+fn malformed_modules_are_host_errors() {
+    let sb = sandbox(Policy::default());
+    for bytes in [&b"\0asm\x01\0\0\0\xff\xff"[..], b"(module (func $x (i32.add)))", b"\xff\xfe\xfd", b""] {
+        let err = sb.run(&Program::bytes(bytes.to_vec())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidProgram, "{err}");
+    }
+    let err = sb.run(&wat(r#"(module (func (export "main")))"#)).unwrap_err();
+    assert!(err.to_string().contains("_start"), "{err}");
+}
+
+#[test]
+fn network_is_refused_loudly_unless_best_effort() {
+    let err = SandboxBuilder::new(BackendKind::Wasm)
+        .policy(Policy { network: Network::Loopback, ..Policy::default() })
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Unenforceable { ref field, .. } if field == "network"), "{err}");
+    let sb = SandboxBuilder::new(BackendKind::Wasm)
+        .policy(Policy { network: Network::Loopback, best_effort: true, ..Policy::default() })
+        .build()
+        .unwrap();
+    let out = sb.run(&Program::path("examples/hello.wat")).unwrap();
+    assert!(out.skipped.contains_key("network"), "{:?}", out.skipped);
+}
+
+/// Raw `path_open` with `O_CREAT`, asking for every right, through the mount's own preopened
+/// descriptor (4) and through wasix's virtual root (3): preopen rights alone would let this
+/// create a file on a read-only mount.
+fn raw_create(fd: u32, path: &str) -> Program {
+    wat(&format!(
+        r#"(module
+      (import "wasi_snapshot_preview1" "path_open"
+        (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 100) "{path}")
+      (func (export "_start")
+        ;; fd, follow symlinks, path, O_CREAT|O_TRUNC (1|8), all rights, fdflags 0, result at 200
+        (call $exit (call $open (i32.const {fd}) (i32.const 1) (i32.const 100) (i32.const {len})
+                               (i32.const 9) (i64.const -1) (i64.const -1) (i32.const 0) (i32.const 200)))))"#,
+        len = path.len()
+    ))
+}
+
+#[test]
+fn raw_path_open_with_create_cannot_write_a_read_only_mount() {
+    let dir = TempDir::new("rawopen");
+    let sb = sandbox(Policy { mounts: vec![Mount::read_only(dir.path(), "/data")], ..Policy::default() });
+    for program in [raw_create(4, "created-by-guest"), raw_create(3, "data/created-by-guest")] {
+        let out = sb.run(&program).unwrap();
+        assert_ne!(out.status, Status::Exited(0), "path_open succeeded");
+        assert!(!dir.join("created-by-guest").exists(), "the guest created a file on a read-only mount");
+    }
+    // On a read-write mount the same call works through the mount's descriptor.
+    let sb = sandbox(Policy { mounts: vec![Mount::read_write(dir.path(), "/data")], ..Policy::default() });
+    assert_eq!(sb.run(&raw_create(4, "created-by-guest")).unwrap().status, Status::Exited(0));
+    assert!(dir.join("created-by-guest").exists());
+}
+
+#[test]
+fn without_mounts_the_guest_sees_no_files_at_all() {
+    let guest = or_skip!(crate::common::wasm_guest(), "no wasm test guest");
+    let sb = sandbox(Policy::default());
+    for path in ["/", ".", "/tmp", "/etc", "/dev"] {
+        let out = sb.run(&Program::path(guest).args(["ls", path])).unwrap();
+        let s = text(&out.stdout);
+        assert!(s.starts_with("err") || s == "ok \n", "ls {path}: {s}");
+    }
+    let out = sb.run(&Program::path(guest).args(["write", "/tmp/x", "data"])).unwrap();
+    assert!(text(&out.stdout).starts_with("err"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn open_files_and_file_size_are_capped() {
+    let guest = or_skip!(crate::common::wasm_guest(), "no wasm test guest");
+    let dir = TempDir::new("caps");
+    std::fs::write(dir.join("f"), "x").unwrap();
+    let sb = sandbox(Policy {
+        mounts: vec![Mount::read_write(dir.path(), "/d")],
+        max_open_files: Some(20),
+        max_file_size: Some(1 << 20),
+        ..Policy::default()
+    });
+    let out = sb.run(&Program::path(guest).args(["openfiles", "/d/f"])).unwrap();
+    let s = text(&out.stdout);
+    let opened: usize = s.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(opened <= 20, "{s}");
+    let out = sb.run(&Program::path(guest).args(["bigfile", "/d/big", "10485760"])).unwrap();
+    assert!(text(&out.stdout).starts_with("wrote 1048576 then"), "{}", text(&out.stdout));
+    assert_eq!(std::fs::metadata(dir.join("big")).unwrap().len(), 1 << 20);
+}
+
+#[test]
+fn compiled_modules_are_cached_in_memory_and_on_disk() {
+    let cache = TempDir::new("cache");
+    // A module unique to this test run, so that no other test has compiled it.
+    let src = format!(r#"(module (func (export "_start")) (func (export "tag{}")))"#, std::process::id());
+    let program = wat(&src);
+    let sb: WasmSandbox = SandboxBuilder::new(BackendKind::Wasm).cache_dir(cache.path()).build_wasm().unwrap();
+    assert_eq!(sb.precompile(&program).unwrap(), ArtifactSource::Compiled);
+    assert_eq!(sb.precompile(&program).unwrap(), ArtifactSource::Memory);
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+
+    // Another process loads the artifact from disk instead of compiling.
+    let src_file = cache.join("m.wat");
+    std::fs::write(&src_file, &src).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandcell"))
+        .args(["run", "--json", "--cache-dir"])
+        .arg(cache.path())
+        .arg(&src_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\"cache\":\"disk\""), "{}", text(&out.stdout));
+
+    // A corrupted artifact is recompiled, not loaded.
+    for entry in std::fs::read_dir(cache.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "module") {
+            let mut bytes = std::fs::read(&p).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0xff;
+            std::fs::write(&p, bytes).unwrap();
+        }
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandcell"))
+        .args(["run", "--json", "--cache-dir"])
+        .arg(cache.path())
+        .arg(&src_file)
+        .output()
+        .unwrap();
+    assert!(text(&out.stdout).contains("\"cache\":\"compiled\""), "{}", text(&out.stdout));
+}
+
+#[test]
+fn an_unsafe_cache_directory_is_refused() {
+    let cache = TempDir::new("badcache");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = SandboxBuilder::new(BackendKind::Wasm).cache_dir(cache.path()).build().unwrap_err();
+    assert!(err.to_string().contains("writable by group or others"), "{err}");
+}
+
+#[test]
+fn host_memory_stays_bounded_under_a_memory_bomb() {
+    let guest = or_skip!(crate::common::wasm_guest(), "no wasm test guest");
+    fn rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+    let sb = sandbox(Policy { memory: Some(32 << 20), ..Policy::default() });
+    let before = rss_kib();
+    for _ in 0..5 {
+        let out = sb.run(&Program::path(guest).args(["alloc", "4096"])).unwrap();
+        assert_eq!(out.status, Status::MemoryLimit);
+    }
+    let grew = rss_kib().saturating_sub(before);
+    assert!(grew < 200 * 1024, "host RSS grew by {grew} KiB");
+}
+
+#[test]
+fn stdin_is_delivered_then_end_of_file() {
+    let guest = or_skip!(crate::common::wasm_guest(), "no wasm test guest");
+    let input: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let out = sandbox(Policy::default()).run(&Program::path(guest).arg("cat").stdin(input.clone())).unwrap();
+    assert_eq!(out.status, Status::Exited(0));
+    assert_eq!(out.stdout, input);
+}
+
+#[test]
+fn a_guest_cannot_name_the_stop_flag() {
+    // A module that exports the reserved name is refused rather than given control of it.
+    let err = sandbox(Policy::default())
+        .run(&wat(r#"(module (global (export "__sandcell_stop") (mut i32) (i32.const 0)) (func (export "_start")))"#))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidProgram, "{err}");
+}
