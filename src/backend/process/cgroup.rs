@@ -1,0 +1,245 @@
+//! Per-run cgroups, on cgroup v2 or on v1 controllers (hybrid hosts have both).
+//!
+//! A run gets its own cgroup (one per v1 controller) nested under sandcell's own cgroup, with
+//! the policy's memory and process limits; the host reads peak memory, CPU time and OOM kills
+//! from it afterwards and removes it. Where no cgroup is writable (an unprivileged user without
+//! a delegated subtree), the backend falls back to rlimits and says so in the outcome.
+
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::probe::Cgroups;
+
+/// Which cgroup version a sandbox uses, and where.
+#[derive(Clone, Debug)]
+pub(super) enum Setup {
+    /// A cgroup v2 directory in which sandcell creates one child per run.
+    V2 { parent: PathBuf },
+    /// v1 controller directories (each sandcell's own cgroup in that hierarchy).
+    V1 { memory: PathBuf, pids: PathBuf, cpuacct: Option<PathBuf> },
+}
+
+impl Setup {
+    pub(super) fn describe(&self) -> &'static str {
+        match self {
+            Setup::V2 { .. } => "cgroup v2",
+            Setup::V1 { .. } => "cgroup v1",
+        }
+    }
+}
+
+/// This process's cgroup path in a hierarchy (`/proc/self/cgroup`), `hierarchy` being `""` for
+/// v2 or a v1 controller name.
+fn own_path(hierarchy: &str) -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let matches =
+            if hierarchy.is_empty() { controllers.is_empty() } else { controllers.split(',').any(|c| c == hierarchy) };
+        matches.then(|| PathBuf::from(path.trim_start_matches('/')))
+    })
+}
+
+fn writable_dir(dir: &Path) -> bool {
+    // Create and remove a probe child: the only reliable test of cgroup write permission.
+    let probe = dir.join(format!("sandcell-probe-{}", std::process::id()));
+    fs::create_dir(&probe).is_ok() && fs::remove_dir(&probe).is_ok()
+}
+
+/// Finds a usable cgroup setup: v2 with the memory and pids controllers, else v1 memory + pids.
+pub(super) fn detect(host: &Cgroups) -> Option<Setup> {
+    if let Some(mount) = &host.v2_mount {
+        if ["memory", "pids"].iter().all(|c| host.v2_controllers.iter().any(|h| h == c)) {
+            // Runs go in a "sandcell" child of the v2 root's subtree: processes may not live in
+            // a cgroup that delegates controllers to children, so sandcell never uses its own.
+            let parent = mount.join(format!("sandcell-{}", std::process::id()));
+            if fs::create_dir_all(&parent).is_ok() {
+                let subtree = mount.join("cgroup.subtree_control");
+                let _ = fs::write(&subtree, "+memory +pids +cpu");
+                let _ = fs::write(parent.join("cgroup.subtree_control"), "+memory +pids +cpu");
+                let enabled = fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
+                if enabled.contains("memory") && enabled.contains("pids") && writable_dir(&parent) {
+                    return Some(Setup::V2 { parent });
+                }
+                let _ = fs::remove_dir(&parent);
+            }
+        }
+    }
+    let v1 = |controller: &str| -> Option<PathBuf> {
+        let dir = host.v1_mount(controller)?.join(own_path(controller)?);
+        writable_dir(&dir).then_some(dir)
+    };
+    let memory = v1("memory")?;
+    let pids = v1("pids")?;
+    Some(Setup::V1 { memory, pids, cpuacct: v1("cpuacct") })
+}
+
+/// Limits of one run's cgroup.
+pub(super) struct Limits {
+    pub(super) memory: Option<u64>,
+    pub(super) pids: Option<u32>,
+}
+
+/// One run's cgroup(s); removed when dropped.
+pub(super) struct RunCgroup {
+    dirs: Vec<PathBuf>,
+    v2: bool,
+    memory: PathBuf,
+    cpu: Option<PathBuf>,
+    /// For v2: the directory, opened, for `CLONE_INTO_CGROUP`.
+    pub(super) v2_fd: Option<OwnedFd>,
+}
+
+fn unique_name() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("sandcell-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
+    fs::write(dir.join(file), value).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.join(file).display())))
+}
+
+impl RunCgroup {
+    pub(super) fn create(setup: &Setup, limits: &Limits) -> io::Result<RunCgroup> {
+        let name = unique_name();
+        match setup {
+            Setup::V2 { parent } => {
+                let dir = parent.join(&name);
+                fs::create_dir(&dir)?;
+                let mut cg = RunCgroup {
+                    dirs: vec![dir.clone()],
+                    v2: true,
+                    memory: dir.clone(),
+                    cpu: Some(dir.clone()),
+                    v2_fd: None,
+                };
+                if let Some(m) = limits.memory {
+                    write(&dir, "memory.max", &m.to_string())?;
+                    let _ = write(&dir, "memory.swap.max", "0");
+                }
+                if let Some(p) = limits.pids {
+                    write(&dir, "pids.max", &p.to_string())?;
+                }
+                cg.v2_fd = Some(fs::File::open(&dir)?.into());
+                Ok(cg)
+            }
+            Setup::V1 { memory, pids, cpuacct } => {
+                let mut cg =
+                    RunCgroup { dirs: Vec::new(), v2: false, memory: memory.join(&name), cpu: None, v2_fd: None };
+                fs::create_dir(&cg.memory)?;
+                cg.dirs.push(cg.memory.clone());
+                if let Some(m) = limits.memory {
+                    write(&cg.memory, "memory.limit_in_bytes", &m.to_string())?;
+                    // No swap beyond the limit, where the kernel accounts swap.
+                    let _ = write(&cg.memory, "memory.memsw.limit_in_bytes", &m.to_string());
+                }
+                let p = pids.join(&name);
+                fs::create_dir(&p)?;
+                cg.dirs.push(p.clone());
+                if let Some(n) = limits.pids {
+                    write(&p, "pids.max", &n.to_string())?;
+                }
+                if let Some(c) = cpuacct {
+                    let c = c.join(&name);
+                    fs::create_dir(&c)?;
+                    cg.dirs.push(c.clone());
+                    cg.cpu = Some(c);
+                }
+                Ok(cg)
+            }
+        }
+    }
+
+    /// Moves `pid` into the run's cgroups (v1; v2 uses `CLONE_INTO_CGROUP`).
+    pub(super) fn attach(&self, pid: libc::pid_t) -> io::Result<()> {
+        if self.v2 {
+            return Ok(());
+        }
+        for dir in &self.dirs {
+            write(dir, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// CPU time used by the run's processes.
+    pub(super) fn cpu_usage(&self) -> Option<Duration> {
+        self.cpu_probe()?.read()
+    }
+
+    /// A handle that reads the run's CPU time (for the watchdog thread).
+    pub(super) fn cpu_probe(&self) -> Option<CpuProbe> {
+        Some(CpuProbe { dir: self.cpu.clone()?, v2: self.v2 })
+    }
+
+    /// Peak memory of the run.
+    pub(super) fn peak_memory(&self) -> Option<u64> {
+        let file = if self.v2 { "memory.peak" } else { "memory.max_usage_in_bytes" };
+        fs::read_to_string(self.memory.join(file)).ok()?.trim().parse().ok()
+    }
+
+    /// Whether the kernel's OOM killer killed a process of the run.
+    pub(super) fn oom_killed(&self) -> bool {
+        let (file, key) = if self.v2 { ("memory.events", "oom_kill") } else { ("memory.oom_control", "oom_kill") };
+        let text = fs::read_to_string(self.memory.join(file)).unwrap_or_default();
+        parse_keyed(&text, key).is_some_and(|n| n > 0)
+    }
+}
+
+impl Drop for RunCgroup {
+    fn drop(&mut self) {
+        // The run's processes are gone (their pid namespace died with its init); a cgroup can
+        // still be busy for a moment while the kernel finishes tearing them down.
+        for dir in &self.dirs {
+            for _ in 0..100 {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        }
+    }
+}
+
+/// Reads a run's CPU time from its cgroup.
+pub(super) struct CpuProbe {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl CpuProbe {
+    pub(super) fn read(&self) -> Option<Duration> {
+        if self.v2 {
+            let stat = fs::read_to_string(self.dir.join("cpu.stat")).ok()?;
+            parse_keyed(&stat, "usage_usec").map(Duration::from_micros)
+        } else {
+            fs::read_to_string(self.dir.join("cpuacct.usage")).ok()?.trim().parse().ok().map(Duration::from_nanos)
+        }
+    }
+}
+
+/// Reads `key N` from a flat-keyed cgroup file.
+fn parse_keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        (it.next()? == key).then(|| it.next()?.parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_files() {
+        assert_eq!(parse_keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n", "oom_kill"), Some(2));
+        assert_eq!(parse_keyed("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n", "oom_kill"), Some(1));
+        assert_eq!(parse_keyed("usage_usec 1234\nuser_usec 1000\n", "usage_usec"), Some(1234));
+        assert_eq!(parse_keyed("", "oom_kill"), None);
+    }
+}

@@ -1,0 +1,357 @@
+//! The jail: what the child does between `clone` and `execve`, as one linear sequence.
+//!
+//! Everything the child needs is computed by the parent beforehand ([`Plan`] per sandbox,
+//! [`Launch`] per run). The child runs on a copy of the parent's memory made by a raw `clone`
+//! (no C-library fork handlers), so from here on nothing allocates, locks or panics: each step is
+//! a system call through [`sys`], and the first failure is reported to the parent as
+//! `(step, errno)` over a close-on-exec pipe, which `execve` closes on success.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use super::seccomp::Profile;
+use super::sys;
+
+/// Upper bound on bind mounts per run (system directories, `/etc` files, devices and policy
+/// mounts), so the child can keep their descriptors in a fixed array.
+pub(super) const MAX_BINDS: usize = 64;
+
+/// A setup step, reported with the errno when it fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub(super) enum Step {
+    WaitForParent = 1,
+    BecomeRoot,
+    PrivateMounts,
+    OpenMountSource,
+    MountProc,
+    MountRoot,
+    BuildRoot,
+    BindMount,
+    MountTmp,
+    PivotRoot,
+    ReadOnlyRoot,
+    Hostname,
+    Loopback,
+    WorkingDirectory,
+    Rlimits,
+    CpuAffinity,
+    NewSession,
+    NoNewPrivileges,
+    Landlock,
+    DropCapabilities,
+    Stdio,
+    Seccomp,
+    SendListener,
+    Exec,
+}
+
+impl Step {
+    pub(super) fn from_u32(v: u32) -> Option<Step> {
+        use Step::*;
+        [
+            WaitForParent,
+            BecomeRoot,
+            PrivateMounts,
+            OpenMountSource,
+            MountProc,
+            MountRoot,
+            BuildRoot,
+            BindMount,
+            MountTmp,
+            PivotRoot,
+            ReadOnlyRoot,
+            Hostname,
+            Loopback,
+            WorkingDirectory,
+            Rlimits,
+            CpuAffinity,
+            NewSession,
+            NoNewPrivileges,
+            Landlock,
+            DropCapabilities,
+            Stdio,
+            Seccomp,
+            SendListener,
+            Exec,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+    }
+
+    /// What the step does, as the verb phrase of an error message.
+    pub(super) fn action(self) -> &'static str {
+        match self {
+            Step::WaitForParent => "hand the new process its user-namespace mapping",
+            Step::BecomeRoot => "switch to the sandbox's user inside its user namespace",
+            Step::PrivateMounts => "make the new mount namespace private",
+            Step::OpenMountSource => "open a directory to mount into the sandbox",
+            Step::MountProc => "mount /proc for the sandbox's pid namespace",
+            Step::MountRoot => "create the sandbox's root filesystem",
+            Step::BuildRoot => "create directories in the sandbox's root filesystem",
+            Step::BindMount => "bind-mount a directory into the sandbox",
+            Step::MountTmp => "mount the sandbox's private /tmp",
+            Step::PivotRoot => "switch to the sandbox's root filesystem",
+            Step::ReadOnlyRoot => "make the sandbox's root filesystem read-only",
+            Step::Hostname => "set the sandbox's hostname",
+            Step::Loopback => "bring up the sandbox's private loopback interface",
+            Step::WorkingDirectory => "change to the program's working directory",
+            Step::Rlimits => "set resource limits",
+            Step::CpuAffinity => "restrict the CPUs the program may use",
+            Step::NewSession => "start a new session",
+            Step::NoNewPrivileges => "set no_new_privs",
+            Step::Landlock => "apply the Landlock ruleset",
+            Step::DropCapabilities => "drop all capabilities",
+            Step::Stdio => "connect stdin, stdout and stderr",
+            Step::Seccomp => "install the seccomp filter",
+            Step::SendListener => "pass the seccomp listener to the host",
+            Step::Exec => "execute the program",
+        }
+    }
+}
+
+/// A directory or file made visible in the sandbox.
+pub(super) struct Bind {
+    /// Host path, opened by the child with `open_tree` (unless the parent sends an id-mapped
+    /// copy).
+    pub(super) source: CString,
+    /// Target under the staging root, e.g. `/tmp/usr`.
+    pub(super) target: CString,
+    /// Mount attributes (read-only, nosuid, nodev).
+    pub(super) attrs: u64,
+    /// Index into the id-mapped mounts the parent sends, when it sends one for this bind.
+    pub(super) idmapped: Option<usize>,
+}
+
+/// Everything about the jail that does not change between runs of a sandbox.
+pub(super) struct Plan {
+    /// Directories to create in the new root, parents first (absolute, under the staging root).
+    pub(super) dirs: Vec<CString>,
+    /// Empty files to create as mount points for file binds.
+    pub(super) files: Vec<CString>,
+    /// Files with content (`/etc/passwd`, `/etc/group`).
+    pub(super) contents: Vec<(CString, Vec<u8>)>,
+    /// Symlinks `(target, link)`.
+    pub(super) symlinks: Vec<(CString, CString)>,
+    pub(super) binds: Vec<Bind>,
+    /// `size=` option of the private /tmp.
+    pub(super) tmp_size: CString,
+    pub(super) loopback: bool,
+    pub(super) cpus: Option<u32>,
+    /// `(resource, soft, hard)`.
+    pub(super) rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    pub(super) landlock: Option<LandlockPlan>,
+    pub(super) seccomp: Profile,
+}
+
+/// Landlock rights for this kernel's ABI and the rules, by path inside the new root.
+pub(super) struct LandlockPlan {
+    pub(super) abi: u32,
+    pub(super) handled_fs: u64,
+    pub(super) handled_net: u64,
+    pub(super) scoped: u64,
+    pub(super) rules: Vec<(CString, u64)>,
+}
+
+/// What changes per run.
+pub(super) struct Launch<'a> {
+    pub(super) plan: &'a Plan,
+    /// Candidate paths to execute, in order (a `PATH` search, or the one given path).
+    pub(super) exec: &'a [CString],
+    /// NULL-terminated argument and environment arrays pointing into strings the parent owns.
+    pub(super) argv: &'a [*const libc::c_char],
+    pub(super) envp: &'a [*const libc::c_char],
+    pub(super) cwd: &'a CStr,
+    /// Child ends of stdin, stdout, stderr.
+    pub(super) stdio: [RawFd; 3],
+    /// The child's end of the parent/child socket.
+    pub(super) sync: RawFd,
+    /// Write end of the close-on-exec error pipe.
+    pub(super) error: RawFd,
+}
+
+const STAGING_ROOT: &CStr = c"/tmp";
+
+fn fail(error: RawFd, step: Step, errno: i32) -> ! {
+    let mut record = [0u8; 8];
+    record[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+    record[4..].copy_from_slice(&errno.to_ne_bytes());
+    let _ = sys::write_all(error, &record);
+    sys::exit(127)
+}
+
+/// The child's side. Never returns: it executes the program or exits with 127.
+pub(super) fn child(launch: &Launch) -> ! {
+    let err = launch.error;
+    match setup(launch) {
+        Ok(()) => {}
+        Err((step, errno)) => fail(err, step, errno),
+    }
+    // Execute: the first candidate that exists. ENOENT moves on to the next; anything else is
+    // final (permission denied, not executable).
+    let mut last = libc::ENOENT;
+    for path in launch.exec {
+        last = sys::execve(path, launch.argv, launch.envp);
+        if last != libc::ENOENT && last != libc::ENOTDIR {
+            break;
+        }
+    }
+    fail(err, Step::Exec, last)
+}
+
+fn setup(l: &Launch) -> Result<(), (Step, i32)> {
+    let plan = l.plan;
+    let at = |step: Step| move |errno: i32| (step, errno);
+
+    // 1. Die with the host: if the parent thread goes, so does this process, and with it (as
+    //    pid 1 of its namespace) every process of the run.
+    sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong).map_err(at(Step::WaitForParent))?;
+
+    // 2. Wait until the parent has written our uid/gid maps (and joined us to our cgroups). The
+    //    message carries the id-mapped mounts the parent prepared, if any. EOF: the parent died.
+    let mut msg = [0u8; 1];
+    let mut idmapped = [-1 as RawFd; MAX_BINDS];
+    match sys::recv_fds(l.sync, &mut msg, &mut idmapped) {
+        Ok((1, _)) => {}
+        Ok(_) => return Err((Step::WaitForParent, libc::EPIPE)),
+        Err(e) => return Err((Step::WaitForParent, e)),
+    }
+
+    // 3. Become the sandbox's root inside the user namespace. Outside, that is the unprivileged
+    //    uid the parent mapped (never the host's root).
+    sys::become_root().map_err(at(Step::BecomeRoot))?;
+
+    // 4. Nothing we mount may propagate back to the host.
+    sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(at(Step::PrivateMounts))?;
+
+    // 5. Take detached copies of everything to be bind-mounted, while the host's tree is still
+    //    our root. System directories, `/etc` files and policy mounts become read-only as the
+    //    plan says; everything is nosuid, and nodev except the device nodes.
+    let mut sources = [-1 as RawFd; MAX_BINDS];
+    for (i, bind) in plan.binds.iter().enumerate() {
+        let fd = match bind.idmapped.map(|k| idmapped[k]).filter(|fd| *fd >= 0) {
+            Some(fd) => fd,
+            None => {
+                let fd = sys::open_tree_clone(&bind.source).map_err(at(Step::OpenMountSource))?;
+                sys::mount_setattr(fd.as_raw_fd(), bind.attrs, None).map_err(at(Step::OpenMountSource))?;
+                into_raw(fd)
+            }
+        };
+        sources[i] = fd;
+    }
+
+    // 6. A /proc for our pid namespace. The kernel allows this in a user namespace only while a
+    //    full /proc is visible, i.e. before the host's tree is hidden.
+    let proc = sys::new_fs(c"proc", &[], sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | 0x8 /* noexec */)
+        .map_err(at(Step::MountProc))?;
+
+    // 7. The new root: a small tmpfs, attached over /tmp of this (private) namespace while it is
+    //    being built.
+    let root =
+        sys::new_fs(c"tmpfs", &[(c"mode", c"0755"), (c"size", c"4m")], sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV)
+            .map_err(at(Step::MountRoot))?;
+    sys::move_mount(root.as_raw_fd(), STAGING_ROOT).map_err(at(Step::MountRoot))?;
+
+    // 8. Its skeleton: directories, mount-point files, symlinks (`/bin -> usr/bin`), and the
+    //    synthetic `/etc/passwd` and `/etc/group`.
+    for dir in &plan.dirs {
+        sys::mkdir(dir, 0o755).map_err(at(Step::BuildRoot))?;
+    }
+    for file in &plan.files {
+        sys::create_file(file, b"", 0o644).map_err(at(Step::BuildRoot))?;
+    }
+    for (path, content) in &plan.contents {
+        sys::create_file(path, content, 0o644).map_err(at(Step::BuildRoot))?;
+    }
+    for (target, link) in &plan.symlinks {
+        sys::symlink(target, link).map_err(at(Step::BuildRoot))?;
+    }
+
+    // 9. Attach the bind mounts, /proc and a private, size-capped /tmp.
+    for (i, bind) in plan.binds.iter().enumerate() {
+        sys::move_mount(sources[i], &bind.target).map_err(at(Step::BindMount))?;
+        sys::close(sources[i]);
+    }
+    sys::move_mount(proc.as_raw_fd(), c"/tmp/proc").map_err(at(Step::MountProc))?;
+    let tmp = sys::new_fs(
+        c"tmpfs",
+        &[(c"mode", c"1777"), (c"size", &plan.tmp_size)],
+        sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+    )
+    .map_err(at(Step::MountTmp))?;
+    sys::move_mount(tmp.as_raw_fd(), c"/tmp/tmp").map_err(at(Step::MountTmp))?;
+    drop((proc, root, tmp));
+
+    // 10. Switch roots: pivot_root(".", ".") stacks the old root under the new one, and the lazy
+    //     unmount detaches the whole host tree from this namespace.
+    sys::chdir(STAGING_ROOT).map_err(at(Step::PivotRoot))?;
+    sys::pivot_root_here().map_err(at(Step::PivotRoot))?;
+    sys::umount_detach(c".").map_err(at(Step::PivotRoot))?;
+    sys::chdir(c"/").map_err(at(Step::PivotRoot))?;
+
+    // 11. The root itself is read-only; only /tmp and read-write mounts can be written.
+    sys::mount(
+        None,
+        c"/",
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+        None,
+    )
+    .map_err(at(Step::ReadOnlyRoot))?;
+
+    // 12. Identity and network inside the namespaces.
+    sys::sethostname(b"sandcell").map_err(at(Step::Hostname))?;
+    if plan.loopback {
+        sys::loopback_up().map_err(at(Step::Loopback))?;
+    }
+    sys::chdir(l.cwd).map_err(at(Step::WorkingDirectory))?;
+
+    // 13. Resource limits (per process; the cgroup limits for the whole tree were set by the
+    //     parent), CPU affinity, a new session without a controlling terminal.
+    for &(resource, soft, hard) in &plan.rlimits {
+        sys::setrlimit(resource, soft, hard).map_err(at(Step::Rlimits))?;
+    }
+    if let Some(n) = plan.cpus {
+        sys::limit_cpus(n).map_err(at(Step::CpuAffinity))?;
+    }
+    sys::setsid().map_err(at(Step::NewSession))?;
+
+    // 14. No new privileges (setuid bits and file capabilities are ignored from now on), then
+    //     Landlock, then no capabilities at all.
+    sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(at(Step::NoNewPrivileges))?;
+    if let Some(ll) = &plan.landlock {
+        let ruleset =
+            sys::landlock_ruleset(ll.handled_fs, ll.handled_net, ll.scoped, ll.abi).map_err(at(Step::Landlock))?;
+        for (path, access) in &ll.rules {
+            sys::landlock_allow(ruleset.as_raw_fd(), path, *access).map_err(at(Step::Landlock))?;
+        }
+        sys::landlock_restrict(ruleset.as_raw_fd()).map_err(at(Step::Landlock))?;
+    }
+    sys::drop_capabilities().map_err(at(Step::DropCapabilities))?;
+
+    // 15. stdin, stdout, stderr.
+    for (target, fd) in l.stdio.iter().enumerate() {
+        sys::dup2(*fd, target as RawFd).map_err(at(Step::Stdio))?;
+    }
+
+    // 16. seccomp last (it would forbid the steps above). The final filter carries the
+    //     user-notification listener, which goes to the parent.
+    let count = plan.seccomp.filters.len();
+    for (i, filter) in plan.seccomp.filters.iter().enumerate() {
+        let listener =
+            sys::seccomp_install(super::seccomp::as_libc(filter), i + 1 == count).map_err(at(Step::Seccomp))?;
+        if let Some(fd) = listener {
+            sys::send_fds(l.sync, b"L", &[fd]).map_err(at(Step::SendListener))?;
+            sys::close(fd);
+        }
+    }
+
+    // 17. No descriptor beyond 0, 1, 2 survives exec (the host's inherited ones included).
+    sys::close_from_on_exec(3);
+    Ok(())
+}
+
+fn into_raw(fd: OwnedFd) -> RawFd {
+    use std::os::fd::IntoRawFd;
+    fd.into_raw_fd()
+}

@@ -1,0 +1,855 @@
+//! The process backend: a native program in a fresh jail per run.
+//!
+//! | field | mechanism |
+//! |---|---|
+//! | (always) | new user, pid, mount, network, ipc, uts and cgroup namespaces; the program is the pid namespace's init, so the whole tree dies with it; the sandbox's root maps to an unprivileged uid outside |
+//! | filesystem | a fresh tmpfs root: read-only system directories, a size-capped private `/tmp`, a new `/proc`, `/dev/{null,zero,full,random,urandom}`, the policy's mounts (id-mapped when sandcell runs as root); Landlock rules to match |
+//! | network | an empty network namespace (no interface up); `loopback`: its `lo` up; Landlock denies TCP bind/connect (`none`) and scopes abstract unix sockets and signals |
+//! | syscalls | seccomp-bpf allow-list plus a deny-list answered by the host ([`seccomp`]) |
+//! | memory | cgroup memory limit (v2 or v1), else RLIMIT_AS per process |
+//! | max_processes | pids cgroup, else RLIMIT_NPROC in the run's own user namespace |
+//! | cpu_time | RLIMIT_CPU per process, and the run's cgroup CPU time for the tree |
+//! | cpus | CPU affinity, with `sched_setaffinity` denied |
+//! | timeout, interrupt | SIGKILL of the namespace's init through a pidfd |
+//! | max_open_files, max_file_size | RLIMIT_NOFILE, RLIMIT_FSIZE |
+//! | fuel | refused: native code cannot be metered |
+
+mod cgroup;
+mod jail;
+mod seccomp;
+mod sys;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use self::jail::{Bind, LandlockPlan, Launch, Plan, Step, MAX_BINDS};
+use crate::control::{watchdog, Capture, InterruptHandle, RunControl, StopReason};
+use crate::{
+    Artifact, BackendKind, CpuBudget, Error, Network, Outcome, Policy, Program, Result, RunOptions, SandboxBuilder,
+    Status, Stream, Usage,
+};
+
+/// The uid and gid the sandbox's root maps to when sandcell runs as root.
+const NOBODY: u32 = 65534;
+/// Default system directories (those that exist are mounted read-only; symlinks stay symlinks).
+const DEFAULT_SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+/// The files under /etc that the dynamic linker and libc read.
+const DEFAULT_ETC: &[&str] = &[
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/nsswitch.conf",
+    "/etc/alternatives",
+];
+const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+/// Guest paths the jail itself provides; mounts may not go there.
+const RESERVED: &[&str] = &["/proc", "/dev", "/tmp"];
+
+// Landlock access rights.
+const LL_EXECUTE: u64 = 1 << 0;
+const LL_WRITE_FILE: u64 = 1 << 1;
+const LL_READ_FILE: u64 = 1 << 2;
+const LL_READ_DIR: u64 = 1 << 3;
+const LL_TRUNCATE: u64 = 1 << 14;
+const LL_IOCTL_DEV: u64 = 1 << 15;
+const LL_NET_BIND_TCP: u64 = 1 << 0;
+const LL_NET_CONNECT_TCP: u64 = 1 << 1;
+const LL_SCOPE_ABSTRACT_UNIX: u64 = 1 << 0;
+const LL_SCOPE_SIGNAL: u64 = 1 << 1;
+
+fn landlock_fs_rights(abi: u32) -> u64 {
+    match abi {
+        0 => 0,
+        1 => (1 << 13) - 1,
+        2 => (1 << 14) - 1,
+        3 | 4 => (1 << 15) - 1,
+        _ => (1 << 16) - 1,
+    }
+}
+
+fn cstr(p: impl AsRef<[u8]>) -> CString {
+    CString::new(p.as_ref().to_vec()).expect("paths were checked for NUL bytes")
+}
+
+/// A sandbox running native programs in per-run jails.
+pub struct ProcessSandbox {
+    policy: Policy,
+    plan: Plan,
+    cgroups: Option<cgroup::Setup>,
+    as_root: bool,
+    /// Policy mounts to id-map when running as root: (host path, read-only), by index.
+    idmapped: Vec<(CString, bool)>,
+    interrupt: InterruptHandle,
+    enforced: BTreeMap<String, String>,
+    skipped: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ProcessSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessSandbox").field("policy", &self.policy).field("cgroups", &self.cgroups).finish()
+    }
+}
+
+impl ProcessSandbox {
+    pub(crate) fn new(builder: SandboxBuilder) -> Result<Self> {
+        let SandboxBuilder { policy, .. } = builder;
+        let host = &crate::probe().host;
+        let unavailable = |reason: String| Error::BackendUnavailable { backend: BackendKind::Process, reason };
+        if !host.user_namespaces {
+            return Err(unavailable(
+                "user namespaces are disabled (sysctl user.max_user_namespaces or kernel.unprivileged_userns_clone)"
+                    .into(),
+            ));
+        }
+        if !host.seccomp {
+            return Err(unavailable("the kernel has no seccomp filter support".into()));
+        }
+        let mut enforced = BTreeMap::new();
+        let mut skipped = BTreeMap::new();
+        let mut refuse = |field: &str, reason: String| -> Result<()> {
+            if policy.best_effort {
+                skipped.insert(field.to_owned(), reason);
+                Ok(())
+            } else {
+                Err(Error::Unenforceable { backend: BackendKind::Process, field: field.to_owned(), reason })
+            }
+        };
+        if policy.fuel.is_some() {
+            refuse("fuel", "native code cannot be metered instruction by instruction; use cpu_time".into())?;
+        }
+        let abi = host.landlock_abi.unwrap_or(0);
+        if abi == 0 {
+            refuse(
+                "mounts",
+                "Landlock is not enabled in this kernel, so the filesystem policy would rest on mount namespaces alone"
+                    .into(),
+            )?;
+        }
+
+        // SAFETY: geteuid has no preconditions.
+        let as_root = unsafe { libc::geteuid() } == 0;
+        let cgroups = if as_root { cgroup::detect(&host.cgroups) } else { None };
+
+        // Resource limits.
+        let mut rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)> = vec![(libc::RLIMIT_CORE, 0, 0)];
+        match (&cgroups, policy.memory) {
+            (Some(cg), Some(m)) => {
+                enforced
+                    .insert("memory".into(), format!("{} memory limit of {m} bytes for the whole tree", cg.describe()));
+            }
+            (None, Some(m)) => {
+                rlimits.push((libc::RLIMIT_AS, m, m));
+                enforced.insert("memory".into(), format!("RLIMIT_AS of {m} bytes per process (no writable cgroup)"));
+            }
+            (_, None) => {}
+        }
+        match (&cgroups, policy.max_processes) {
+            (Some(cg), Some(n)) => {
+                enforced.insert("max_processes".into(), format!("{} pids limit", cg.describe()));
+                let _ = n;
+            }
+            (None, Some(n)) => {
+                rlimits.push((libc::RLIMIT_NPROC, n as u64, n as u64));
+                enforced.insert("max_processes".into(), "RLIMIT_NPROC in the run's own user namespace".into());
+            }
+            (_, None) => {}
+        }
+        if let Some(cpu) = policy.cpu_time {
+            let secs = cpu.as_secs().max(1);
+            rlimits.push((libc::RLIMIT_CPU, secs, secs + 1));
+            enforced.insert(
+                "cpu_time".into(),
+                if cgroups.is_some() {
+                    "cgroup CPU time of the tree, and RLIMIT_CPU"
+                } else {
+                    "RLIMIT_CPU per process"
+                }
+                .into(),
+            );
+        }
+        if let Some(n) = policy.max_open_files {
+            rlimits.push((libc::RLIMIT_NOFILE, n, n));
+        }
+        if let Some(n) = policy.max_file_size {
+            rlimits.push((libc::RLIMIT_FSIZE, n, n));
+        }
+        if policy.timeout.is_some() {
+            enforced.insert("timeout".into(), "SIGKILL of the pid namespace".into());
+        }
+        if policy.cpus.is_some() {
+            enforced.insert("cpus".into(), "CPU affinity, sched_setaffinity denied".into());
+        }
+        enforced.insert(
+            "network".into(),
+            match policy.network {
+                Network::None => "empty network namespace".into(),
+                Network::Loopback => "network namespace with only a private loopback".into(),
+            },
+        );
+        enforced.insert("syscalls".into(), "seccomp-bpf allow-list".into());
+
+        // The filesystem.
+        let mut tree = Tree::default();
+        tree.dir(Path::new("/etc"));
+        tree.dir(Path::new("/dev"));
+        tree.dir(Path::new("/proc"));
+        tree.dir(Path::new("/tmp"));
+        tree.contents.push((
+            "/etc/passwd".into(),
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n".to_vec(),
+        ));
+        tree.contents.push(("/etc/group".into(), b"root:x:0:\nnogroup:x:65534:\n".to_vec()));
+        tree.contents.push(("/etc/hostname".into(), b"sandcell\n".to_vec()));
+        for (link, target) in [
+            ("/dev/fd", "/proc/self/fd"),
+            ("/dev/stdin", "/proc/self/fd/0"),
+            ("/dev/stdout", "/proc/self/fd/1"),
+            ("/dev/stderr", "/proc/self/fd/2"),
+            ("/dev/shm", "/tmp"),
+        ] {
+            tree.symlinks.push((target.into(), link.into()));
+        }
+        let ro = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+        let system: Vec<PathBuf> = match &policy.system_dirs {
+            Some(dirs) => dirs.clone(),
+            None => DEFAULT_SYSTEM_DIRS.iter().chain(DEFAULT_ETC).map(PathBuf::from).collect(),
+        };
+        for dir in &system {
+            let Ok(meta) = std::fs::symlink_metadata(dir) else {
+                if policy.system_dirs.is_some() {
+                    return Err(Error::invalid_policy(
+                        "system_dirs",
+                        format!("`{}` does not exist on this host", dir.display()),
+                    ));
+                }
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(dir)
+                    .map_err(|e| Error::setup(format!("read the symlink {}", dir.display()), e))?;
+                tree.parents(dir);
+                tree.symlinks.push((target, dir.clone()));
+            } else {
+                tree.bind(dir, dir, meta.is_dir(), ro, None);
+            }
+        }
+        for dev in DEVICES {
+            tree.bind(Path::new(dev), Path::new(dev), false, sys::MOUNT_ATTR_NOSUID, None);
+        }
+        let mut idmapped = Vec::new();
+        let mut landlock_rules: Vec<(PathBuf, u64)> = Vec::new();
+        for (i, m) in policy.mounts.iter().enumerate() {
+            let field = format!("mounts[{i}]");
+            if m.guest == Path::new("/") || RESERVED.iter().any(|r| m.guest.starts_with(r)) {
+                return Err(Error::invalid_policy(
+                    format!("{field}.guest"),
+                    format!(
+                        "`{}` is provided by the process backend itself (/, /proc, /dev and /tmp); mount elsewhere",
+                        m.guest.display()
+                    ),
+                ));
+            }
+            let host_path = std::fs::canonicalize(&m.host)
+                .map_err(|e| Error::invalid_policy(format!("{field}.host"), format!("`{}`: {e}", m.host.display())))?;
+            let is_dir = host_path.is_dir();
+            let attrs = if m.writable { sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV } else { ro };
+            let map = as_root.then(|| {
+                idmapped.push((cstr(host_path.as_os_str().as_bytes()), !m.writable));
+                idmapped.len() - 1
+            });
+            tree.bind(&host_path, &m.guest, is_dir, attrs, map);
+            if m.writable {
+                landlock_rules.push((
+                    m.guest.clone(),
+                    if is_dir { u64::MAX } else { LL_READ_FILE | LL_WRITE_FILE | LL_TRUNCATE },
+                ));
+            }
+        }
+        if tree.binds.len() > MAX_BINDS {
+            return Err(Error::invalid_policy(
+                "mounts",
+                format!("at most {} mounts", MAX_BINDS - DEVICES.len() - system.len()),
+            ));
+        }
+        enforced.insert(
+            "mounts".into(),
+            format!(
+                "bind mounts in a new mount namespace{}{}",
+                if as_root { ", id-mapped to the sandbox's user" } else { "" },
+                if abi > 0 { ", Landlock" } else { "" }
+            ),
+        );
+
+        let landlock = (abi > 0).then(|| {
+            let handled_fs = landlock_fs_rights(abi);
+            let file_rights = (LL_EXECUTE | LL_READ_FILE | LL_WRITE_FILE | LL_TRUNCATE | LL_IOCTL_DEV) & handled_fs;
+            let mut rules = vec![(cstr("/"), LL_EXECUTE | LL_READ_FILE | LL_READ_DIR), (cstr("/tmp"), handled_fs)];
+            for dev in DEVICES {
+                rules.push((cstr(dev), (LL_READ_FILE | LL_WRITE_FILE | LL_IOCTL_DEV) & handled_fs));
+            }
+            for (guest, access) in &landlock_rules {
+                let access = if *access == u64::MAX { handled_fs } else { access & file_rights };
+                rules.push((cstr(guest.as_os_str().as_bytes()), access));
+            }
+            let handled_net =
+                if abi >= 4 && policy.network == Network::None { LL_NET_BIND_TCP | LL_NET_CONNECT_TCP } else { 0 };
+            let scoped = if abi >= 6 { LL_SCOPE_ABSTRACT_UNIX | LL_SCOPE_SIGNAL } else { 0 };
+            LandlockPlan { abi, handled_fs, handled_net, scoped, rules }
+        });
+
+        let tmp_size = policy.memory.unwrap_or(256 << 20);
+        let plan = Plan {
+            dirs: tree.dirs.iter().map(|d| staged(d)).collect(),
+            files: tree.files.iter().map(|f| staged(f)).collect(),
+            contents: tree.contents.iter().map(|(p, c)| (staged(p), c.clone())).collect(),
+            symlinks: tree.symlinks.iter().map(|(t, l)| (cstr(t.as_os_str().as_bytes()), staged(l))).collect(),
+            binds: tree.binds,
+            tmp_size: cstr(tmp_size.to_string()),
+            loopback: policy.network == Network::Loopback,
+            cpus: policy.cpus,
+            rlimits,
+            landlock,
+            seccomp: seccomp::profile(&policy.deny_syscalls, policy.network, policy.cpus.is_some())?,
+        };
+        Ok(ProcessSandbox {
+            policy,
+            plan,
+            cgroups,
+            as_root,
+            idmapped,
+            interrupt: InterruptHandle::for_sandbox(),
+            enforced,
+            skipped,
+        })
+    }
+}
+
+/// A guest path under the staging root the child builds the new root at.
+fn staged(guest: &Path) -> CString {
+    let mut bytes = b"/tmp".to_vec();
+    bytes.extend_from_slice(guest.as_os_str().as_bytes());
+    cstr(bytes)
+}
+
+/// The new root's layout, collected while lowering the policy.
+#[derive(Default)]
+struct Tree {
+    dirs: BTreeSet<PathBuf>,
+    files: BTreeSet<PathBuf>,
+    contents: Vec<(PathBuf, Vec<u8>)>,
+    symlinks: Vec<(PathBuf, PathBuf)>,
+    binds: Vec<Bind>,
+}
+
+impl Tree {
+    /// A directory and its parents (a `BTreeSet` of paths iterates parents before children).
+    fn dir(&mut self, path: &Path) {
+        for a in path.ancestors() {
+            if a != Path::new("/") && !a.as_os_str().is_empty() {
+                self.dirs.insert(a.to_path_buf());
+            }
+        }
+    }
+
+    fn parents(&mut self, path: &Path) {
+        if let Some(p) = path.parent() {
+            self.dir(p);
+        }
+    }
+
+    fn bind(&mut self, source: &Path, guest: &Path, is_dir: bool, attrs: u64, idmapped: Option<usize>) {
+        if is_dir {
+            self.dir(guest);
+        } else {
+            self.parents(guest);
+            self.files.insert(guest.to_path_buf());
+        }
+        self.binds.push(Bind { source: cstr(source.as_os_str().as_bytes()), target: staged(guest), attrs, idmapped });
+    }
+}
+
+/// The parent's handles on a started child.
+struct Child {
+    pid: libc::pid_t,
+    pidfd: Arc<OwnedFd>,
+}
+
+impl ProcessSandbox {
+    fn exec_candidates(&self, program: &Program, env: &[(String, String)]) -> Result<Vec<CString>> {
+        let path =
+            match program.artifact() {
+                Artifact::Path(p) => p.clone(),
+                Artifact::Bytes(_) => return Err(Error::invalid_program(
+                    "the process backend runs a program by its path inside the sandbox; put the executable in a mount \
+                     and give its guest path",
+                )),
+            };
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.contains(&0) {
+            return Err(Error::invalid_program("the program path contains a NUL byte"));
+        }
+        if bytes.contains(&b'/') {
+            return Ok(vec![cstr(bytes)]);
+        }
+        let search = env.iter().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+        Ok(search.split(':').filter(|d| !d.is_empty()).map(|d| cstr(format!("{d}/{}", path.display()))).collect())
+    }
+
+    fn run_inner(&self, program: &Program, options: RunOptions, started: Instant) -> Result<Outcome> {
+        program.validate()?;
+        let mut env = program.merged_env(&self.policy.env);
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push(("PATH".into(), DEFAULT_PATH.into()));
+        }
+        let exec = self.exec_candidates(program, &env)?;
+        let argv0 = match program.artifact() {
+            Artifact::Path(p)
+                if program.argv0() == p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default() =>
+            {
+                p.to_string_lossy().into_owned()
+            }
+            _ => program.argv0(),
+        };
+        let args: Vec<CString> =
+            std::iter::once(argv0.as_str()).chain(program.arguments().iter().map(String::as_str)).map(cstr).collect();
+        let envs: Vec<CString> = env.iter().map(|(k, v)| cstr(format!("{k}={v}"))).collect();
+        let argv: Vec<*const libc::c_char> =
+            args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let envp: Vec<*const libc::c_char> =
+            envs.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let cwd = cstr(program.working_dir().unwrap_or(Path::new("/")).as_os_str().as_bytes());
+
+        let setup_err = |action: &'static str| move |e: io::Error| Error::setup(action, e);
+        let (stdin_r, stdin_w) = sys::pipe().map_err(setup_err("create the stdin pipe"))?;
+        let (stdout_r, stdout_w) = sys::pipe().map_err(setup_err("create the stdout pipe"))?;
+        let (stderr_r, stderr_w) = sys::pipe().map_err(setup_err("create the stderr pipe"))?;
+        let (error_r, error_w) = sys::pipe().map_err(setup_err("create the status pipe"))?;
+        let (sync_parent, sync_child) = sys::socketpair().map_err(setup_err("create the control socket"))?;
+
+        // A run whose handle was interrupted before it started ends at once.
+        let control = RunControl::new();
+        let _sandbox_attachment = self.interrupt.attach(&control);
+        let _run_attachment = options.interrupt.as_ref().map(|h| h.attach(&control));
+        if let Some(reason) = control.reason() {
+            return Ok(self.stopped_before_start(reason, started));
+        }
+
+        let cgroup = match &self.cgroups {
+            Some(setup) => Some(
+                cgroup::RunCgroup::create(
+                    setup,
+                    &cgroup::Limits { memory: self.policy.memory, pids: self.policy.max_processes },
+                )
+                .map_err(setup_err("create the run's cgroup"))?,
+            ),
+            None => None,
+        };
+
+        let launch = Launch {
+            plan: &self.plan,
+            exec: &exec,
+            argv: &argv,
+            envp: &envp,
+            cwd: &cwd,
+            stdio: [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()],
+            sync: sync_child.as_raw_fd(),
+            error: error_w.as_raw_fd(),
+        };
+        let flags = (libc::CLONE_NEWUSER
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWCGROUP) as u64;
+        let v2_fd = cgroup.as_ref().and_then(|c| c.v2_fd.as_ref()).map(|fd| fd.as_raw_fd());
+        // SAFETY: the child runs `jail::child`, which only makes system calls on data prepared
+        // above and never returns.
+        let cloned = match unsafe { sys::clone_jail(flags, v2_fd) } {
+            Ok(None) => jail::child(&launch),
+            Ok(Some(c)) => c,
+            Err(e) => return Err(Error::setup("create the sandbox's namespaces (clone3)", e)),
+        };
+        let child = Child { pid: cloned.pid, pidfd: Arc::new(cloned.pidfd) };
+        drop((stdin_r, stdout_w, stderr_w, error_w, sync_child));
+
+        // From here on the child exists: every exit path must kill and reap it.
+        let pidfd = child.pidfd.clone();
+        control.arm(Box::new(move || {
+            let _ = sys::pidfd_kill(pidfd.as_raw_fd(), libc::SIGKILL);
+        }));
+        let result = self.supervise(
+            &child,
+            &control,
+            cgroup.as_ref(),
+            Io { stdin_w, stdout_r, stderr_r, error_r, sync: sync_parent },
+            program,
+            options,
+            started,
+        );
+        control.disarm();
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                let _ = sys::pidfd_kill(child.pidfd.as_raw_fd(), libc::SIGKILL);
+                let _ = sys::wait(child.pid);
+                // A stop requested while the jail was being set up (the kill made set-up fail)
+                // is that stop, not a host error.
+                match control.reason() {
+                    Some(reason) => Ok(self.stopped_before_start(reason, started)),
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Hands the child its identity, waits for it to start the program, and collects output
+    /// until the run ends.
+    #[allow(clippy::too_many_arguments)]
+    fn supervise(
+        &self,
+        child: &Child,
+        control: &Arc<RunControl>,
+        cgroup: Option<&cgroup::RunCgroup>,
+        io: Io,
+        program: &Program,
+        options: RunOptions,
+        started: Instant,
+    ) -> Result<Outcome> {
+        // The user namespace mapping: the sandbox's root is the unprivileged `nobody` when
+        // sandcell runs as root, else the calling user.
+        // SAFETY: geteuid/getegid have no preconditions.
+        let (uid, gid) = if self.as_root { (NOBODY, NOBODY) } else { unsafe { (libc::geteuid(), libc::getegid()) } };
+        let proc_dir = PathBuf::from(format!("/proc/{}", child.pid));
+        if !self.as_root {
+            std::fs::write(proc_dir.join("setgroups"), "deny")
+                .map_err(|e| Error::setup("deny setgroups in the user namespace", e))?;
+        }
+        std::fs::write(proc_dir.join("uid_map"), format!("0 {uid} 1"))
+            .map_err(|e| Error::setup("write the uid map", e))?;
+        std::fs::write(proc_dir.join("gid_map"), format!("0 {gid} 1"))
+            .map_err(|e| Error::setup("write the gid map", e))?;
+        if let Some(cg) = cgroup {
+            cg.attach(child.pid).map_err(|e| Error::setup("move the program into its cgroup", e))?;
+        }
+        // Id-mapped copies of the policy's mounts, so that the sandbox's root owns what the
+        // host's root owns in them (only possible, and only needed, when running as root).
+        let mut idmapped: Vec<OwnedFd> = Vec::new();
+        if !self.idmapped.is_empty() {
+            let userns = std::fs::File::open(proc_dir.join("ns/user"))
+                .map_err(|e| Error::setup("open the run's user namespace", e))?;
+            for (path, read_only) in &self.idmapped {
+                let attrs = sys::MOUNT_ATTR_NOSUID
+                    | sys::MOUNT_ATTR_NODEV
+                    | if *read_only { sys::MOUNT_ATTR_RDONLY } else { 0 };
+                let tree = sys::open_tree_clone(path)
+                    .map_err(|e| Error::setup("open a mount source", io::Error::from_raw_os_error(e)))?;
+                sys::mount_setattr(tree.as_raw_fd(), attrs, Some(userns.as_raw_fd())).map_err(|e| {
+                    Error::setup(
+                        format!("id-map the mount of {}", path.to_string_lossy()),
+                        io::Error::from_raw_os_error(e),
+                    )
+                })?;
+                idmapped.push(tree);
+            }
+        }
+        let raw: Vec<RawFd> = idmapped.iter().map(|f| f.as_raw_fd()).collect();
+        sys::send_fds(io.sync.as_raw_fd(), b"G", &raw)
+            .map_err(|e| Error::setup("start the sandboxed process", io::Error::from_raw_os_error(e)))?;
+        drop(idmapped);
+
+        let timers = self.start_timers(control, cgroup, started);
+
+        // The child reports a failed step on the status pipe; end-of-file means it executed.
+        let mut record = [0u8; 8];
+        let mut got = 0;
+        while got < 8 {
+            match sys::read(io.error_r.as_raw_fd(), &mut record[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => return Err(Error::setup("read the sandbox's start-up status", e)),
+            }
+        }
+        if got == 8 {
+            let step = u32::from_ne_bytes(record[..4].try_into().expect("4 bytes"));
+            let errno = i32::from_ne_bytes(record[4..].try_into().expect("4 bytes"));
+            let _ = sys::wait(child.pid);
+            let step = Step::from_u32(step).unwrap_or(Step::Exec);
+            if step == Step::Exec {
+                let shown = match program.artifact() {
+                    Artifact::Path(p) => p.display().to_string(),
+                    Artifact::Bytes(_) => String::new(),
+                };
+                return Err(Error::invalid_program(format!(
+                    "cannot execute `{shown}` inside the sandbox: {} (is it visible there? the sandbox sees its \
+                     system directories and mounts only)",
+                    io::Error::from_raw_os_error(errno)
+                )));
+            }
+            return Err(Error::setup(step.action(), io::Error::from_raw_os_error(errno)));
+        }
+        // The seccomp listener was sent just before exec.
+        let mut fds = [-1 as RawFd; 1];
+        let mut byte = [0u8; 1];
+        let listener = match sys::recv_fds(io.sync.as_raw_fd(), &mut byte, &mut fds) {
+            // SAFETY: the kernel installed this descriptor for us with the message.
+            Ok((_, 1)) => Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) }),
+            _ => None,
+        };
+
+        // Collect output until every writer is gone and the init has exited.
+        let limit = self.policy.max_output;
+        let mut capture = Capture::new(limit, options.on_output);
+        let denied = pump(child, control, io, listener.as_ref(), &mut capture, program.stdin_bytes());
+        let (status, rusage) = sys::wait(child.pid).map_err(|e| Error::setup("wait for the sandboxed process", e))?;
+        drop(timers);
+        let wall = started.elapsed();
+
+        let oom = cgroup.is_some_and(|c| c.oom_killed());
+        let cpu = cgroup.and_then(|c| c.cpu_usage()).unwrap_or_else(|| {
+            Duration::new(rusage.ru_utime.tv_sec as u64, rusage.ru_utime.tv_usec as u32 * 1000)
+                + Duration::new(rusage.ru_stime.tv_sec as u64, rusage.ru_stime.tv_usec as u32 * 1000)
+        });
+        let peak = cgroup.and_then(|c| c.peak_memory()).unwrap_or(rusage.ru_maxrss as u64 * 1024);
+        let status = match (control.reason(), denied) {
+            (Some(reason), _) => reason.status(),
+            (None, Some(name)) => Status::SyscallDenied(Some(name)),
+            (None, None) => self.classify(status, oom, cpu),
+        };
+        let (stdout, stderr) = capture.take();
+        let mut enforced = self.enforced.clone();
+        if let Some(l) = &self.plan.landlock {
+            enforced.insert("landlock".into(), format!("ABI {}", l.abi));
+        }
+        Ok(Outcome {
+            status,
+            stdout,
+            stderr,
+            usage: Usage { wall, cpu, peak_memory_bytes: peak, fuel: None, artifact: None },
+            enforced,
+            skipped: self.skipped.clone(),
+        })
+    }
+
+    fn stopped_before_start(&self, reason: StopReason, started: Instant) -> Outcome {
+        Outcome {
+            status: reason.status(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            usage: Usage { wall: started.elapsed(), ..Usage::default() },
+            enforced: self.enforced.clone(),
+            skipped: self.skipped.clone(),
+        }
+    }
+
+    fn classify(&self, wait_status: i32, oom: bool, cpu: Duration) -> Status {
+        if libc::WIFEXITED(wait_status) {
+            let code = libc::WEXITSTATUS(wait_status);
+            return if oom && code != 0 { Status::MemoryLimit } else { Status::Exited(code) };
+        }
+        let sig = libc::WTERMSIG(wait_status);
+        let over_cpu = self.policy.cpu_time.is_some_and(|limit| cpu >= limit);
+        match sig {
+            libc::SIGSYS => Status::SyscallDenied(None),
+            libc::SIGXCPU => Status::CpuLimit(CpuBudget::CpuTime),
+            libc::SIGKILL if oom => Status::MemoryLimit,
+            libc::SIGKILL if over_cpu => Status::CpuLimit(CpuBudget::CpuTime),
+            _ if oom => Status::MemoryLimit,
+            sig => Status::Signaled(sig),
+        }
+    }
+
+    fn start_timers(
+        &self,
+        control: &Arc<RunControl>,
+        cgroup: Option<&cgroup::RunCgroup>,
+        started: Instant,
+    ) -> Vec<watchdog::TimerGuard> {
+        let mut timers = Vec::new();
+        if let Some(timeout) = self.policy.timeout {
+            let c = control.clone();
+            timers.push(watchdog::schedule(
+                started + timeout,
+                Box::new(move |_| {
+                    c.stop(StopReason::Timeout);
+                    None
+                }),
+            ));
+        }
+        // The tree's CPU time, from the cgroup (RLIMIT_CPU covers single processes anyway).
+        if let (Some(limit), Some(cg)) = (self.policy.cpu_time, cgroup) {
+            if let Some(probe) = cg.cpu_probe() {
+                let c = control.clone();
+                timers.push(watchdog::schedule(
+                    Instant::now() + limit,
+                    Box::new(move |now| {
+                        let used = probe.read().unwrap_or_default();
+                        if used >= limit {
+                            c.stop(StopReason::CpuLimit(CpuBudget::CpuTime));
+                            None
+                        } else {
+                            Some(now + (limit - used).max(Duration::from_millis(5)))
+                        }
+                    }),
+                ));
+            }
+        }
+        timers
+    }
+}
+
+/// The parent's ends of a run's pipes and socket.
+struct Io {
+    stdin_w: OwnedFd,
+    stdout_r: OwnedFd,
+    stderr_r: OwnedFd,
+    error_r: OwnedFd,
+    sync: OwnedFd,
+}
+
+/// Feeds stdin, drains stdout and stderr (both at once, so a guest flooding one while the other
+/// fills cannot deadlock), answers seccomp notifications, until the output pipes close and the
+/// init has exited. Returns the name of a denied system call, if one was made.
+fn pump(
+    child: &Child,
+    control: &RunControl,
+    io: Io,
+    listener: Option<&OwnedFd>,
+    capture: &mut Capture,
+    stdin: &[u8],
+) -> Option<String> {
+    const STDOUT: usize = 0;
+    const STDERR: usize = 1;
+    const STDIN: usize = 2;
+    const LISTENER: usize = 3;
+    const EXIT: usize = 4;
+    let _ = sys::set_nonblocking(&io.stdout_r);
+    let _ = sys::set_nonblocking(&io.stderr_r);
+    // Our end of stdin; dropping it gives the guest end-of-file.
+    let mut stdin_w = (!stdin.is_empty()).then_some(io.stdin_w);
+    if let Some(w) = &stdin_w {
+        let _ = sys::set_nonblocking(w);
+    }
+    let mut stdin_left = stdin;
+    let mut open = [true, true];
+    let mut exited = false;
+    let mut denied = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    while open[STDOUT] || open[STDERR] || !exited {
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(5);
+        let mut slot = [usize::MAX; 5];
+        let mut watch = |which: usize, fd: RawFd, events: i16| {
+            slot[which] = fds.len();
+            fds.push(libc::pollfd { fd, events, revents: 0 });
+        };
+        if open[STDOUT] {
+            watch(STDOUT, io.stdout_r.as_raw_fd(), libc::POLLIN);
+        }
+        if open[STDERR] {
+            watch(STDERR, io.stderr_r.as_raw_fd(), libc::POLLIN);
+        }
+        if let Some(w) = &stdin_w {
+            watch(STDIN, w.as_raw_fd(), libc::POLLOUT);
+        }
+        if let Some(l) = listener {
+            watch(LISTENER, l.as_raw_fd(), libc::POLLIN);
+        }
+        if !exited {
+            watch(EXIT, child.pidfd.as_raw_fd(), libc::POLLIN);
+        }
+        if sys::poll(&mut fds, -1).is_err() {
+            break;
+        }
+        let ready = |which: usize| slot[which] != usize::MAX && fds[slot[which]].revents != 0;
+        for (which, fd, stream) in
+            [(STDOUT, io.stdout_r.as_raw_fd(), Stream::Stdout), (STDERR, io.stderr_r.as_raw_fd(), Stream::Stderr)]
+        {
+            if !ready(which) {
+                continue;
+            }
+            match sys::read(fd, &mut buf) {
+                Ok(0) => open[which] = false,
+                Ok(n) => {
+                    if !capture.push(stream, &buf[..n]) {
+                        control.stop(StopReason::OutputLimit);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => open[which] = false,
+            }
+        }
+        if ready(STDIN) {
+            if let Some(w) = &stdin_w {
+                match sys::write(w.as_raw_fd(), stdin_left) {
+                    Ok(n) => stdin_left = &stdin_left[n..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => stdin_left = &[],
+                }
+            }
+            if stdin_left.is_empty() {
+                stdin_w = None;
+            }
+        }
+        if ready(LISTENER) {
+            if let Some(nr) = listener.and_then(|l| sys::seccomp_deny_next(l.as_raw_fd())) {
+                if denied.is_none() {
+                    denied = Some(seccomp::name_of(nr as i64).map_or_else(|| format!("syscall {nr}"), str::to_owned));
+                }
+                let _ = sys::pidfd_kill(child.pidfd.as_raw_fd(), libc::SIGKILL);
+            }
+        }
+        if ready(EXIT) {
+            exited = true;
+            stdin_w = None;
+        }
+    }
+    denied
+}
+
+impl crate::Sandbox for ProcessSandbox {
+    fn backend(&self) -> BackendKind {
+        BackendKind::Process
+    }
+
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn run_with(&self, program: &Program, options: RunOptions) -> Result<Outcome> {
+        self.run_inner(program, options, Instant::now())
+    }
+
+    fn interrupt_handle(&self) -> InterruptHandle {
+        self.interrupt.clone()
+    }
+}
+
+/// Whether the process backend can run here.
+pub(crate) fn support(host: &crate::HostSupport) -> (bool, String) {
+    if !host.user_namespaces {
+        return (false, "user namespaces are disabled on this host".into());
+    }
+    if !host.seccomp {
+        return (false, "the kernel has no seccomp filter support".into());
+    }
+    let landlock = host
+        .landlock_abi
+        .map_or("no Landlock (policies with mounts need best_effort)".to_owned(), |v| format!("Landlock ABI {v}"));
+    let limits = if host.root {
+        match cgroup::detect(&host.cgroups) {
+            Some(s) => format!("{} limits", s.describe()),
+            None => "rlimits (no writable cgroup)".into(),
+        }
+    } else {
+        "rlimits (not root: no cgroups)".into()
+    };
+    (true, format!("namespaces, seccomp-bpf, {landlock}, {limits}"))
+}

@@ -1,0 +1,614 @@
+//! The seccomp-bpf filters of a confined process, compiled with `seccompiler`.
+//!
+//! Seccomp evaluates every installed filter and keeps the strictest answer (kill > trap > errno >
+//! user notification > allow), so the profile is four small filters rather than one:
+//!
+//! 1. **allow-list**: the system calls ordinary programs (python3, sh, busybox, C programs) use;
+//!    anything else fails with `ENOSYS` (so `clone3` makes glibc fall back to `clone`). Before
+//!    seccompiler's architecture check (which kills `int 0x80`, i.e. i386 calls) it gets one more
+//!    check of ours that kills x32 calls (numbers with bit 30 set).
+//! 2. **deny-list**: calls that must never be made — `ptrace`, `mount`, `unshare`, `bpf`,
+//!    `io_uring_*`, `TIOCSTI`/`TIOCLINUX` ioctls (the command compared as 32 bits), namespace
+//!    flags to `clone`, and the policy's `deny_syscalls` — are also on the allow-list, so this
+//!    filter's answer wins: a user notification. The host receives it, answers `EPERM`, and ends
+//!    the run with `Status::SyscallDenied` naming the call.
+//! 3. **sockets**: only `AF_UNIX` sockets (and `AF_INET`/`AF_INET6` with a loopback network);
+//!    other families fail with `EAFNOSUPPORT`.
+//! 4. **affinity** (when the policy limits CPUs): `sched_setaffinity` fails with `EPERM`, so the
+//!    guest cannot widen the CPU set it was given.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::{Error, Network, Result};
+
+macro_rules! syscalls {
+    ($($name:ident),* $(,)?) => {
+        &[$((stringify!($name), sys_nr::$name)),*]
+    };
+}
+
+/// x86-64 system call numbers by name (the names `deny_syscalls` accepts).
+#[allow(non_upper_case_globals, dead_code)]
+mod sys_nr {
+    pub use libc::SYS_newfstatat as newfstatat;
+    pub use libc::{
+        SYS_accept as accept, SYS_accept4 as accept4, SYS_access as access, SYS_acct as acct, SYS_add_key as add_key,
+        SYS_adjtimex as adjtimex, SYS_alarm as alarm, SYS_arch_prctl as arch_prctl, SYS_bind as bind, SYS_bpf as bpf,
+        SYS_brk as brk, SYS_capget as capget, SYS_capset as capset, SYS_chdir as chdir, SYS_chmod as chmod,
+        SYS_chown as chown, SYS_chroot as chroot, SYS_clock_adjtime as clock_adjtime, SYS_clock_getres as clock_getres,
+        SYS_clock_gettime as clock_gettime, SYS_clock_nanosleep as clock_nanosleep, SYS_clock_settime as clock_settime,
+        SYS_clone as clone, SYS_close as close, SYS_close_range as close_range, SYS_connect as connect,
+        SYS_copy_file_range as copy_file_range, SYS_creat as creat, SYS_delete_module as delete_module, SYS_dup as dup,
+        SYS_dup2 as dup2, SYS_dup3 as dup3, SYS_epoll_create as epoll_create, SYS_epoll_create1 as epoll_create1,
+        SYS_epoll_ctl as epoll_ctl, SYS_epoll_pwait as epoll_pwait, SYS_epoll_pwait2 as epoll_pwait2,
+        SYS_epoll_wait as epoll_wait, SYS_eventfd as eventfd, SYS_eventfd2 as eventfd2, SYS_execve as execve,
+        SYS_execveat as execveat, SYS_exit as exit, SYS_exit_group as exit_group, SYS_faccessat as faccessat,
+        SYS_faccessat2 as faccessat2, SYS_fadvise64 as fadvise64, SYS_fallocate as fallocate,
+        SYS_fanotify_init as fanotify_init, SYS_fchdir as fchdir, SYS_fchmod as fchmod, SYS_fchmodat as fchmodat,
+        SYS_fchown as fchown, SYS_fchownat as fchownat, SYS_fcntl as fcntl, SYS_fdatasync as fdatasync,
+        SYS_fgetxattr as fgetxattr, SYS_finit_module as finit_module, SYS_flistxattr as flistxattr, SYS_flock as flock,
+        SYS_fork as fork, SYS_fremovexattr as fremovexattr, SYS_fsconfig as fsconfig, SYS_fsetxattr as fsetxattr,
+        SYS_fsmount as fsmount, SYS_fsopen as fsopen, SYS_fspick as fspick, SYS_fstat as fstat, SYS_fstatfs as fstatfs,
+        SYS_fsync as fsync, SYS_ftruncate as ftruncate, SYS_futex as futex, SYS_futex_waitv as futex_waitv,
+        SYS_futimesat as futimesat, SYS_get_mempolicy as get_mempolicy, SYS_get_robust_list as get_robust_list,
+        SYS_getcpu as getcpu, SYS_getcwd as getcwd, SYS_getdents as getdents, SYS_getdents64 as getdents64,
+        SYS_getegid as getegid, SYS_geteuid as geteuid, SYS_getgid as getgid, SYS_getgroups as getgroups,
+        SYS_getitimer as getitimer, SYS_getpeername as getpeername, SYS_getpgid as getpgid, SYS_getpgrp as getpgrp,
+        SYS_getpid as getpid, SYS_getppid as getppid, SYS_getpriority as getpriority, SYS_getrandom as getrandom,
+        SYS_getresgid as getresgid, SYS_getresuid as getresuid, SYS_getrlimit as getrlimit, SYS_getrusage as getrusage,
+        SYS_getsid as getsid, SYS_getsockname as getsockname, SYS_getsockopt as getsockopt, SYS_gettid as gettid,
+        SYS_gettimeofday as gettimeofday, SYS_getuid as getuid, SYS_getxattr as getxattr,
+        SYS_init_module as init_module, SYS_inotify_add_watch as inotify_add_watch, SYS_inotify_init as inotify_init,
+        SYS_inotify_init1 as inotify_init1, SYS_inotify_rm_watch as inotify_rm_watch, SYS_io_cancel as io_cancel,
+        SYS_io_destroy as io_destroy, SYS_io_getevents as io_getevents, SYS_io_setup as io_setup,
+        SYS_io_submit as io_submit, SYS_io_uring_enter as io_uring_enter, SYS_io_uring_register as io_uring_register,
+        SYS_io_uring_setup as io_uring_setup, SYS_ioctl as ioctl, SYS_ioperm as ioperm, SYS_iopl as iopl,
+        SYS_kcmp as kcmp, SYS_kexec_file_load as kexec_file_load, SYS_kexec_load as kexec_load, SYS_keyctl as keyctl,
+        SYS_kill as kill, SYS_landlock_add_rule as landlock_add_rule,
+        SYS_landlock_create_ruleset as landlock_create_ruleset, SYS_landlock_restrict_self as landlock_restrict_self,
+        SYS_lchown as lchown, SYS_lgetxattr as lgetxattr, SYS_link as link, SYS_linkat as linkat, SYS_listen as listen,
+        SYS_listxattr as listxattr, SYS_llistxattr as llistxattr, SYS_lookup_dcookie as lookup_dcookie,
+        SYS_lremovexattr as lremovexattr, SYS_lseek as lseek, SYS_lsetxattr as lsetxattr, SYS_lstat as lstat,
+        SYS_madvise as madvise, SYS_mbind as mbind, SYS_membarrier as membarrier, SYS_memfd_create as memfd_create,
+        SYS_mincore as mincore, SYS_mkdir as mkdir, SYS_mkdirat as mkdirat, SYS_mknod as mknod, SYS_mknodat as mknodat,
+        SYS_mlock as mlock, SYS_mlock2 as mlock2, SYS_mlockall as mlockall, SYS_mmap as mmap,
+        SYS_modify_ldt as modify_ldt, SYS_mount as mount, SYS_mount_setattr as mount_setattr,
+        SYS_move_mount as move_mount, SYS_mprotect as mprotect, SYS_mq_getsetattr as mq_getsetattr,
+        SYS_mq_notify as mq_notify, SYS_mq_open as mq_open, SYS_mq_timedreceive as mq_timedreceive,
+        SYS_mq_timedsend as mq_timedsend, SYS_mq_unlink as mq_unlink, SYS_mremap as mremap, SYS_msgctl as msgctl,
+        SYS_msgget as msgget, SYS_msgrcv as msgrcv, SYS_msgsnd as msgsnd, SYS_msync as msync, SYS_munlock as munlock,
+        SYS_munlockall as munlockall, SYS_munmap as munmap, SYS_name_to_handle_at as name_to_handle_at,
+        SYS_nanosleep as nanosleep, SYS_open as open, SYS_open_by_handle_at as open_by_handle_at,
+        SYS_open_tree as open_tree, SYS_openat as openat, SYS_openat2 as openat2, SYS_pause as pause,
+        SYS_perf_event_open as perf_event_open, SYS_personality as personality, SYS_pidfd_getfd as pidfd_getfd,
+        SYS_pidfd_open as pidfd_open, SYS_pidfd_send_signal as pidfd_send_signal, SYS_pipe as pipe, SYS_pipe2 as pipe2,
+        SYS_pivot_root as pivot_root, SYS_pkey_alloc as pkey_alloc, SYS_pkey_free as pkey_free,
+        SYS_pkey_mprotect as pkey_mprotect, SYS_poll as poll, SYS_ppoll as ppoll, SYS_prctl as prctl,
+        SYS_pread64 as pread64, SYS_preadv as preadv, SYS_preadv2 as preadv2, SYS_prlimit64 as prlimit64,
+        SYS_process_madvise as process_madvise, SYS_process_vm_readv as process_vm_readv,
+        SYS_process_vm_writev as process_vm_writev, SYS_pselect6 as pselect6, SYS_ptrace as ptrace,
+        SYS_pwrite64 as pwrite64, SYS_pwritev as pwritev, SYS_pwritev2 as pwritev2, SYS_quotactl as quotactl,
+        SYS_read as read, SYS_readahead as readahead, SYS_readlink as readlink, SYS_readlinkat as readlinkat,
+        SYS_readv as readv, SYS_reboot as reboot, SYS_recvfrom as recvfrom, SYS_recvmmsg as recvmmsg,
+        SYS_recvmsg as recvmsg, SYS_remap_file_pages as remap_file_pages, SYS_removexattr as removexattr,
+        SYS_rename as rename, SYS_renameat as renameat, SYS_renameat2 as renameat2, SYS_request_key as request_key,
+        SYS_restart_syscall as restart_syscall, SYS_rmdir as rmdir, SYS_rseq as rseq, SYS_rt_sigaction as rt_sigaction,
+        SYS_rt_sigpending as rt_sigpending, SYS_rt_sigprocmask as rt_sigprocmask,
+        SYS_rt_sigqueueinfo as rt_sigqueueinfo, SYS_rt_sigreturn as rt_sigreturn, SYS_rt_sigsuspend as rt_sigsuspend,
+        SYS_rt_sigtimedwait as rt_sigtimedwait, SYS_rt_tgsigqueueinfo as rt_tgsigqueueinfo,
+        SYS_sched_get_priority_max as sched_get_priority_max, SYS_sched_get_priority_min as sched_get_priority_min,
+        SYS_sched_getaffinity as sched_getaffinity, SYS_sched_getattr as sched_getattr,
+        SYS_sched_getparam as sched_getparam, SYS_sched_getscheduler as sched_getscheduler,
+        SYS_sched_rr_get_interval as sched_rr_get_interval, SYS_sched_setaffinity as sched_setaffinity,
+        SYS_sched_setattr as sched_setattr, SYS_sched_setparam as sched_setparam,
+        SYS_sched_setscheduler as sched_setscheduler, SYS_sched_yield as sched_yield, SYS_seccomp as seccomp,
+        SYS_select as select, SYS_semctl as semctl, SYS_semget as semget, SYS_semop as semop,
+        SYS_semtimedop as semtimedop, SYS_sendfile as sendfile, SYS_sendmmsg as sendmmsg, SYS_sendmsg as sendmsg,
+        SYS_sendto as sendto, SYS_set_mempolicy as set_mempolicy, SYS_set_robust_list as set_robust_list,
+        SYS_set_tid_address as set_tid_address, SYS_setdomainname as setdomainname, SYS_setfsgid as setfsgid,
+        SYS_setfsuid as setfsuid, SYS_setgid as setgid, SYS_setgroups as setgroups, SYS_sethostname as sethostname,
+        SYS_setitimer as setitimer, SYS_setns as setns, SYS_setpgid as setpgid, SYS_setpriority as setpriority,
+        SYS_setregid as setregid, SYS_setresgid as setresgid, SYS_setresuid as setresuid, SYS_setreuid as setreuid,
+        SYS_setrlimit as setrlimit, SYS_setsid as setsid, SYS_setsockopt as setsockopt,
+        SYS_settimeofday as settimeofday, SYS_setuid as setuid, SYS_setxattr as setxattr, SYS_shmat as shmat,
+        SYS_shmctl as shmctl, SYS_shmdt as shmdt, SYS_shmget as shmget, SYS_shutdown as shutdown,
+        SYS_sigaltstack as sigaltstack, SYS_signalfd as signalfd, SYS_signalfd4 as signalfd4, SYS_socket as socket,
+        SYS_socketpair as socketpair, SYS_splice as splice, SYS_stat as stat, SYS_statfs as statfs, SYS_statx as statx,
+        SYS_swapoff as swapoff, SYS_swapon as swapon, SYS_symlink as symlink, SYS_symlinkat as symlinkat,
+        SYS_sync as sync, SYS_sync_file_range as sync_file_range, SYS_syncfs as syncfs, SYS_sysinfo as sysinfo,
+        SYS_syslog as syslog, SYS_tee as tee, SYS_tgkill as tgkill, SYS_time as time, SYS_timer_create as timer_create,
+        SYS_timer_delete as timer_delete, SYS_timer_getoverrun as timer_getoverrun, SYS_timer_gettime as timer_gettime,
+        SYS_timer_settime as timer_settime, SYS_timerfd_create as timerfd_create,
+        SYS_timerfd_gettime as timerfd_gettime, SYS_timerfd_settime as timerfd_settime, SYS_times as times,
+        SYS_tkill as tkill, SYS_truncate as truncate, SYS_umask as umask, SYS_umount2 as umount2, SYS_uname as uname,
+        SYS_unlink as unlink, SYS_unlinkat as unlinkat, SYS_unshare as unshare, SYS_userfaultfd as userfaultfd,
+        SYS_utime as utime, SYS_utimensat as utimensat, SYS_utimes as utimes, SYS_vfork as vfork,
+        SYS_vhangup as vhangup, SYS_vmsplice as vmsplice, SYS_wait4 as wait4, SYS_waitid as waitid, SYS_write as write,
+        SYS_writev as writev,
+    };
+}
+
+/// The calls ordinary programs make.
+const ALLOWED: &[(&str, i64)] = syscalls![
+    accept,
+    accept4,
+    access,
+    alarm,
+    arch_prctl,
+    bind,
+    brk,
+    capget,
+    capset,
+    chdir,
+    chmod,
+    chown,
+    clock_getres,
+    clock_gettime,
+    clock_nanosleep,
+    clone,
+    close,
+    close_range,
+    connect,
+    copy_file_range,
+    creat,
+    dup,
+    dup2,
+    dup3,
+    epoll_create,
+    epoll_create1,
+    epoll_ctl,
+    epoll_pwait,
+    epoll_pwait2,
+    epoll_wait,
+    eventfd,
+    eventfd2,
+    execve,
+    execveat,
+    exit,
+    exit_group,
+    faccessat,
+    faccessat2,
+    fadvise64,
+    fallocate,
+    fchdir,
+    fchmod,
+    fchmodat,
+    fchown,
+    fchownat,
+    fcntl,
+    fdatasync,
+    fgetxattr,
+    flistxattr,
+    flock,
+    fork,
+    fremovexattr,
+    fsetxattr,
+    fstat,
+    fstatfs,
+    fsync,
+    ftruncate,
+    futex,
+    futex_waitv,
+    futimesat,
+    get_mempolicy,
+    get_robust_list,
+    getcpu,
+    getcwd,
+    getdents,
+    getdents64,
+    getegid,
+    geteuid,
+    getgid,
+    getgroups,
+    getitimer,
+    getpeername,
+    getpgid,
+    getpgrp,
+    getpid,
+    getppid,
+    getpriority,
+    getrandom,
+    getresgid,
+    getresuid,
+    getrlimit,
+    getrusage,
+    getsid,
+    getsockname,
+    getsockopt,
+    gettid,
+    gettimeofday,
+    getuid,
+    getxattr,
+    inotify_add_watch,
+    inotify_init,
+    inotify_init1,
+    inotify_rm_watch,
+    io_cancel,
+    io_destroy,
+    io_getevents,
+    io_setup,
+    io_submit,
+    ioctl,
+    kill,
+    landlock_add_rule,
+    landlock_create_ruleset,
+    landlock_restrict_self,
+    lchown,
+    lgetxattr,
+    link,
+    linkat,
+    listen,
+    listxattr,
+    llistxattr,
+    lremovexattr,
+    lseek,
+    lsetxattr,
+    lstat,
+    madvise,
+    mbind,
+    membarrier,
+    memfd_create,
+    mincore,
+    mkdir,
+    mkdirat,
+    mknod,
+    mknodat,
+    mlock,
+    mlock2,
+    mlockall,
+    mmap,
+    mprotect,
+    mq_getsetattr,
+    mq_notify,
+    mq_open,
+    mq_timedreceive,
+    mq_timedsend,
+    mq_unlink,
+    mremap,
+    msgctl,
+    msgget,
+    msgrcv,
+    msgsnd,
+    msync,
+    munlock,
+    munlockall,
+    munmap,
+    nanosleep,
+    newfstatat,
+    open,
+    openat,
+    openat2,
+    pause,
+    personality,
+    pidfd_open,
+    pidfd_send_signal,
+    pipe,
+    pipe2,
+    pkey_alloc,
+    pkey_free,
+    pkey_mprotect,
+    poll,
+    ppoll,
+    prctl,
+    pread64,
+    preadv,
+    preadv2,
+    prlimit64,
+    pselect6,
+    pwrite64,
+    pwritev,
+    pwritev2,
+    read,
+    readahead,
+    readlink,
+    readlinkat,
+    readv,
+    recvfrom,
+    recvmmsg,
+    recvmsg,
+    remap_file_pages,
+    removexattr,
+    rename,
+    renameat,
+    renameat2,
+    restart_syscall,
+    rmdir,
+    rseq,
+    rt_sigaction,
+    rt_sigpending,
+    rt_sigprocmask,
+    rt_sigqueueinfo,
+    rt_sigreturn,
+    rt_sigsuspend,
+    rt_sigtimedwait,
+    rt_tgsigqueueinfo,
+    sched_get_priority_max,
+    sched_get_priority_min,
+    sched_getaffinity,
+    sched_getattr,
+    sched_getparam,
+    sched_getscheduler,
+    sched_rr_get_interval,
+    sched_setaffinity,
+    sched_setattr,
+    sched_setparam,
+    sched_setscheduler,
+    sched_yield,
+    seccomp,
+    select,
+    semctl,
+    semget,
+    semop,
+    semtimedop,
+    sendfile,
+    sendmmsg,
+    sendmsg,
+    sendto,
+    set_mempolicy,
+    set_robust_list,
+    set_tid_address,
+    setfsgid,
+    setfsuid,
+    setgid,
+    setgroups,
+    setitimer,
+    setpgid,
+    setpriority,
+    setregid,
+    setresgid,
+    setresuid,
+    setreuid,
+    setrlimit,
+    setsid,
+    setsockopt,
+    setuid,
+    setxattr,
+    shmat,
+    shmctl,
+    shmdt,
+    shmget,
+    shutdown,
+    sigaltstack,
+    signalfd,
+    signalfd4,
+    socket,
+    socketpair,
+    splice,
+    stat,
+    statfs,
+    statx,
+    symlink,
+    symlinkat,
+    sync,
+    sync_file_range,
+    syncfs,
+    sysinfo,
+    tee,
+    tgkill,
+    time,
+    timer_create,
+    timer_delete,
+    timer_getoverrun,
+    timer_gettime,
+    timer_settime,
+    timerfd_create,
+    timerfd_gettime,
+    timerfd_settime,
+    times,
+    tkill,
+    truncate,
+    umask,
+    uname,
+    unlink,
+    unlinkat,
+    utime,
+    utimensat,
+    utimes,
+    vfork,
+    vmsplice,
+    wait4,
+    waitid,
+    write,
+    writev,
+];
+
+/// Calls that end the run as `SyscallDenied` (the list and a few more of the same kind).
+const DENIED: &[(&str, i64)] = syscalls![
+    ptrace,
+    process_vm_readv,
+    process_vm_writev,
+    process_madvise,
+    mount,
+    umount2,
+    pivot_root,
+    chroot,
+    unshare,
+    setns,
+    bpf,
+    perf_event_open,
+    keyctl,
+    add_key,
+    request_key,
+    init_module,
+    finit_module,
+    delete_module,
+    kexec_load,
+    kexec_file_load,
+    userfaultfd,
+    io_uring_setup,
+    io_uring_enter,
+    io_uring_register,
+    reboot,
+    swapon,
+    swapoff,
+    acct,
+    quotactl,
+    settimeofday,
+    clock_settime,
+    clock_adjtime,
+    adjtimex,
+    syslog,
+    vhangup,
+    iopl,
+    ioperm,
+    open_by_handle_at,
+    name_to_handle_at,
+    lookup_dcookie,
+    fanotify_init,
+    move_mount,
+    open_tree,
+    fsopen,
+    fsconfig,
+    fsmount,
+    fspick,
+    mount_setattr,
+    pidfd_getfd,
+    kcmp,
+    sethostname,
+    setdomainname,
+    modify_ldt,
+];
+
+/// Every name `deny_syscalls` may use, with its number.
+fn all_known() -> impl Iterator<Item = &'static (&'static str, i64)> {
+    ALLOWED.iter().chain(DENIED.iter()).chain(std::iter::once(&("clone3", libc::SYS_clone3)))
+}
+
+/// The name of an x86-64 system call number, when sandcell knows it.
+pub(super) fn name_of(nr: i64) -> Option<&'static str> {
+    all_known().find(|(_, n)| *n == nr).map(|(name, _)| *name)
+}
+
+const TIOCSTI: u64 = 0x5412;
+const TIOCLINUX: u64 = 0x541C;
+const CLONE_NEW_FLAGS: [u64; 8] = [
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+    0x80, // CLONE_NEWTIME
+];
+
+/// The compiled filters, in installation order; the last one carries the notification listener.
+pub(super) struct Profile {
+    pub(super) filters: Vec<BpfProgram>,
+}
+
+fn rule(conds: Vec<Cond>) -> SeccompRule {
+    SeccompRule::new(conds).expect("conditions are valid")
+}
+
+fn cond(arg: u8, len: Len, op: Op, value: u64) -> Cond {
+    Cond::new(arg, len, op, value).expect("argument index is valid")
+}
+
+fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, mismatch: SeccompAction, matched: SeccompAction) -> BpfProgram {
+    let filter = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64).expect("actions differ");
+    BpfProgram::try_from(filter).expect("the filter compiles")
+}
+
+const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+const BPF_RET_K: u16 = 0x06;
+
+/// Builds the profile for a policy.
+pub(super) fn profile(deny: &[String], network: Network, limit_affinity: bool) -> Result<Profile> {
+    let mut extra_denied = Vec::new();
+    for name in deny {
+        let nr = all_known().find(|(n, _)| n == name).map(|(_, nr)| *nr).ok_or_else(|| {
+            Error::invalid_policy("deny_syscalls", format!("`{name}` is not an x86-64 system call sandcell knows"))
+        })?;
+        extra_denied.push(nr);
+    }
+
+    // 1. The allow-list (denied calls included, so that the deny-list's notification wins).
+    let mut allow: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for (_, nr) in ALLOWED.iter().chain(DENIED) {
+        allow.insert(*nr, vec![]);
+    }
+    for nr in &extra_denied {
+        allow.insert(*nr, vec![]);
+    }
+    let mut allow_list = compile(allow, SeccompAction::Errno(libc::ENOSYS as u32), SeccompAction::Allow);
+    // Kill x32 calls: load the number, and if it has bit 30 set, return KILL_PROCESS.
+    let x32 = [
+        libc::sock_filter { code: 0x20, jt: 0, jf: 0, k: 0 }, // ld [nr]
+        libc::sock_filter { code: 0x45, jt: 0, jf: 1, k: 0x4000_0000 }, // jset #0x40000000
+        libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: libc::SECCOMP_RET_KILL_PROCESS },
+    ];
+    allow_list.splice(0..0, x32.iter().map(|i| seccompiler::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }));
+
+    // 2. The deny-list, answered by the host.
+    let mut denied: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for (_, nr) in DENIED {
+        denied.insert(*nr, vec![]);
+    }
+    for nr in &extra_denied {
+        denied.insert(*nr, vec![]);
+    }
+    denied.insert(
+        libc::SYS_ioctl,
+        vec![rule(vec![cond(1, Len::Dword, Op::Eq, TIOCSTI)]), rule(vec![cond(1, Len::Dword, Op::Eq, TIOCLINUX)])],
+    );
+    denied.insert(
+        libc::SYS_clone,
+        CLONE_NEW_FLAGS.iter().map(|f| rule(vec![cond(0, Len::Qword, Op::MaskedEq(*f), *f)])).collect(),
+    );
+    let mut deny_list = compile(denied, SeccompAction::Allow, SeccompAction::Trap);
+    // seccompiler has no user-notification action: it compiled `Trap`, which becomes one here.
+    for insn in deny_list.iter_mut() {
+        if insn.code == BPF_RET_K && insn.k == libc::SECCOMP_RET_TRAP {
+            insn.k = SECCOMP_RET_USER_NOTIF;
+        }
+    }
+
+    // 3. Socket families.
+    let mut families = vec![cond(0, Len::Dword, Op::Ne, libc::AF_UNIX as u64)];
+    if network == Network::Loopback {
+        families.push(cond(0, Len::Dword, Op::Ne, libc::AF_INET as u64));
+        families.push(cond(0, Len::Dword, Op::Ne, libc::AF_INET6 as u64));
+    }
+    let mut sockets = BTreeMap::new();
+    sockets.insert(libc::SYS_socket, vec![rule(families.clone())]);
+    sockets.insert(libc::SYS_socketpair, vec![rule(families)]);
+    let sockets = compile(sockets, SeccompAction::Allow, SeccompAction::Errno(libc::EAFNOSUPPORT as u32));
+
+    let mut filters = vec![allow_list, sockets];
+    if limit_affinity {
+        let mut aff = BTreeMap::new();
+        aff.insert(libc::SYS_sched_setaffinity, vec![]);
+        filters.push(compile(aff, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32)));
+    }
+    filters.push(deny_list);
+    Ok(Profile { filters })
+}
+
+/// seccompiler's `sock_filter` and libc's have the same layout.
+pub(super) fn as_libc(program: &BpfProgram) -> &[libc::sock_filter] {
+    const _: () = assert!(std::mem::size_of::<seccompiler::sock_filter>() == std::mem::size_of::<libc::sock_filter>());
+    // SAFETY: both are `#[repr(C)] { u16, u8, u8, u32 }` (size checked above).
+    unsafe { std::slice::from_raw_parts(program.as_ptr().cast::<libc::sock_filter>(), program.len()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_compiles_and_names_resolve() {
+        let p = profile(&["socket".into(), "fork".into()], Network::None, true).unwrap();
+        assert_eq!(p.filters.len(), 4);
+        assert!(p.filters.iter().all(|f| f.len() < 4096));
+        assert_eq!(name_of(libc::SYS_ptrace), Some("ptrace"));
+        assert!(profile(&["frobnicate".into()], Network::None, false).is_err());
+        let notif = p.filters.last().unwrap().iter().filter(|i| i.k == SECCOMP_RET_USER_NOTIF).count();
+        assert!(notif > 0);
+    }
+}
