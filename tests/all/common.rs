@@ -7,6 +7,13 @@ use std::sync::OnceLock;
 /// When set (CI sets it on machines that have everything), a test that would skip fails instead.
 pub const REQUIRE_ALL: &str = "SANDCELL_REQUIRE_ALL";
 
+/// Set for a re-run of the tests as another user: guests are used as already built, never built.
+pub const PREBUILT_ONLY: &str = "SANDCELL_TEST_PREBUILT_ONLY";
+
+pub fn prebuilt_only() -> bool {
+    std::env::var_os(PREBUILT_ONLY).is_some()
+}
+
 pub fn require_all() -> bool {
     std::env::var_os(REQUIRE_ALL).is_some_and(|v| v != "0" && !v.is_empty())
 }
@@ -54,6 +61,10 @@ fn cargo() -> String {
 /// `testguest` artifact.
 fn build_guest(target: &'static str, file: &'static str) -> Result<PathBuf, String> {
     let out = repo().join("target/guests");
+    if prebuilt_only() {
+        let path = out.join(target).join("release").join(file);
+        return path.is_file().then_some(path.clone()).ok_or_else(|| format!("{} was not prebuilt", path.display()));
+    }
     let status = Command::new(cargo())
         .args(["build", "--release", "--quiet", "--target", target])
         .current_dir(repo().join("tests/guests"))

@@ -8,5 +8,6 @@ mod common;
 mod cli;
 mod conformance;
 mod policy;
+mod process;
 mod wasi_testsuite;
 mod wasm;

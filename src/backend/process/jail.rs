@@ -180,23 +180,67 @@ fn fail(error: RawFd, step: Step, errno: i32) -> ! {
     sys::exit(127)
 }
 
-/// The child's side. Never returns: it executes the program or exits with 127.
+/// The child's side: pid 1 of the run's pid namespace. It sets up the jail, then forks the
+/// program as pid 2 and stays as a minimal init: it reaps orphans and, when the program exits,
+/// hands its exact wait status to the host and exits, which ends every process left in the
+/// namespace. (A program that were pid 1 itself would ignore signals it has no handler for,
+/// even `kill -SEGV $$`.) Never returns.
 pub(super) fn child(launch: &Launch) -> ! {
     let err = launch.error;
-    match setup(launch) {
-        Ok(()) => {}
-        Err((step, errno)) => fail(err, step, errno),
+    if let Err((step, errno)) = setup(launch) {
+        fail(err, step, errno)
     }
-    // Execute: the first candidate that exists. ENOENT moves on to the next; anything else is
-    // final (permission denied, not executable).
+    // SAFETY: a raw fork (glibc's would take locks copied from other threads of the host).
+    let program = unsafe { libc::syscall(libc::SYS_fork) } as libc::pid_t;
+    if program < 0 {
+        fail(err, Step::Exec, sys::errno());
+    }
+    if program == 0 {
+        exec_program(launch)
+    }
+    init(launch, program)
+}
+
+/// pid 2: connect stdio, close everything else at exec, and execute the first candidate that
+/// exists (ENOENT moves on to the next; any other error is final).
+fn exec_program(l: &Launch) -> ! {
+    for (target, fd) in l.stdio.iter().enumerate() {
+        if let Err(e) = sys::dup2(*fd, target as RawFd) {
+            fail(l.error, Step::Stdio, e);
+        }
+    }
+    sys::close_from_on_exec(3);
     let mut last = libc::ENOENT;
-    for path in launch.exec {
-        last = sys::execve(path, launch.argv, launch.envp);
+    for path in l.exec {
+        last = sys::execve(path, l.argv, l.envp);
         if last != libc::ENOENT && last != libc::ENOTDIR {
             break;
         }
     }
-    fail(err, Step::Exec, last)
+    fail(l.error, Step::Exec, last)
+}
+
+/// pid 1 after the fork: holds no descriptor but its control socket (being a copy of the host
+/// process that never executes anything, it would otherwise keep the host's descriptors open,
+/// among them the write end of this run's stdin and other runs' pipes), reaps every child, and
+/// reports the program's status.
+fn init(l: &Launch, program: libc::pid_t) -> ! {
+    sys::close_all_but(l.sync);
+    loop {
+        let mut status = 0;
+        // SAFETY: valid out-pointer; reaps any child of ours.
+        let pid = unsafe { libc::wait4(-1, &mut status, libc::__WALL, std::ptr::null_mut()) };
+        if pid == program {
+            let mut msg = [0u8; 5];
+            msg[0] = b'S';
+            msg[1..].copy_from_slice(&status.to_ne_bytes());
+            let _ = sys::send_fds(l.sync, &msg, &[]);
+            sys::exit(0);
+        }
+        if pid < 0 && sys::errno() != libc::EINTR {
+            sys::exit(0);
+        }
+    }
 }
 
 fn setup(l: &Launch) -> Result<(), (Step, i32)> {
@@ -329,13 +373,11 @@ fn setup(l: &Launch) -> Result<(), (Step, i32)> {
     }
     sys::drop_capabilities().map_err(at(Step::DropCapabilities))?;
 
-    // 15. stdin, stdout, stderr.
-    for (target, fd) in l.stdio.iter().enumerate() {
-        sys::dup2(*fd, target as RawFd).map_err(at(Step::Stdio))?;
-    }
+    // 15. Not dumpable: the guest cannot open this init's /proc/1/mem or similar.
+    sys::prctl(libc::PR_SET_DUMPABLE, 0).map_err(at(Step::NoNewPrivileges))?;
 
-    // 16. seccomp last (it would forbid the steps above). The final filter carries the
-    //     user-notification listener, which goes to the parent.
+    // 16. seccomp last (it would forbid the steps above); it covers this init and the program.
+    //     The final filter carries the user-notification listener, which goes to the host.
     let count = plan.seccomp.filters.len();
     for (i, filter) in plan.seccomp.filters.iter().enumerate() {
         let listener =
@@ -345,9 +387,6 @@ fn setup(l: &Launch) -> Result<(), (Step, i32)> {
             sys::close(fd);
         }
     }
-
-    // 17. No descriptor beyond 0, 1, 2 survives exec (the host's inherited ones included).
-    sys::close_from_on_exec(3);
     Ok(())
 }
 

@@ -157,7 +157,8 @@ impl ProcessSandbox {
                 let _ = n;
             }
             (None, Some(n)) => {
-                rlimits.push((libc::RLIMIT_NPROC, n as u64, n as u64));
+                // +1: the run's init.
+                rlimits.push((libc::RLIMIT_NPROC, n as u64 + 1, n as u64 + 1));
                 enforced.insert("max_processes".into(), "RLIMIT_NPROC in the run's own user namespace".into());
             }
             (_, None) => {}
@@ -608,8 +609,17 @@ impl ProcessSandbox {
         // Collect output until every writer is gone and the init has exited.
         let limit = self.policy.max_output;
         let mut capture = Capture::new(limit, options.on_output);
+        let sync = io.sync.try_clone().map_err(|e| Error::setup("duplicate the control socket", e))?;
         let denied = pump(child, control, io, listener.as_ref(), &mut capture, program.stdin_bytes());
-        let (status, rusage) = sys::wait(child.pid).map_err(|e| Error::setup("wait for the sandboxed process", e))?;
+        let (init_status, rusage) =
+            sys::wait(child.pid).map_err(|e| Error::setup("wait for the sandboxed process", e))?;
+        // The init reports the program's own wait status before it exits; if the init was
+        // killed (timeout, interrupt), its own status stands.
+        let mut msg = [0u8; 5];
+        let status = match sys::recv_fds(sync.as_raw_fd(), &mut msg, &mut []) {
+            Ok((5, _)) if msg[0] == b'S' => i32::from_ne_bytes(msg[1..].try_into().expect("4 bytes")),
+            _ => init_status,
+        };
         drop(timers);
         let wall = started.elapsed();
 
@@ -622,7 +632,7 @@ impl ProcessSandbox {
         let status = match (control.reason(), denied) {
             (Some(reason), _) => reason.status(),
             (None, Some(name)) => Status::SyscallDenied(Some(name)),
-            (None, None) => self.classify(status, oom, cpu),
+            (None, None) => self.classify(status, oom, cpu, peak),
         };
         let (stdout, stderr) = capture.take();
         let mut enforced = self.enforced.clone();
@@ -650,19 +660,25 @@ impl ProcessSandbox {
         }
     }
 
-    fn classify(&self, wait_status: i32, oom: bool, cpu: Duration) -> Status {
+    fn classify(&self, wait_status: i32, oom: bool, cpu: Duration, peak: u64) -> Status {
         if libc::WIFEXITED(wait_status) {
             let code = libc::WEXITSTATUS(wait_status);
             return if oom && code != 0 { Status::MemoryLimit } else { Status::Exited(code) };
         }
         let sig = libc::WTERMSIG(wait_status);
         let over_cpu = self.policy.cpu_time.is_some_and(|limit| cpu >= limit);
+        // Without a cgroup there is no OOM kill to observe: RLIMIT_AS makes allocations fail
+        // inside the guest, which typically aborts or faults. A crash with the process's peak
+        // resident memory within 10% of the cap is taken as hitting the cap.
+        let at_rlimit_ceiling = self.cgroups.is_none()
+            && self.policy.memory.is_some_and(|m| peak >= m / 10 * 9)
+            && matches!(sig, libc::SIGABRT | libc::SIGSEGV | libc::SIGBUS | libc::SIGKILL);
         match sig {
             libc::SIGSYS => Status::SyscallDenied(None),
             libc::SIGXCPU => Status::CpuLimit(CpuBudget::CpuTime),
             libc::SIGKILL if oom => Status::MemoryLimit,
             libc::SIGKILL if over_cpu => Status::CpuLimit(CpuBudget::CpuTime),
-            _ if oom => Status::MemoryLimit,
+            _ if oom || at_rlimit_ceiling => Status::MemoryLimit,
             sig => Status::Signaled(sig),
         }
     }

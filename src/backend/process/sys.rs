@@ -612,6 +612,18 @@ pub(super) fn close_from_on_exec(first: u32) {
     unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
 }
 
+/// Closes every descriptor except `keep`.
+pub(super) fn close_all_but(keep: RawFd) {
+    let keep = keep as u32;
+    // SAFETY: closing descriptors has no memory-safety preconditions.
+    unsafe {
+        if keep > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+    }
+}
+
 /// `execve`; returns only on failure.
 pub(super) fn execve(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> i32 {
     // SAFETY: `argv` and `envp` are NULL-terminated arrays of NUL-terminated strings that the

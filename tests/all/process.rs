@@ -1,0 +1,394 @@
+//! Hostile tests of the process backend: each thing the threat model says a native guest cannot
+//! do is tried here (`tests/guests/hostile.c`), and the outcome checked. The suite runs as the
+//! user running the tests and, when that is root, once more as an unprivileged user.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sandcell::{BackendKind, Mount, Network, Outcome, Policy, Program, Sandbox, SandboxBuilder, Status};
+
+use crate::common::{self, text, TempDir};
+use crate::{or_skip, skip};
+
+/// Where the hostile guest is mounted inside the sandbox.
+const G: &str = "/opt/hostile";
+
+fn hostile() -> Result<&'static Path, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out_dir = common::repo().join("target/guests/native");
+        let out = out_dir.join("hostile");
+        if common::prebuilt_only() {
+            return out.is_file().then_some(out.clone()).ok_or_else(|| format!("{} was not prebuilt", out.display()));
+        }
+        std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
+        let status = Command::new("cc")
+            .args(["-O1", "-Wall", "-o"])
+            .arg(&out)
+            .arg(common::repo().join("tests/guests/hostile.c"))
+            .status()
+            .map_err(|e| format!("cannot run cc: {e}"))?;
+        if !status.success() {
+            return Err("cc failed to build tests/guests/hostile.c".into());
+        }
+        Ok(out)
+    })
+    .as_ref()
+    .map(PathBuf::as_path)
+    .map_err(Clone::clone)
+}
+
+fn available() -> Result<(), String> {
+    let s = sandcell::probe().backend(BackendKind::Process);
+    if s.available {
+        Ok(())
+    } else {
+        Err(s.reason.clone())
+    }
+}
+
+/// A process sandbox with the hostile guest mounted, plus `policy`'s own settings.
+fn sandbox(mut policy: Policy) -> Box<dyn Sandbox> {
+    let bin = hostile().unwrap();
+    policy.mounts.push(Mount::read_only(bin.parent().unwrap(), G));
+    SandboxBuilder::new(BackendKind::Process).policy(policy).build().unwrap()
+}
+
+fn base() -> Policy {
+    Policy { timeout: Some(Duration::from_secs(20)), ..Policy::default() }
+}
+
+fn run(sb: &dyn Sandbox, args: &[&str]) -> Outcome {
+    sb.run(&Program::path(format!("{G}/hostile")).args(args.iter().copied())).unwrap()
+}
+
+macro_rules! prerequisites {
+    () => {
+        or_skip!(available(), "the process backend is unavailable");
+        or_skip!(hostile(), "no hostile guest");
+    };
+}
+
+#[test]
+fn a_fork_bomb_is_stopped_by_the_process_limit() {
+    prerequisites!();
+    let sb = sandbox(Policy { max_processes: Some(16), ..base() });
+    let out = run(&*sb, &["forkbomb"]);
+    let s = text(&out.stdout);
+    let forked: u32 = s.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{s}"));
+    assert!(forked < 16, "{s}");
+    assert_eq!(out.status, Status::Exited(0));
+}
+
+#[test]
+fn nothing_outlives_the_run_not_even_a_double_forked_setsid_daemon() {
+    prerequisites!();
+    let dir = TempDir::new("daemon");
+    let sb = sandbox(Policy { mounts: vec![Mount::read_write(dir.path(), "/out")], ..base() });
+    let out = run(&*sb, &["daemon", "/out/marker"]);
+    assert_eq!(text(&out.stdout), "daemon started\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let size = || std::fs::metadata(dir.join("marker")).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(size(), before, "a process of the run kept writing after the run ended");
+}
+
+#[test]
+fn ptrace_unshare_mount_io_uring_and_namespace_clones_are_denied_by_name() {
+    prerequisites!();
+    let sb = sandbox(base());
+    for (mode, name) in [
+        ("ptrace", "ptrace"),
+        ("unshare", "unshare"),
+        ("mount", "mount"),
+        ("io_uring", "io_uring_setup"),
+        ("clone_newuser", "clone"),
+        ("tiocsti", "ioctl"),
+        ("tioclinux", "ioctl"),
+    ] {
+        let out = run(&*sb, &[mode]);
+        assert_eq!(out.status, Status::SyscallDenied(Some(name.into())), "{mode}: {}", text(&out.stdout));
+    }
+}
+
+#[test]
+fn policy_deny_syscalls_tightens_the_profile() {
+    prerequisites!();
+    let sb = sandbox(Policy { deny_syscalls: vec!["socket".into()], ..base() });
+    let out = run(&*sb, &["socket_unix"]);
+    assert_eq!(out.status, Status::SyscallDenied(Some("socket".into())));
+}
+
+#[test]
+fn int80_and_x32_system_calls_kill_the_guest() {
+    prerequisites!();
+    let sb = sandbox(base());
+    for mode in ["int80", "x32"] {
+        let out = run(&*sb, &[mode]);
+        assert_eq!(out.status, Status::SyscallDenied(None), "{mode}: {}", text(&out.stdout));
+    }
+}
+
+#[test]
+fn clone3_answers_enosys_so_libc_falls_back_to_clone() {
+    prerequisites!();
+    let out = run(&*sandbox(base()), &["clone3"]);
+    assert_eq!(text(&out.stdout), format!("clone3: err {} Function not implemented\n", libc::ENOSYS));
+}
+
+#[test]
+fn signals_cannot_reach_host_processes() {
+    prerequisites!();
+    let mut sentinel = Command::new("sleep").arg("30").spawn().unwrap();
+    let out = run(&*sandbox(base()), &["kill", &sentinel.id().to_string()]);
+    let s = text(&out.stdout);
+    assert!(s.contains(&format!("kill_host_pid: err {}", libc::ESRCH)), "{s}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(sentinel.try_wait().unwrap().is_none(), "the host's process was killed");
+    sentinel.kill().unwrap();
+    let _ = sentinel.wait();
+}
+
+#[test]
+fn the_host_network_is_unreachable() {
+    prerequisites!();
+    let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    v4.set_nonblocking(true).unwrap();
+    let v6 = TcpListener::bind("[::1]:0").ok();
+    let name = format!("sandcell-test-{}", std::process::id());
+    let abstract_listener = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        std::os::unix::net::UnixListener::bind_addr(&addr).unwrap()
+    };
+    abstract_listener.set_nonblocking(true).unwrap();
+    for policy in [base(), Policy { network: Network::Loopback, ..base() }] {
+        let sb = sandbox(policy);
+        let out = run(&*sb, &["tcp4", &v4.local_addr().unwrap().port().to_string()]);
+        assert!(text(&out.stdout).contains("err"), "{}", text(&out.stdout));
+        if let Some(v6) = &v6 {
+            let out = run(&*sb, &["tcp6", &v6.local_addr().unwrap().port().to_string()]);
+            assert!(text(&out.stdout).contains("err"), "{}", text(&out.stdout));
+        }
+        let out = run(&*sb, &["abstract", &name]);
+        assert!(text(&out.stdout).contains("connect: err"), "{}", text(&out.stdout));
+    }
+    assert!(v4.accept().is_err(), "a guest connected to the host's loopback");
+    assert!(abstract_listener.accept().is_err(), "a guest connected to the host's abstract socket");
+}
+
+#[test]
+fn only_unix_sockets_exist_without_network() {
+    prerequisites!();
+    let sb = sandbox(base());
+    assert_eq!(
+        text(&run(&*sb, &["socket_inet"]).stdout),
+        format!("socket: err {} Address family not supported by protocol\n", libc::EAFNOSUPPORT)
+    );
+    assert!(text(&run(&*sb, &["socket_unix"]).stdout).starts_with("socket: ok"));
+}
+
+#[test]
+fn a_private_loopback_works_inside_the_run() {
+    prerequisites!();
+    let sb = SandboxBuilder::new(BackendKind::Process)
+        .policy(Policy { network: Network::Loopback, ..base() })
+        .build()
+        .unwrap();
+    let script = "import socket\ns=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\n\
+                  c=socket.create_connection(s.getsockname()); a,_=s.accept(); c.sendall(b'ping'); print(a.recv(4).decode())";
+    let out = sb.run(&Program::path("python3").args(["-c", script])).unwrap();
+    assert_eq!(text(&out.stdout), "ping\n", "{}", text(&out.stderr));
+    // Without the loopback policy there is no usable network at all.
+    let sb = SandboxBuilder::new(BackendKind::Process).policy(base()).build().unwrap();
+    let out = sb.run(&Program::path("python3").args(["-c", script])).unwrap();
+    assert_ne!(out.status, Status::Exited(0));
+}
+
+#[test]
+fn no_capabilities_no_new_privileges_even_through_a_setuid_binary() {
+    prerequisites!();
+    let dir = TempDir::new("setuid");
+    let bin = dir.join("suid-hostile");
+    std::fs::copy(hostile().unwrap(), &bin).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let sb = sandbox(Policy { mounts: vec![Mount::read_only(dir.path(), "/s")], ..base() });
+    let out = sb.run(&Program::path("/s/suid-hostile").arg("caps")).unwrap();
+    let s = text(&out.stdout);
+    for field in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert!(s.contains(&format!("{field}:\t0000000000000000")), "{field}: {s}");
+    }
+    assert!(s.contains("NoNewPrivs:\t1"), "{s}");
+    assert!(s.contains("Seccomp:\t2"), "{s}");
+}
+
+#[test]
+fn the_guest_never_runs_as_the_hosts_root() {
+    prerequisites!();
+    let marker = format!("marker-{}", std::process::id());
+    let sb = SandboxBuilder::new(BackendKind::Process).policy(base()).build().unwrap();
+    let program = Program::path("/bin/sh").args(["-c", "sleep 1; true", &marker]);
+    let handle = std::thread::spawn(move || sb.run(&program).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = None;
+    while seen.is_none() && Instant::now() < deadline {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&marker) {
+                let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+                seen = status.lines().find(|l| l.starts_with("Uid:")).map(str::to_owned);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    handle.join().unwrap();
+    let uid_line = seen.expect("the guest process was not found on the host");
+    let uids: Vec<u32> = uid_line.split_whitespace().skip(1).map(|u| u.parse().unwrap()).collect();
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    let expected = if me == 0 { 65534 } else { me };
+    assert!(uids.iter().all(|u| *u == expected), "guest runs as {uid_line} on the host");
+}
+
+#[test]
+fn an_inherited_descriptor_of_the_host_is_not_visible() {
+    prerequisites!();
+    let dir = TempDir::new("inherit");
+    std::fs::write(dir.join("secret"), "host secret").unwrap();
+    let c = std::ffi::CString::new(dir.join("secret").to_str().unwrap()).unwrap();
+    // SAFETY: plain open without O_CLOEXEC, closed below.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0);
+    let out = run(&*sandbox(base()), &["fds"]);
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    assert_eq!(text(&out.stdout), "extra fds: 0\n");
+}
+
+#[test]
+fn proc_and_fd_tricks_stay_inside() {
+    prerequisites!();
+    let out = run(&*sandbox(base()), &["fdescape"]);
+    let s = text(&out.stdout);
+    for what in ["open_via_proc_fd", "open_via_proc_1_root", "open_via_proc_1_cwd"] {
+        assert!(s.contains(&format!("{what}: err")), "{what}: {s}");
+    }
+}
+
+#[test]
+fn system_directories_are_read_only_and_tmp_is_private() {
+    prerequisites!();
+    let sb = sandbox(base());
+    for path in ["/usr/sandcell-test", "/etc/passwd", "/sandcell-test", "/opt/hostile/x"] {
+        assert!(text(&run(&*sb, &["write", path]).stdout).starts_with("open_for_write: err"), "{path}");
+    }
+    assert!(text(&run(&*sb, &["write", "/tmp/scratch"]).stdout).starts_with("open_for_write: ok"));
+    // Each run has its own /tmp.
+    assert!(text(&run(&*sb, &["read", "/tmp/scratch"]).stdout).starts_with("open: err"));
+}
+
+#[test]
+fn ordinary_programs_run_python_sh_and_c() {
+    or_skip!(available(), "the process backend is unavailable");
+    let sb = SandboxBuilder::new(BackendKind::Process).policy(base()).build().unwrap();
+    let out = sb
+        .run(&Program::path("python3").args(["-c", "import json, subprocess, sys; print(json.dumps(subprocess.run(['sh', '-c', 'echo $((6*7)) | cat'], capture_output=True, text=True).stdout.strip())); sys.exit(3)"]))
+        .unwrap();
+    assert_eq!(out.status, Status::Exited(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "\"42\"\n");
+    let out = sb
+        .run(&Program::path("/bin/sh").args(["-c", "for i in 1 2 3; do echo $i; done | wc -l; ls / | sort | head -3"]))
+        .unwrap();
+    assert_eq!(text(&out.stdout), "3\nbin\ndev\netc\n", "{}", text(&out.stderr));
+    if Path::new("/bin/busybox").exists() {
+        let out = sb.run(&Program::path("/bin/busybox").args(["sh", "-c", "echo busy"])).unwrap();
+        assert_eq!(text(&out.stdout), "busy\n");
+    }
+}
+
+#[test]
+fn a_program_that_does_not_exist_in_the_sandbox_is_a_host_error() {
+    or_skip!(available(), "the process backend is unavailable");
+    let sb = SandboxBuilder::new(BackendKind::Process).policy(base()).build().unwrap();
+    let err = sb.run(&Program::path("/home/nothing/here")).unwrap_err();
+    assert!(err.to_string().contains("/home/nothing/here"), "{err}");
+    let err = sb.run(&Program::path("no-such-command-anywhere")).unwrap_err();
+    assert_eq!(err.kind(), sandcell::ErrorKind::InvalidProgram);
+    let err = sb.run(&Program::bytes(vec![0x7f, b'E', b'L', b'F'])).unwrap_err();
+    assert_eq!(err.kind(), sandcell::ErrorKind::InvalidProgram);
+}
+
+#[test]
+fn fuel_is_refused_unless_best_effort() {
+    or_skip!(available(), "the process backend is unavailable");
+    let err = SandboxBuilder::new(BackendKind::Process).policy(Policy { fuel: Some(1), ..base() }).build().unwrap_err();
+    assert!(matches!(err, sandcell::Error::Unenforceable { ref field, .. } if field == "fuel"), "{err}");
+    let sb = SandboxBuilder::new(BackendKind::Process)
+        .policy(Policy { fuel: Some(1), best_effort: true, ..base() })
+        .build()
+        .unwrap();
+    let out = sb.run(&Program::path("/bin/true")).unwrap();
+    assert!(out.skipped.contains_key("fuel"));
+    assert!(out.enforced.contains_key("memory"), "{:?}", out.enforced);
+}
+
+#[test]
+fn the_cli_runs_python_on_the_process_backend() {
+    or_skip!(available(), "the process backend is unavailable");
+    let out = Command::new(env!("CARGO_BIN_EXE_sandcell"))
+        .args(["run", "--backend", "process", "--max-processes", "8", "--", "/usr/bin/python3", "-c", "print(1)"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "1\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_sandcell"))
+        .args(["run", "--backend", "process", "--json", "--", "/bin/sh", "-c", "kill -SEGV $$"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"]["kind"], "signaled");
+    assert_eq!(v["status"]["signal"], 11);
+}
+
+/// When the tests run as root, the process backend's tests (this module and the conformance
+/// suite) run again as the unprivileged user `nobody`, where cgroups are not writable and the
+/// backend falls back to rlimits.
+#[test]
+fn the_suites_pass_as_an_unprivileged_user() {
+    if common::prebuilt_only() {
+        return; // this is the unprivileged run itself
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip!("not running as root: this run already is the unprivileged one");
+    }
+    or_skip!(available(), "the process backend is unavailable");
+    or_skip!(hostile(), "no hostile guest");
+    or_skip!(common::wasm_guest(), "no wasm guest");
+    or_skip!(common::native_guest(), "no native guest");
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        skip!("setpriv (util-linux) is not installed");
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&exe)
+        .args(["process::", "conformance::", "--test-threads=2"])
+        .env(common::PREBUILT_ONLY, "1")
+        .env("HOME", "/tmp")
+        .current_dir(common::repo())
+        .output()
+        .unwrap();
+    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    let _ = std::io::stderr().write_all(log.as_bytes());
+    assert!(out.status.success(), "the unprivileged run failed:\n{log}");
+    assert!(log.contains("test result: ok"), "{log}");
+}
