@@ -22,7 +22,6 @@ pub(super) const MAX_BINDS: usize = 64;
 pub(super) enum Step {
     WaitForParent = 1,
     BecomeRoot,
-    PrivateMounts,
     OpenMountSource,
     MountProc,
     MountRoot,
@@ -52,7 +51,6 @@ impl Step {
         [
             WaitForParent,
             BecomeRoot,
-            PrivateMounts,
             OpenMountSource,
             MountProc,
             MountRoot,
@@ -84,7 +82,6 @@ impl Step {
         match self {
             Step::WaitForParent => "hand the new process its user-namespace mapping",
             Step::BecomeRoot => "switch to the sandbox's user inside its user namespace",
-            Step::PrivateMounts => "make the new mount namespace private",
             Step::OpenMountSource => "open a directory to mount into the sandbox",
             Step::MountProc => "mount /proc for the sandbox's pid namespace",
             Step::MountRoot => "create the sandbox's root filesystem",
@@ -168,6 +165,8 @@ pub(super) struct Launch<'a> {
     pub(super) sync: RawFd,
     /// Write end of the close-on-exec error pipe.
     pub(super) error: RawFd,
+    /// Stack memory for starting pid 2 (owned by the parent, copied into the child).
+    pub(super) stack: *mut u8,
 }
 
 const STAGING_ROOT: &CStr = c"/tmp";
@@ -190,15 +189,19 @@ pub(super) fn child(launch: &Launch) -> ! {
     if let Err((step, errno)) = setup(launch) {
         fail(err, step, errno)
     }
-    // SAFETY: a raw fork (glibc's would take locks copied from other threads of the host).
-    let program = unsafe { libc::syscall(libc::SYS_fork) } as libc::pid_t;
+    // pid 2 shares this process's memory until it executes the program (CLONE_VM|CLONE_VFORK:
+    // no page-table copy, and this init waits until the exec), on the stack the parent set aside.
+    let program = sys::spawn_vfork(launch.stack, exec_trampoline, launch as *const Launch as *mut libc::c_void);
     if program < 0 {
         fail(err, Step::Exec, sys::errno());
     }
-    if program == 0 {
-        exec_program(launch)
-    }
     init(launch, program)
+}
+
+extern "C" fn exec_trampoline(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Launch` of `child`, which is suspended (CLONE_VFORK) and keeps it
+    // alive until this process executes the program or exits.
+    exec_program(unsafe { &*(arg as *const Launch) })
 }
 
 /// pid 2: connect stdio, close everything else at exec, and execute the first candidate that
@@ -265,8 +268,10 @@ fn setup(l: &Launch) -> Result<(), (Step, i32)> {
     //    uid the parent mapped (never the host's root).
     sys::become_root().map_err(at(Step::BecomeRoot))?;
 
-    // 4. Nothing we mount may propagate back to the host.
-    sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(at(Step::PrivateMounts))?;
+    // 4. Nothing mounted here propagates back to the host: the mount namespace belongs to a
+    //    less privileged user namespace, so the kernel made every copied mount a slave (receive
+    //    only), and the new mounts below are private. (Remounting the copies private would only
+    //    cost time.)
 
     // 5. Take detached copies of everything to be bind-mounted, while the host's tree is still
     //    our root. System directories, `/etc` files and policy mounts become read-only as the

@@ -83,7 +83,7 @@ fn cstr(p: impl AsRef<[u8]>) -> CString {
 pub struct ProcessSandbox {
     policy: Policy,
     plan: Plan,
-    cgroups: Option<cgroup::Setup>,
+    cgroups: Option<cgroup::Pool>,
     as_root: bool,
     /// Policy mounts to id-map when running as root: (host path, read-only), by index.
     idmapped: Vec<(CString, bool)>,
@@ -320,6 +320,9 @@ impl ProcessSandbox {
             landlock,
             seccomp: seccomp::profile(&policy.deny_syscalls, policy.network, policy.cpus.is_some())?,
         };
+        // pids +1: the run's init.
+        let limits = cgroup::Limits { memory: policy.memory, pids: policy.max_processes.map(|n| n + 1) };
+        let cgroups = cgroups.map(|setup| cgroup::Pool::new(setup, limits));
         Ok(ProcessSandbox {
             policy,
             plan,
@@ -444,16 +447,11 @@ impl ProcessSandbox {
         }
 
         let cgroup = match &self.cgroups {
-            Some(setup) => Some(
-                cgroup::RunCgroup::create(
-                    setup,
-                    &cgroup::Limits { memory: self.policy.memory, pids: self.policy.max_processes },
-                )
-                .map_err(setup_err("create the run's cgroup"))?,
-            ),
+            Some(pool) => Some(pool.take().map_err(setup_err("create the run's cgroup"))?),
             None => None,
         };
 
+        let mut stack = vec![0u8; sys::SPAWN_STACK];
         let launch = Launch {
             plan: &self.plan,
             exec: &exec,
@@ -463,6 +461,7 @@ impl ProcessSandbox {
             stdio: [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()],
             sync: sync_child.as_raw_fd(),
             error: error_w.as_raw_fd(),
+            stack: stack.as_mut_ptr(),
         };
         let flags = (libc::CLONE_NEWUSER
             | libc::CLONE_NEWPID
@@ -490,7 +489,7 @@ impl ProcessSandbox {
         let result = self.supervise(
             &child,
             &control,
-            cgroup.as_ref(),
+            cgroup.as_deref(),
             Io { stdin_w, stdout_r, stderr_r, error_r, sync: sync_parent },
             program,
             options,
@@ -757,6 +756,7 @@ fn pump(
     let mut stdin_left = stdin;
     let mut open = [true, true];
     let mut exited = false;
+    let mut listening = true;
     let mut denied = None;
     let mut buf = vec![0u8; 64 * 1024];
     while open[STDOUT] || open[STDERR] || !exited {
@@ -775,7 +775,7 @@ fn pump(
         if let Some(w) = &stdin_w {
             watch(STDIN, w.as_raw_fd(), libc::POLLOUT);
         }
-        if let Some(l) = listener {
+        if let Some(l) = listener.filter(|_| listening) {
             watch(LISTENER, l.as_raw_fd(), libc::POLLIN);
         }
         if !exited {
@@ -815,6 +815,10 @@ fn pump(
             }
         }
         if ready(LISTENER) {
+            // POLLHUP: no process can make a notification any more; stop watching.
+            if fds[slot[LISTENER]].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                listening = false;
+            }
             if let Some(nr) = listener.and_then(|l| sys::seccomp_deny_next(l.as_raw_fd())) {
                 if denied.is_none() {
                     denied = Some(seccomp::name_of(nr as i64).map_or_else(|| format!("syscall {nr}"), str::to_owned));

@@ -612,6 +612,26 @@ pub(super) fn close_from_on_exec(first: u32) {
     unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
 }
 
+/// Size of the stack pid 2 uses between its creation and `execve`.
+pub(super) const SPAWN_STACK: usize = 64 * 1024;
+
+/// Starts `f(arg)` in a new process that shares this one's memory until it executes or exits
+/// (`CLONE_VM | CLONE_VFORK`); this process is suspended meanwhile. `stack` points at
+/// `SPAWN_STACK` bytes. Returns the new pid, or -1.
+pub(super) fn spawn_vfork(
+    stack: *mut u8,
+    f: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> libc::pid_t {
+    // SAFETY: glibc's clone runs `f` on the given stack (its top, 16-byte aligned) in the new
+    // process; CLONE_VFORK keeps this process, and so `arg` and the stack, suspended and alive
+    // until the child executes or exits. glibc's clone takes no locks and runs no fork handlers.
+    unsafe {
+        let top = (stack.add(SPAWN_STACK) as usize & !15) as *mut libc::c_void;
+        libc::clone(f, top, libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD, arg)
+    }
+}
+
 /// Closes every descriptor except `keep`.
 pub(super) fn close_all_but(keep: RawFd) {
     let keep = keep as u32;

@@ -223,6 +223,15 @@ pub(crate) struct CompiledModule {
     pub(crate) module: Module,
     /// Whether the module imports anything (all imports are WASI preview 1, checked).
     pub(crate) uses_wasi: bool,
+    /// The WASI functions it imports.
+    imported: std::sync::Arc<std::collections::BTreeSet<String>>,
+}
+
+impl CompiledModule {
+    /// Whether the module imports this WASI preview 1 function.
+    pub(crate) fn imports(&self, name: &str) -> bool {
+        self.imported.contains(name)
+    }
 }
 
 static PLAIN: OnceLock<BaseEngine> = OnceLock::new();
@@ -299,8 +308,9 @@ impl BaseEngine {
                 m
             }
         };
-        let uses_wasi = check_imports(&module)?;
-        let compiled = CompiledModule { module, uses_wasi };
+        check_imports(&module)?;
+        let imported: std::collections::BTreeSet<String> = module.imports().map(|i| i.name().to_owned()).collect();
+        let compiled = CompiledModule { module, uses_wasi: !imported.is_empty(), imported: imported.into() };
         let mut lru = self.modules.lock();
         if lru.entries.len() >= MEMORY_CACHE_ENTRIES {
             if let Some(oldest) = lru.entries.iter().min_by_key(|(_, (used, _))| *used).map(|(k, _)| *k) {
@@ -317,11 +327,9 @@ impl BaseEngine {
 pub(crate) const WASI_MODULE: &str = "wasi_snapshot_preview1";
 
 /// Refuses modules that import anything but WASI preview 1 functions (no host memory, no
-/// wasix extensions, no sockets). Returns whether the module imports anything.
-fn check_imports(module: &Module) -> Result<bool> {
-    let mut any = false;
+/// wasix extensions, no sockets).
+fn check_imports(module: &Module) -> Result<()> {
     for import in module.imports() {
-        any = true;
         let is_fn = matches!(import.ty(), wasmer::ExternType::Function(_));
         if import.module() != WASI_MODULE || !is_fn {
             return Err(Error::invalid_program(format!(
@@ -332,7 +340,7 @@ fn check_imports(module: &Module) -> Result<bool> {
             )));
         }
     }
-    Ok(any)
+    Ok(())
 }
 
 /// Parses WAT text into a binary module, or returns the bytes unchanged if already binary.

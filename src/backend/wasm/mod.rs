@@ -237,8 +237,11 @@ impl WasmSandbox {
                 "proc_exit",
                 Function::new_typed(&mut store, |code: i32| -> Result<(), GuestExit> { Err(GuestExit(code as u32)) }),
             );
-            limit_descriptors(&mut store, &mut imports, self.policy.max_open_files);
-            no_sockets(&mut store, &mut imports);
+            // Wrappers only for what the module imports: each host function costs time per run.
+            if compiled.imports("path_open") {
+                limit_descriptors(&mut store, &mut imports, self.policy.max_open_files);
+            }
+            no_sockets(&mut store, &mut imports, compiled);
             let result = Instance::new(&mut store, &compiled.module, &imports);
             wasi = Some(fenv);
             result
@@ -453,10 +456,10 @@ fn limit_descriptors(store: &mut Store, imports: &mut Imports, max: Option<u64>)
 /// `sock_recv`, `sock_send` and `sock_shutdown` fail with `EBADF` on a descriptor that is not
 /// open and `ENOTSOCK` on any other (wasix would answer `EACCES` or `ENOTSUP` there). wasix still
 /// checks the descriptor; its networking is `Unsupported`, so it can never succeed.
-fn no_sockets(store: &mut Store, imports: &mut Imports) {
+fn no_sockets(store: &mut Store, imports: &mut Imports, module: &CompiledModule) {
     const ERRNO_BADF: i32 = 8;
     const ERRNO_NOTSOCK: i32 = 57;
-    for name in ["sock_accept", "sock_recv", "sock_send", "sock_shutdown"] {
+    for name in ["sock_accept", "sock_recv", "sock_send", "sock_shutdown"].into_iter().filter(|n| module.imports(n)) {
         let Some(wasmer::Extern::Function(inner)) = imports.get_export(WASI_MODULE, name) else { continue };
         let ty = inner.ty(store);
         let env = FunctionEnv::new(store, inner);

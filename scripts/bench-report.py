@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Runs sandcell's criterion benchmarks and the peer measurements in one session, and prints the
+markdown tables of docs/PERFORMANCE.md (medians, and ratios to the peers measured in that run).
+
+Usage: python3 scripts/bench-report.py [wasm] [process] [microvm] [ffi]   (default: all)
+Needs: the wasmtime package from PyPI for the wasm peer (pip install wasmtime).
+"""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def criterion(group, name):
+    path = os.path.join(ROOT, "target", "criterion", f"{group}_{name}", "new", "estimates.json")
+    with open(path) as f:
+        return json.load(f)["median"]["point_estimate"] / 1e3  # ns -> us
+
+
+def bench(name):
+    subprocess.run(["cargo", "bench", "--bench", name], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def fmt(us):
+    return f"{us / 1e3:.2f} ms" if us >= 1000 else f"{us:.1f} µs"
+
+
+def wasm():
+    if "--no-run" not in sys.argv: bench("wasm")
+    peer = json.loads(subprocess.run([sys.executable, os.path.join(ROOT, "benches/peers/wasmtime_peer.py")],
+                                     check=True, capture_output=True, text=True).stdout)
+    print(f"### wasm (wasmtime {peer['wasmtime_version']} through its Python package)\n")
+    print("| measurement | sandcell | wasmtime | sandcell / wasmtime |")
+    print("|---|---|---|---|")
+    for label, ours, theirs in [
+        ("compile the hello module (Cranelift)", "compile", "compile_us"),
+        ("cached hello world, end to end", "hello_cached", "hello_cached_us"),
+        ("call an export on a fresh instance", "export_call_fresh_instance", "export_call_fresh_instance_us"),
+    ]:
+        a, b = criterion("wasm", ours), peer[theirs]
+        print(f"| {label} | {fmt(a)} | {fmt(b)} | {a / b:.2f} |")
+    print()
+
+
+def process():
+    if "--no-run" not in sys.argv: bench("process")
+    ours = criterion("process", "sandcell_true")
+    print("### process (/bin/true, end to end)\n")
+    print("| tool | median | sandcell / tool |")
+    print("|---|---|---|")
+    print(f"| sandcell, fully confined | {fmt(ours)} | 1.00 |")
+    for label, name in [("fork + exec", "fork_exec_true"), ("unshare, same namespaces", "unshare_true"),
+                        ("bubblewrap --unshare-all", "bwrap_true")]:
+        try:
+            t = criterion("process", name)
+            print(f"| {label} | {fmt(t)} | {ours / t:.2f} |")
+        except FileNotFoundError:
+            print(f"| {label} | not measured | |")
+    print()
+
+
+def microvm():
+    bench("microvm")
+    floor = criterion("microvm", "kvm_floor")
+    print("### microvm\n")
+    print("| measurement | median | / raw KVM floor |")
+    print("|---|---|---|")
+    for label, name in [("raw KVM floor: create VM + vCPU, run to first exit", "kvm_floor"),
+                        ("native hello guest, create to result", "native_hello"),
+                        ("WASI hello module, create to result", "wasi_hello")]:
+        t = criterion("microvm", name)
+        print(f"| {label} | {fmt(t)} | {t / floor:.2f} |")
+    print()
+
+
+def ffi():
+    bench("ffi")
+    rust = criterion("ffi", "rust_api")
+    c = criterion("ffi", "c_api")
+    print("### C ABI and Python overhead (one wasm run of the hello world)\n")
+    print("| path | median | added over Rust |")
+    print("|---|---|---|")
+    print(f"| Rust API | {fmt(rust)} | |")
+    print(f"| C ABI | {fmt(c)} | {fmt(c - rust)} |")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "python/bench_overhead.py")], check=True,
+                         capture_output=True, text=True).stdout
+    py = json.loads(out)["python_us"]
+    print(f"| Python package | {fmt(py)} | {fmt(py - rust)} |")
+    print()
+
+
+if __name__ == "__main__":
+    wanted = [a for a in sys.argv[1:] if not a.startswith("--")] or ["wasm", "process", "microvm", "ffi"]
+    for w in wanted:
+        globals()[w]()
