@@ -1,5 +1,12 @@
-//! Short names for the platform conditions of each backend, so that the code says
-//! `cfg(process_backend)` instead of repeating `all(feature = ..., target_os = ...)`.
+//! Build script:
+//! - short names for the platform conditions of each backend, so that the code says
+//!   `cfg(process_backend)` instead of repeating `all(feature = ..., target_os = ...)`;
+//! - the micro-VM's guest runtime (`guest/runtime`, wasmi), compiled for `x86_64-unknown-none`
+//!   and embedded. If that target is not installed, a warning says how to add it and the
+//!   micro-VM backend runs native guests only.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(process_backend)");
     println!("cargo::rustc-check-cfg=cfg(microvm_backend)");
@@ -9,7 +16,47 @@ fn main() {
     if feature("process") && os == "linux" {
         println!("cargo::rustc-cfg=process_backend");
     }
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("sandcell-runtime.elf");
     if feature("microvm") && os == "linux" && arch == "x86_64" {
         println!("cargo::rustc-cfg=microvm_backend");
+        build_guest_runtime(&out);
+    } else {
+        std::fs::write(&out, b"").expect("write OUT_DIR");
+    }
+}
+
+fn build_guest_runtime(out: &Path) {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let guest = manifest.join("guest");
+    for dir in ["abi", "sdk", "runtime"] {
+        println!("cargo::rerun-if-changed={}", guest.join(dir).display());
+    }
+    println!("cargo::rerun-if-changed={}", guest.join("Cargo.toml").display());
+    println!("cargo::rerun-if-env-changed=SANDCELL_SKIP_GUEST_RUNTIME");
+    let target_dir = manifest.join("target").join("guest");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = if std::env::var_os("SANDCELL_SKIP_GUEST_RUNTIME").is_some() {
+        None
+    } else {
+        Command::new(cargo)
+            .args(["build", "--release", "--quiet", "--target", "x86_64-unknown-none", "-p", "sandcell-runtime"])
+            .current_dir(&guest)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .status()
+            .ok()
+    };
+    let built = target_dir.join("x86_64-unknown-none/release/sandcell-runtime");
+    if status.is_some_and(|s| s.success()) && built.is_file() {
+        std::fs::copy(&built, out).expect("copy the guest runtime");
+    } else {
+        println!(
+            "cargo::warning=the micro-VM guest runtime was not built (is the target installed? `rustup target add \
+             x86_64-unknown-none`); micro-VM sandboxes will run native guests only"
+        );
+        std::fs::write(out, b"").expect("write OUT_DIR");
     }
 }

@@ -17,7 +17,6 @@ pub(crate) enum StopReason {
     Interrupted,
     CpuLimit(CpuBudget),
     OutputLimit,
-    MemoryLimit,
 }
 
 impl StopReason {
@@ -27,7 +26,6 @@ impl StopReason {
             StopReason::Interrupted => Status::Interrupted,
             StopReason::CpuLimit(b) => Status::CpuLimit(b),
             StopReason::OutputLimit => Status::OutputLimit,
-            StopReason::MemoryLimit => Status::MemoryLimit,
         }
     }
 }
@@ -320,10 +318,6 @@ impl Capture {
         !self.exceeded
     }
 
-    pub(crate) fn exceeded(&self) -> bool {
-        self.exceeded
-    }
-
     pub(crate) fn take(&mut self) -> (Vec<u8>, Vec<u8>) {
         (std::mem::take(&mut self.stdout), std::mem::take(&mut self.stderr))
     }
@@ -348,7 +342,6 @@ mod tests {
         assert!(c.push(Stream::Stdout, b"ab"));
         assert!(c.push(Stream::Stderr, b"abcd"));
         assert!(!c.push(Stream::Stdout, b"cdef"));
-        assert!(c.exceeded());
         let (o, e) = c.take();
         assert_eq!((o.as_slice(), e.as_slice()), (&b"abcd"[..], &b"abcd"[..]));
         assert_eq!(seen.load(Ordering::SeqCst), 8);

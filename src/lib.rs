@@ -65,7 +65,7 @@ pub use policy::{
 };
 pub use probe::{probe, BackendSupport, Cgroups, HostSupport, KvmFlavor, Probe};
 pub use program::{Artifact, Program};
-pub use sandbox::{sandbox, BackendKind, RunOptions, Sandbox, SandboxBuilder};
+pub use sandbox::{sandbox, BackendKind, HostFunction, RunOptions, Sandbox, SandboxBuilder};
 
 /// Compile-time check that the public types can cross threads.
 #[allow(dead_code)]

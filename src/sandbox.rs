@@ -128,18 +128,34 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
 /// assert_eq!(outcome.stdout, b"Hello, world!\n");
 /// # Ok::<(), sandcell::Error>(())
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[must_use]
 pub struct SandboxBuilder {
     pub(crate) backend: BackendKind,
     pub(crate) policy: Policy,
     pub(crate) cache_dir: Option<PathBuf>,
+    pub(crate) host_functions: std::sync::Arc<std::collections::HashMap<String, HostFunction>>,
+}
+
+/// A function the embedder offers to micro-VM guests (`sandcell_guest::host_call`): input bytes
+/// in, output bytes or an error message out. It runs on the thread that called `run`.
+pub type HostFunction = std::sync::Arc<dyn Fn(&[u8]) -> std::result::Result<Vec<u8>, String> + Send + Sync>;
+
+impl fmt::Debug for SandboxBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxBuilder")
+            .field("backend", &self.backend)
+            .field("policy", &self.policy)
+            .field("cache_dir", &self.cache_dir)
+            .field("host_functions", &self.host_functions.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl SandboxBuilder {
     /// A builder for `backend` with the default policy.
     pub fn new(backend: BackendKind) -> Self {
-        SandboxBuilder { backend, policy: Policy::default(), cache_dir: None }
+        SandboxBuilder { backend, policy: Policy::default(), cache_dir: None, host_functions: Default::default() }
     }
 
     /// The policy of every run.
@@ -156,9 +172,26 @@ impl SandboxBuilder {
         self
     }
 
+    /// Offers a function to guests under `name` (micro-VM backend: `sandcell_guest::host_call`).
+    /// The other backends refuse a builder with host functions.
+    pub fn host_function(
+        mut self,
+        name: impl Into<String>,
+        f: impl Fn(&[u8]) -> std::result::Result<Vec<u8>, String> + Send + Sync + 'static,
+    ) -> Self {
+        std::sync::Arc::make_mut(&mut self.host_functions).insert(name.into(), std::sync::Arc::new(f));
+        self
+    }
+
     /// Validates the policy, lowers it onto the backend, and returns the sandbox.
     pub fn build(self) -> Result<Box<dyn Sandbox>> {
         self.policy.validate()?;
+        if !self.host_functions.is_empty() && self.backend != BackendKind::MicroVm {
+            return Err(Error::invalid_policy(
+                "host_functions",
+                format!("the {} backend offers no host functions; only microvm guests can call them", self.backend),
+            ));
+        }
         match self.backend {
             BackendKind::Wasm => Ok(Box::new(crate::backend::wasm::WasmSandbox::new(self)?)),
             BackendKind::Process => crate::backend::build_process(self),

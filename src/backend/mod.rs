@@ -1,10 +1,13 @@
 //! The isolation backends. Each lowers the backend-neutral [`Policy`](crate::Policy) onto its
 //! own mechanisms in one place and implements [`Sandbox`](crate::Sandbox).
 
+#[cfg(microvm_backend)]
+pub(crate) mod microvm;
 #[cfg(process_backend)]
 pub(crate) mod process;
 pub(crate) mod wasm;
 
+#[allow(unused_imports)]
 use crate::{BackendKind, Error, Result, Sandbox, SandboxBuilder};
 
 #[cfg(process_backend)]
@@ -20,10 +23,16 @@ pub(crate) fn build_process(_builder: SandboxBuilder) -> Result<Box<dyn Sandbox>
     })
 }
 
+#[cfg(microvm_backend)]
+pub(crate) fn build_microvm(builder: SandboxBuilder) -> Result<Box<dyn Sandbox>> {
+    Ok(Box::new(microvm::MicroVmSandbox::new(builder)?))
+}
+
+#[cfg(not(microvm_backend))]
 pub(crate) fn build_microvm(_builder: SandboxBuilder) -> Result<Box<dyn Sandbox>> {
     Err(Error::BackendUnavailable {
         backend: BackendKind::MicroVm,
-        reason: "this build of sandcell was compiled without the `microvm` feature".into(),
+        reason: "this build of sandcell was compiled without the `microvm` feature (Linux, x86-64)".into(),
     })
 }
 
@@ -33,6 +42,9 @@ pub(crate) fn support(kind: BackendKind, host: &crate::HostSupport) -> crate::Ba
         BackendKind::Wasm => (true, "wasmer + Cranelift, WASI preview 1; needs nothing from the host".to_owned()),
         #[cfg(process_backend)]
         BackendKind::Process => process::support(host),
+        #[cfg(microvm_backend)]
+        BackendKind::MicroVm => microvm::support(host),
+        #[allow(unreachable_patterns)]
         _ => (false, format!("the {kind} backend is not part of this build")),
     };
     let _ = host;

@@ -118,10 +118,6 @@ impl Pool {
         Pool { setup, limits, idle: Arc::default() }
     }
 
-    pub(super) fn describe(&self) -> &'static str {
-        self.setup.describe()
-    }
-
     /// A cgroup for one run, fresh counters, returned to the pool when the lease is dropped.
     pub(super) fn take(&self) -> io::Result<Lease> {
         let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();

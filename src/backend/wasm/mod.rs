@@ -50,7 +50,7 @@ use crate::{
 };
 
 /// The tokio runtime wasmer-wasix needs for its file operations; one for the process.
-fn tokio_runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn tokio_runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -230,18 +230,12 @@ impl WasmSandbox {
         let mut wasi = None;
         let instantiated = if compiled.uses_wasi {
             let fenv = self.wasi_env(program, &sink, &mut store)?;
-            let mut imports =
-                wasmer_wasix::generate_import_object_from_env(&mut store, &fenv.env, WasiVersion::Snapshot1);
+            let mut imports = self.wasi_imports(&mut store, &fenv, |name| compiled.imports(name));
             imports.define(
                 WASI_MODULE,
                 "proc_exit",
                 Function::new_typed(&mut store, |code: i32| -> Result<(), GuestExit> { Err(GuestExit(code as u32)) }),
             );
-            // Wrappers only for what the module imports: each host function costs time per run.
-            if compiled.imports("path_open") {
-                limit_descriptors(&mut store, &mut imports, self.policy.max_open_files);
-            }
-            no_sockets(&mut store, &mut imports, compiled);
             let result = Instance::new(&mut store, &compiled.module, &imports);
             wasi = Some(fenv);
             result
@@ -336,7 +330,24 @@ impl WasmSandbox {
         Ok(self.outcome(status, &sink, usage))
     }
 
-    fn wasi_env(&self, program: &Program, sink: &Arc<Sink>, store: &mut Store) -> Result<WasiFunctionEnv> {
+    /// The WASI preview 1 imports with sandcell's wrappers (descriptor cap, no sockets), for the
+    /// functions `wanted` says the module uses (each wrapper costs time per run).
+    pub(crate) fn wasi_imports(
+        &self,
+        store: &mut Store,
+        fenv: &WasiFunctionEnv,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Imports {
+        let mut imports = wasmer_wasix::generate_import_object_from_env(store, &fenv.env, WasiVersion::Snapshot1);
+        if wanted("path_open") {
+            limit_descriptors(store, &mut imports, self.policy.max_open_files);
+        }
+        no_sockets(store, &mut imports, &wanted);
+        imports
+    }
+
+    /// The WASI environment of a run: arguments, environment, capped stdio, the policy's mounts.
+    pub(crate) fn wasi_env(&self, program: &Program, sink: &Arc<Sink>, store: &mut Store) -> Result<WasiFunctionEnv> {
         let limits = FsLimits::new(self.policy.max_open_files, self.policy.max_file_size);
         let root = fs::build_root(&self.mounts, &limits)
             .map_err(|e| Error::Engine { reason: format!("cannot assemble the guest filesystem: {e}") })?;
@@ -456,10 +467,10 @@ fn limit_descriptors(store: &mut Store, imports: &mut Imports, max: Option<u64>)
 /// `sock_recv`, `sock_send` and `sock_shutdown` fail with `EBADF` on a descriptor that is not
 /// open and `ENOTSOCK` on any other (wasix would answer `EACCES` or `ENOTSUP` there). wasix still
 /// checks the descriptor; its networking is `Unsupported`, so it can never succeed.
-fn no_sockets(store: &mut Store, imports: &mut Imports, module: &CompiledModule) {
+fn no_sockets(store: &mut Store, imports: &mut Imports, wanted: &impl Fn(&str) -> bool) {
     const ERRNO_BADF: i32 = 8;
     const ERRNO_NOTSOCK: i32 = 57;
-    for name in ["sock_accept", "sock_recv", "sock_send", "sock_shutdown"].into_iter().filter(|n| module.imports(n)) {
+    for name in ["sock_accept", "sock_recv", "sock_send", "sock_shutdown"].into_iter().filter(|n| wanted(n)) {
         let Some(wasmer::Extern::Function(inner)) = imports.get_export(WASI_MODULE, name) else { continue };
         let ty = inner.ty(store);
         let env = FunctionEnv::new(store, inner);

@@ -1,0 +1,341 @@
+//! The guest SDK: write a program that runs inside a sandcell micro-VM.
+//!
+//! A guest is a freestanding x86-64 program (`#![no_std]`, `#![no_main]`, target
+//! `x86_64-unknown-none`). It runs in 64-bit user mode inside its own KVM virtual machine, with
+//! no operating system: everything it asks of the outside world goes through the few calls here,
+//! each of which is one exit to the host.
+//!
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//! sandcell_guest::entry!(main);
+//!
+//! fn main() -> i32 {
+//!     sandcell_guest::println!("Hello from a micro-VM, {} arguments", sandcell_guest::args().count());
+//!     0
+//! }
+//! ```
+//!
+//! Build with `cargo build --release --target x86_64-unknown-none` and run the ELF with
+//! `sandcell run --backend microvm target/x86_64-unknown-none/release/<name>`.
+#![no_std]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+use core::fmt;
+
+pub use sandcell_abi as abi;
+use sandcell_abi::{layout, op, Mailbox, HYPERCALL_PORT, MAGIC, MAILBOX_BYTES, VERSION};
+
+/// The vCPU this code runs on (0 for single-vCPU guests). Derived from the stack pointer: each
+/// vCPU has its own stack region.
+#[inline]
+pub fn cpu_id() -> u32 {
+    let sp: u64;
+    // SAFETY: reads the stack pointer; no memory access.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    (sp.saturating_sub(layout::STACKS + 1) / layout::STACK_STRIDE) as u32
+}
+
+/// Makes a hypercall from this vCPU: fills its mailbox, rings the doorbell, reads the answer.
+///
+/// # Safety
+/// The arguments must describe the call as the ABI says; buffers must be valid guest memory.
+pub unsafe fn hypercall(op: u16, args: &[u64]) -> (i64, u64) {
+    let mut m = Mailbox { magic: MAGIC, version: VERSION, op, ..Mailbox::default() };
+    let n = args.len().min(m.args.len());
+    m.args[..n].copy_from_slice(&args[..n]);
+    let bytes = m.to_bytes();
+    let mailbox = layout::mailbox(cpu_id()) as *mut u8;
+    // SAFETY: the mailbox page of this vCPU is mapped read-write for the guest.
+    unsafe {
+        for (i, b) in bytes.iter().enumerate() {
+            core::ptr::write_volatile(mailbox.add(i), *b);
+        }
+        core::arch::asm!("out dx, eax", in("dx") HYPERCALL_PORT, in("eax") MAGIC, options(nostack, preserves_flags));
+        let mut back = [0u8; MAILBOX_BYTES];
+        for (i, b) in back.iter_mut().enumerate() {
+            *b = core::ptr::read_volatile(mailbox.add(i));
+        }
+        let m = Mailbox::from_bytes(&back);
+        (m.ret, m.ret2)
+    }
+}
+
+const STREAM_BUF: usize = 4096;
+
+/// A vCPU's stdout buffer.
+struct Slot {
+    buf: core::cell::UnsafeCell<[u8; STREAM_BUF]>,
+    len: core::cell::UnsafeCell<usize>,
+}
+
+// SAFETY: slot `i` is only ever touched by vCPU `i` (see `slot`), so there is no concurrent access.
+unsafe impl Sync for Slot {}
+
+static OUT: [Slot; layout::MAX_VCPUS as usize] =
+    [const { Slot { buf: core::cell::UnsafeCell::new([0; STREAM_BUF]), len: core::cell::UnsafeCell::new(0) } };
+        layout::MAX_VCPUS as usize];
+
+/// This vCPU's buffer and its length.
+fn slot() -> (&'static mut [u8; STREAM_BUF], &'static mut usize) {
+    let s = &OUT[cpu_id() as usize % layout::MAX_VCPUS as usize];
+    // SAFETY: only the current vCPU uses its slot, and it holds these references only within
+    // one call of `flush` or `write_stdout` (no reentrancy: they call nothing that writes).
+    unsafe { (&mut *s.buf.get(), &mut *s.len.get()) }
+}
+
+fn write_raw(fd: u64, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    // SAFETY: `bytes` is readable guest memory.
+    unsafe { hypercall(op::WRITE, &[fd, bytes.as_ptr() as u64, bytes.len() as u64]) };
+}
+
+/// Sends buffered stdout to the host.
+pub fn flush() {
+    let (buf, len) = slot();
+    if *len > 0 {
+        write_raw(1, &buf[..*len]);
+        *len = 0;
+    }
+}
+
+/// Writes to stdout (buffered: up to 4 KiB per exit to the host; flushed at exit).
+pub fn write_stdout(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        let (buf, len) = slot();
+        if *len == 0 && bytes.len() >= STREAM_BUF {
+            write_raw(1, bytes);
+            return;
+        }
+        let n = (STREAM_BUF - *len).min(bytes.len());
+        buf[*len..*len + n].copy_from_slice(&bytes[..n]);
+        *len += n;
+        bytes = &bytes[n..];
+        if *len == STREAM_BUF {
+            flush();
+        }
+    }
+}
+
+/// Writes to stderr (unbuffered).
+pub fn write_stderr(bytes: &[u8]) {
+    flush();
+    write_raw(2, bytes);
+}
+
+/// Reads stdin into `buf`; returns the number of bytes, 0 at end of input.
+pub fn read_stdin(buf: &mut [u8]) -> usize {
+    flush();
+    // SAFETY: `buf` is writable guest memory.
+    let (n, _) = unsafe { hypercall(op::READ, &[buf.as_mut_ptr() as u64, buf.len() as u64]) };
+    n.max(0) as usize
+}
+
+/// Ends the VM with this exit code (output is flushed first).
+pub fn exit(code: i32) -> ! {
+    flush();
+    // SAFETY: EXIT takes two integers.
+    unsafe { hypercall(op::EXIT, &[code as u32 as u64, u64::MAX]) };
+    // The host does not resume a VM after EXIT.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Why a host call failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostCallError {
+    /// The embedder registered no function of that name.
+    NotFound,
+    /// The output buffer is too small; this many bytes are needed.
+    TooSmall(usize),
+    /// The host function failed; its message is this many bytes at the start of `output`.
+    Failed(usize),
+}
+
+/// Calls the host function `name` that the embedder registered, with `input`; the result is
+/// written to `output` and its length returned.
+pub fn host_call(name: &str, input: &[u8], output: &mut [u8]) -> Result<usize, HostCallError> {
+    flush();
+    let args = [
+        name.as_ptr() as u64,
+        name.len() as u64,
+        input.as_ptr() as u64,
+        input.len() as u64,
+        output.as_mut_ptr() as u64,
+        output.len() as u64,
+    ];
+    // SAFETY: the buffers are valid guest memory.
+    let (ret, ret2) = unsafe { hypercall(op::HOST_CALL, &args) };
+    match ret {
+        n if n >= 0 => Ok(n as usize),
+        n if -n == abi::host_call_error::NOT_FOUND => Err(HostCallError::NotFound),
+        n if -n == abi::host_call_error::TOO_SMALL => Err(HostCallError::TooSmall(ret2 as usize)),
+        _ => Err(HostCallError::Failed(ret2 as usize)),
+    }
+}
+
+fn boot_field(i: usize) -> u64 {
+    // SAFETY: the boot information page is mapped readable for the guest.
+    unsafe { core::ptr::read_volatile((layout::BOOT_INFO as *const u64).add(i)) }
+}
+
+fn boot_strings() -> &'static [u8] {
+    let len = boot_field(abi::boot::STRINGS_LEN) as usize;
+    // SAFETY: the host wrote `len` bytes of strings after the header, inside the boot area.
+    unsafe { core::slice::from_raw_parts((layout::BOOT_INFO + abi::boot::STRINGS) as *const u8, len) }
+}
+
+/// Iterates NUL-terminated strings.
+pub struct Strings {
+    rest: &'static [u8],
+    left: u64,
+}
+
+impl Iterator for Strings {
+    type Item = &'static str;
+    fn next(&mut self) -> Option<&'static str> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let end = self.rest.iter().position(|b| *b == 0).unwrap_or(self.rest.len());
+        let s = core::str::from_utf8(&self.rest[..end]).unwrap_or("");
+        self.rest = &self.rest[(end + 1).min(self.rest.len())..];
+        Some(s)
+    }
+}
+
+/// The program's arguments; the first is the program's name.
+pub fn args() -> Strings {
+    Strings { rest: boot_strings(), left: boot_field(abi::boot::ARGC) }
+}
+
+/// The environment, as `KEY=VALUE` strings.
+pub fn env() -> Strings {
+    let mut s = args();
+    for _ in s.by_ref() {}
+    Strings { rest: s.rest, left: boot_field(abi::boot::ENVC) }
+}
+
+/// One environment variable.
+pub fn env_var(name: &str) -> Option<&'static str> {
+    env().find_map(|kv| kv.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+}
+
+/// Number of vCPUs of this VM.
+pub fn vcpu_count() -> u32 {
+    boot_field(abi::boot::VCPUS) as u32
+}
+
+/// The heap: `[start, end)` of free guest memory (used by the global allocator when the `alloc`
+/// feature is on).
+pub fn heap() -> (u64, u64) {
+    (boot_field(abi::boot::HEAP_START), boot_field(abi::boot::HEAP_END))
+}
+
+/// A program given to the guest runtime as data (`[address, length)`), e.g. a wasm module.
+pub fn program() -> &'static [u8] {
+    let (addr, len) = (boot_field(abi::boot::PROGRAM), boot_field(abi::boot::PROGRAM_LEN));
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: the host placed `len` bytes at `addr`, in mapped guest memory.
+    unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) }
+}
+
+/// The fuel budget the host set (wasm guests), if any.
+pub fn fuel() -> Option<u64> {
+    let f = boot_field(abi::boot::FUEL);
+    (f != u64::MAX).then_some(f)
+}
+
+/// `core::fmt` sink for stdout.
+pub struct Stdout;
+impl fmt::Write for Stdout {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        write_stdout(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// `core::fmt` sink for stderr.
+pub struct Stderr;
+impl fmt::Write for Stderr {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        write_stderr(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// `print!` to stdout.
+#[macro_export]
+macro_rules! print {
+    ($($t:tt)*) => {{ let _ = core::fmt::Write::write_fmt(&mut $crate::Stdout, format_args!($($t)*)); }};
+}
+
+/// `println!` to stdout.
+#[macro_export]
+macro_rules! println {
+    () => { $crate::print!("\n") };
+    ($($t:tt)*) => {{ $crate::print!($($t)*); $crate::print!("\n"); }};
+}
+
+/// `eprintln!` to stderr.
+#[macro_export]
+macro_rules! eprintln {
+    ($($t:tt)*) => {{ let _ = core::fmt::Write::write_fmt(&mut $crate::Stderr, format_args!($($t)*)); $crate::write_stderr(b"\n"); }};
+}
+
+/// Declares the program's entry point: `fn main() -> i32`, called on every vCPU (see
+/// [`cpu_id`]); the VM ends when vCPU 0 returns (with the returned exit code) or any vCPU calls
+/// [`exit`]. Other vCPUs that return just stop.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        #[no_mangle]
+        pub extern "C" fn _start() -> ! {
+            $crate::__init();
+            let code: i32 = $main();
+            if $crate::cpu_id() == 0 {
+                $crate::exit(code)
+            }
+            $crate::flush();
+            loop {
+                core::hint::spin_loop();
+            }
+        }
+    };
+}
+
+#[cfg(feature = "alloc")]
+#[global_allocator]
+static ALLOCATOR: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+#[doc(hidden)]
+pub fn __init() {
+    #[cfg(feature = "alloc")]
+    if cpu_id() == 0 {
+        let (start, end) = heap();
+        if end > start {
+            // SAFETY: the host reserved `[start, end)` for the guest's heap and nothing else uses it.
+            unsafe { ALLOCATOR.lock().init(start as *mut u8, (end - start) as usize) };
+        }
+    }
+}
+
+#[cfg(feature = "panic-handler")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    use core::fmt::Write;
+    let _ = write!(Stderr, "guest panicked: {}", info.message());
+    if let Some(loc) = info.location() {
+        let _ = write!(Stderr, " at {}:{}", loc.file(), loc.line());
+    }
+    write_stderr(b"\n");
+    exit(101)
+}

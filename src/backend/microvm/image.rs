@@ -1,0 +1,438 @@
+//! The guest image: a program loaded at [`layout::IMAGE`], with the VM's own structures around it
+//! (GDT, IDT, TSS with its I/O bitmap, exception stubs, page tables), as the initial contents of
+//! guest RAM. Built once per (program, RAM size, vCPU count) into a memfd; every VM maps it
+//! copy-on-write, so a VM starts without copying or building anything.
+//!
+//! Page permissions: the program's segments keep their ELF flags (code read-only and executable,
+//! data not executable; a page both writable and executable is refused); the VM's structures are
+//! supervisor-only; page tables are not mapped at all; page zero, the gaps, and one guard page
+//! under each vCPU stack are unmapped, so touching them faults.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use sandcell_abi::layout;
+
+use crate::{Error, Result};
+
+const PAGE: u64 = 0x1000;
+const LARGE: u64 = 0x20_0000;
+
+// Page-table entry bits.
+const P: u64 = 1;
+const W: u64 = 1 << 1;
+const U: u64 = 1 << 2;
+const PS: u64 = 1 << 7;
+const NX: u64 = 1 << 63;
+
+/// Page permissions of a loaded segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+struct Perm {
+    write: bool,
+    exec: bool,
+}
+
+/// A program loaded into the image area.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    /// Bytes from `IMAGE` on, segments in place, relocations applied.
+    bytes: Vec<u8>,
+    /// Permissions of each page from `IMAGE` on (`None`: not mapped).
+    pages: Vec<Option<Perm>>,
+    pub(crate) entry: u64,
+}
+
+fn bad(reason: impl Into<String>) -> Error {
+    Error::invalid_program(format!("not a usable micro-VM guest: {}", reason.into()))
+}
+
+fn u16_at(b: &[u8], o: usize) -> Result<u16> {
+    b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]])).ok_or_else(|| bad("truncated ELF"))
+}
+fn u32_at(b: &[u8], o: usize) -> Result<u32> {
+    b.get(o..o + 4).map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes"))).ok_or_else(|| bad("truncated ELF"))
+}
+fn u64_at(b: &[u8], o: usize) -> Result<u64> {
+    b.get(o..o + 8).map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes"))).ok_or_else(|| bad("truncated ELF"))
+}
+
+/// Whether `bytes` look like an ELF file.
+pub(crate) fn is_elf(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"\x7fELF")
+}
+
+/// Loads a freestanding x86-64 ELF (static, `ET_EXEC` linked inside the image area, or static-pie
+/// `ET_DYN` with only `R_X86_64_RELATIVE` relocations, as `x86_64-unknown-none` produces).
+/// Every offset and size is checked; nothing in the file can make the loader write outside the
+/// image area.
+pub(crate) fn load_elf(elf: &[u8]) -> Result<Loaded> {
+    if !is_elf(elf) || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
+        return Err(bad("not a 64-bit little-endian ELF file"));
+    }
+    if u16_at(elf, 18)? != 62 {
+        return Err(bad("not an x86-64 program"));
+    }
+    let kind = u16_at(elf, 16)?;
+    let base = match kind {
+        2 => 0,             // ET_EXEC: addresses are absolute
+        3 => layout::IMAGE, // ET_DYN (static-pie): load at the image base
+        _ => return Err(bad("neither an executable nor a position-independent executable")),
+    };
+    let phoff = u64_at(elf, 32)? as usize;
+    let phentsize = u16_at(elf, 54)? as usize;
+    let phnum = u16_at(elf, 56)? as usize;
+    if phentsize < 56 || phnum > 64 {
+        return Err(bad("bad program header table"));
+    }
+    let size = (layout::IMAGE_END - layout::IMAGE) as usize;
+    let mut bytes = vec![0u8; size];
+    let mut pages: Vec<Option<Perm>> = vec![None; size / PAGE as usize];
+    let mut dynamic = None;
+    for i in 0..phnum {
+        let ph = phoff
+            .checked_add(i.checked_mul(phentsize).ok_or_else(|| bad("bad program header table"))?)
+            .ok_or_else(|| bad("bad program header table"))?;
+        let p_type = u32_at(elf, ph)?;
+        let flags = u32_at(elf, ph + 4)?;
+        let offset = u64_at(elf, ph + 8)?;
+        let vaddr = u64_at(elf, ph + 16)?;
+        let filesz = u64_at(elf, ph + 32)?;
+        let memsz = u64_at(elf, ph + 40)?;
+        match p_type {
+            1 => {
+                // PT_LOAD
+                let start = base.checked_add(vaddr).ok_or_else(|| bad("segment address overflows"))?;
+                let end = start.checked_add(memsz).ok_or_else(|| bad("segment size overflows"))?;
+                if start < layout::IMAGE || end > layout::IMAGE_END || filesz > memsz {
+                    return Err(bad(format!(
+                        "segment {start:#x}..{end:#x} does not fit the image area {:#x}..{:#x} (3 MiB)",
+                        layout::IMAGE,
+                        layout::IMAGE_END
+                    )));
+                }
+                let src_end = offset
+                    .checked_add(filesz)
+                    .filter(|e| *e <= elf.len() as u64)
+                    .ok_or_else(|| bad("segment data beyond the end of the file"))?;
+                let at = (start - layout::IMAGE) as usize;
+                bytes[at..at + filesz as usize].copy_from_slice(&elf[offset as usize..src_end as usize]);
+                let perm = Perm { write: flags & 2 != 0, exec: flags & 1 != 0 };
+                for page in ((start - layout::IMAGE) / PAGE)..(end - layout::IMAGE).div_ceil(PAGE) {
+                    let slot = &mut pages[page as usize];
+                    let merged = match slot {
+                        Some(p) => Perm { write: p.write || perm.write, exec: p.exec || perm.exec },
+                        None => perm,
+                    };
+                    if merged.write && merged.exec {
+                        return Err(bad(format!(
+                            "page {:#x} would be both writable and executable",
+                            layout::IMAGE + page * PAGE
+                        )));
+                    }
+                    *slot = Some(merged);
+                }
+            }
+            2 => dynamic = Some((base.checked_add(vaddr).ok_or_else(|| bad("bad dynamic section"))?, memsz)),
+            _ => {}
+        }
+    }
+    let entry = base.checked_add(u64_at(elf, 24)?).ok_or_else(|| bad("bad entry point"))?;
+    let entry_page = entry.checked_sub(layout::IMAGE).map(|o| (o / PAGE) as usize);
+    if !entry_page.and_then(|p| pages.get(p).copied().flatten()).is_some_and(|p| p.exec) {
+        return Err(bad(format!("entry point {entry:#x} is not in executable code")));
+    }
+    if let Some((addr, len)) = dynamic {
+        relocate(&mut bytes, base, addr, len)?;
+    }
+    Ok(Loaded { bytes, pages, entry })
+}
+
+/// Applies `R_X86_64_RELATIVE` relocations listed by the dynamic section (already loaded).
+fn relocate(image: &mut [u8], base: u64, dynamic: u64, len: u64) -> Result<()> {
+    let read = |image: &[u8], addr: u64| -> Result<u64> {
+        let o = addr.checked_sub(layout::IMAGE).ok_or_else(|| bad("address below the image"))? as usize;
+        u64_at(image, o)
+    };
+    let (mut rela, mut relasz, mut relaent) = (0, 0, 24);
+    let entries = len / 16;
+    for i in 0..entries.min(256) {
+        let tag = read(image, dynamic + i * 16)?;
+        let val = read(image, dynamic + i * 16 + 8)?;
+        match tag {
+            0 => break,
+            7 => rela = val,
+            8 => relasz = val,
+            9 => relaent = val,
+            _ => {}
+        }
+    }
+    if relasz == 0 {
+        return Ok(());
+    }
+    if relaent != 24 {
+        return Err(bad("unexpected relocation entry size"));
+    }
+    let start = base.checked_add(rela).ok_or_else(|| bad("bad relocation table"))?;
+    for i in 0..relasz / 24 {
+        let at = start + i * 24;
+        let offset = read(image, at)?;
+        let info = read(image, at + 8)?;
+        let addend = read(image, at + 16)?;
+        if info & 0xffff_ffff != 8 {
+            return Err(bad(format!(
+                "relocation type {} is not supported (only R_X86_64_RELATIVE)",
+                info & 0xffff_ffff
+            )));
+        }
+        let target = base
+            .checked_add(offset)
+            .and_then(|t| t.checked_sub(layout::IMAGE))
+            .ok_or_else(|| bad("relocation outside the image"))? as usize;
+        let value = base.wrapping_add(addend);
+        image
+            .get_mut(target..target + 8)
+            .ok_or_else(|| bad("relocation outside the image"))?
+            .copy_from_slice(&value.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// The initial contents of guest RAM for one program, in a memfd.
+#[derive(Debug)]
+pub(crate) struct GuestImage {
+    pub(crate) memfd: File,
+    pub(crate) ram: u64,
+    pub(crate) entry: u64,
+    pub(crate) vcpus: u32,
+    /// Where a data program (a wasm module) lies, and where the heap starts after it.
+    pub(crate) program: (u64, u64),
+    pub(crate) heap_start: u64,
+}
+
+fn memfd(size: u64) -> io::Result<File> {
+    // SAFETY: a NUL-terminated name and flags; the returned descriptor is owned below.
+    let fd = unsafe { libc::memfd_create(c"sandcell-guest-image".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.set_len(size)?;
+    Ok(file)
+}
+
+/// Writes 8-byte little-endian values into the image buffer at guest addresses.
+struct Writer<'a>(&'a File);
+impl Writer<'_> {
+    fn put(&self, addr: u64, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all_at(bytes, addr)
+    }
+    fn u64(&self, addr: u64, v: u64) -> io::Result<()> {
+        self.put(addr, &v.to_le_bytes())
+    }
+}
+
+/// Exceptions for which the CPU pushes an error code.
+const HAS_ERROR_CODE: [u8; 8] = [8, 10, 11, 12, 13, 14, 17, 21];
+
+/// Builds the image for `loaded` (and, for the wasm runtime, the module bytes `data`).
+pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Result<Arc<GuestImage>> {
+    let setup = |what: &'static str| move |e: io::Error| Error::setup(format!("build the guest image ({what})"), e);
+    let file = memfd(ram).map_err(setup("memfd"))?;
+    let w = Writer(&file);
+
+    // GDT: null, kernel code 0x08, kernel data 0x10, user code 0x18, user data 0x20, TSS 0x28.
+    // Accessed bits are preset so that the CPU never writes to the table.
+    let tss_limit: u64 = 0x68 + 0x2000;
+    let tss_lo = (tss_limit & 0xffff)
+        | ((layout::TSS & 0xff_ffff) << 16)
+        | (0x89 << 40) // present, available 64-bit TSS
+        | (((tss_limit >> 16) & 0xf) << 48)
+        | (((layout::TSS >> 24) & 0xff) << 56);
+    let gdt = [
+        0,
+        0x0020_9B00_0000_0000u64,
+        0x0000_9300_0000_0000,
+        0x0020_FB00_0000_0000,
+        0x0000_F300_0000_0000,
+        tss_lo,
+        layout::TSS >> 32,
+    ];
+    for (i, d) in gdt.iter().enumerate() {
+        w.u64(layout::GDT + i as u64 * 8, *d).map_err(setup("GDT"))?;
+    }
+
+    // Exception stubs and the IDT. Each stub: [push 0 if no error code]; push vector;
+    // mov dx, EXCEPTION_PORT; out dx, al; hlt; jmp hlt.
+    let port = sandcell_abi::EXCEPTION_PORT.to_le_bytes();
+    for v in 0u8..32 {
+        let mut stub = Vec::with_capacity(16);
+        if !HAS_ERROR_CODE.contains(&v) {
+            stub.extend_from_slice(&[0x6a, 0x00]);
+        }
+        stub.extend_from_slice(&[0x6a, v, 0x66, 0xba, port[0], port[1], 0xee, 0xf4, 0xeb, 0xfd]);
+        stub.resize(16, 0x90);
+        let handler = layout::STUBS + v as u64 * 16;
+        w.put(handler, &stub).map_err(setup("stubs"))?;
+        // 64-bit interrupt gate, selector 0x08; int3 (#BP) may be raised from user mode.
+        let dpl: u64 = if v == 3 { 3 } else { 0 };
+        let lo = (handler & 0xffff) | (0x08 << 16) | ((0x8e | (dpl << 5)) << 40) | (((handler >> 16) & 0xffff) << 48);
+        w.u64(layout::IDT + v as u64 * 16, lo).map_err(setup("IDT"))?;
+        w.u64(layout::IDT + v as u64 * 16 + 8, handler >> 32).map_err(setup("IDT"))?;
+    }
+
+    // TSS: the kernel stack for exceptions, and an I/O bitmap that lets user mode reach only the
+    // hypercall port (an `out` of up to 4 bytes checks 4 bits).
+    w.u64(layout::TSS + 4, layout::KERNEL_STACK_TOP).map_err(setup("TSS"))?;
+    w.put(layout::TSS + 0x66, &0x68u16.to_le_bytes()).map_err(setup("TSS"))?;
+    let mut bitmap = vec![0xffu8; 0x2000 + 1];
+    let hp = sandcell_abi::HYPERCALL_PORT as usize;
+    for port in hp..hp + 4 {
+        bitmap[port / 8] &= !(1 << (port % 8));
+    }
+    w.put(layout::TSS + 0x68, &bitmap).map_err(setup("TSS"))?;
+
+    // The program.
+    w.put(layout::IMAGE, &loaded.bytes).map_err(setup("program"))?;
+    let program_at = layout::HEAP;
+    w.put(program_at, data).map_err(setup("program data"))?;
+    let heap_start = (program_at + data.len() as u64).next_multiple_of(PAGE);
+
+    // Page tables: PML4, PDPT, one PD per GiB, 4 KiB page tables for the fixed area below HEAP,
+    // 2 MiB pages for the heap.
+    let pml4 = layout::PAGE_TABLES;
+    let pdpt = pml4 + PAGE;
+    let pd = pdpt + PAGE;
+    let gibs = ram.div_ceil(1 << 30);
+    let pt = pd + gibs * PAGE;
+    let small_tables = layout::HEAP / LARGE;
+    if pt + small_tables * PAGE > layout::PAGE_TABLES_END {
+        return Err(Error::invalid_policy("memory", "the micro-VM backend supports at most 2 GiB of guest RAM"));
+    }
+    let table = |addr: u64| addr | P | W | U; // permissions are decided at the last level
+    w.u64(pml4, table(pdpt)).map_err(setup("page tables"))?;
+    for g in 0..gibs {
+        w.u64(pdpt + g * 8, table(pd + g * PAGE)).map_err(setup("page tables"))?;
+    }
+    for i in 0..small_tables {
+        w.u64(pd + i * 8, table(pt + i * PAGE)).map_err(setup("page tables"))?;
+    }
+    let mut addr = layout::HEAP;
+    while addr + LARGE <= ram {
+        w.u64(pd + (addr / LARGE) * 8, addr | P | W | U | PS | NX).map_err(setup("page tables"))?;
+        addr += LARGE;
+    }
+    let pte = |addr: u64, flags: u64| w.u64(pt + (addr / PAGE) * 8, addr | flags);
+    let kernel_rw = P | W | NX;
+    pte(layout::GDT, kernel_rw).map_err(setup("page tables"))?;
+    pte(layout::IDT, P | NX).map_err(setup("page tables"))?;
+    for page in (layout::TSS..layout::STUBS).step_by(PAGE as usize) {
+        pte(page, P | NX).map_err(setup("page tables"))?;
+    }
+    pte(layout::STUBS, P).map_err(setup("page tables"))?;
+    pte(layout::KERNEL_STACK_TOP - PAGE, kernel_rw).map_err(setup("page tables"))?;
+    for cpu in 0..vcpus {
+        pte(layout::mailbox(cpu), P | W | U | NX).map_err(setup("page tables"))?;
+    }
+    for page in (layout::BOOT_INFO..layout::BOOT_INFO + layout::BOOT_INFO_SIZE).step_by(PAGE as usize) {
+        pte(page, P | U | NX).map_err(setup("page tables"))?;
+    }
+    for (i, perm) in loaded.pages.iter().enumerate() {
+        if let Some(perm) = perm {
+            let flags = P | U | if perm.write { W } else { 0 } | if perm.exec { 0 } else { NX };
+            pte(layout::IMAGE + i as u64 * PAGE, flags).map_err(setup("page tables"))?;
+        }
+    }
+    for cpu in 0..vcpus {
+        let bottom = layout::stack_top(cpu) - layout::STACK_STRIDE;
+        // The lowest page stays unmapped: a stack overflow faults instead of running into the
+        // stack below.
+        for page in ((bottom + PAGE)..layout::stack_top(cpu)).step_by(PAGE as usize) {
+            pte(page, P | W | U | NX).map_err(setup("page tables"))?;
+        }
+    }
+    Ok(Arc::new(GuestImage {
+        memfd: file,
+        ram,
+        entry: loaded.entry,
+        vcpus,
+        program: (program_at, data.len() as u64),
+        heap_start,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal static-pie ELF: one R+X segment with an entry point, one RW segment, a dynamic
+    /// section with one RELATIVE relocation.
+    fn tiny_elf() -> Vec<u8> {
+        let mut e = vec![0u8; 0x3000];
+        e[..4].copy_from_slice(b"\x7fELF");
+        e[4] = 2;
+        e[5] = 1;
+        e[16..18].copy_from_slice(&3u16.to_le_bytes());
+        e[18..20].copy_from_slice(&62u16.to_le_bytes());
+        e[24..32].copy_from_slice(&0x1000u64.to_le_bytes()); // entry
+        e[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+        e[54..56].copy_from_slice(&56u16.to_le_bytes());
+        e[56..58].copy_from_slice(&3u16.to_le_bytes());
+        let ph = |e: &mut Vec<u8>, i: usize, ty: u32, flags: u32, off: u64, vaddr: u64, size: u64| {
+            let o = 64 + i * 56;
+            e[o..o + 4].copy_from_slice(&ty.to_le_bytes());
+            e[o + 4..o + 8].copy_from_slice(&flags.to_le_bytes());
+            e[o + 8..o + 16].copy_from_slice(&off.to_le_bytes());
+            e[o + 16..o + 24].copy_from_slice(&vaddr.to_le_bytes());
+            e[o + 32..o + 40].copy_from_slice(&size.to_le_bytes());
+            e[o + 40..o + 48].copy_from_slice(&size.to_le_bytes());
+        };
+        ph(&mut e, 0, 1, 5, 0x1000, 0x1000, 0x1000);
+        ph(&mut e, 1, 1, 6, 0x2000, 0x2000, 0x1000);
+        ph(&mut e, 2, 2, 6, 0x2000, 0x2000, 0x40);
+        // dynamic: RELA=0x2100, RELASZ=24, RELAENT=24, NULL
+        let dynv = [(7u64, 0x2100u64), (8, 24), (9, 24), (0, 0)];
+        for (i, (t, v)) in dynv.iter().enumerate() {
+            e[0x2000 + i * 16..0x2008 + i * 16].copy_from_slice(&t.to_le_bytes());
+            e[0x2008 + i * 16..0x2010 + i * 16].copy_from_slice(&v.to_le_bytes());
+        }
+        // one relocation: *(base + 0x2200) = base + 0x1234
+        e[0x2100..0x2108].copy_from_slice(&0x2200u64.to_le_bytes());
+        e[0x2108..0x2110].copy_from_slice(&8u64.to_le_bytes());
+        e[0x2110..0x2118].copy_from_slice(&0x1234u64.to_le_bytes());
+        e
+    }
+
+    #[test]
+    fn loads_static_pie_with_relocations_and_permissions() {
+        let l = load_elf(&tiny_elf()).unwrap();
+        assert_eq!(l.entry, layout::IMAGE + 0x1000);
+        assert_eq!(u64_at(&l.bytes, 0x2200).unwrap(), layout::IMAGE + 0x1234);
+        assert_eq!(l.pages[1], Some(Perm { write: false, exec: true }));
+        assert_eq!(l.pages[2], Some(Perm { write: true, exec: false }));
+        assert_eq!(l.pages[0], None);
+    }
+
+    #[test]
+    fn rejects_malformed_files_without_panicking() {
+        let good = tiny_elf();
+        assert!(load_elf(b"\x7fELF").is_err());
+        assert!(load_elf(b"not an elf").is_err());
+        for i in 0..good.len().min(400) {
+            for v in [0u8, 0xff, 0x7f] {
+                let mut m = good.clone();
+                m[i] = v;
+                let _ = load_elf(&m);
+            }
+        }
+        let mut wx = good.clone();
+        wx[64 + 56 + 4] = 7; // the RW segment becomes RWX
+        assert!(load_elf(&wx).unwrap_err().to_string().contains("writable and executable"));
+        let mut far = good;
+        far[64 + 16..64 + 24].copy_from_slice(&0x1000_0000u64.to_le_bytes());
+        assert!(load_elf(&far).is_err());
+    }
+}

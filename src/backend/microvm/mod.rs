@@ -1,0 +1,633 @@
+//! The micro-VM backend: each run in its own KVM virtual machine, with no guest kernel.
+//!
+//! The guest starts directly in 64-bit user mode (CPL3) at its entry point; the only
+//! kernel-mode code in the VM is a stub per CPU exception that reports it to the host. On PVM
+//! hosts (nested virtualization without VT-x), kernel-mode guest code is emulated and slow while
+//! user-mode code runs natively, so a guest that never leaves user mode runs at full speed.
+//!
+//! | field | mechanism |
+//! |---|---|
+//! | memory | guest RAM (16 MiB - 2 GiB); a wasm module's linear memory may use about half |
+//! | timeout, interrupt | `immediate_exit` + a signal kicks each vCPU out of `KVM_RUN` |
+//! | cpu_time | the vCPU threads' CPU clocks |
+//! | fuel | wasmi's metering inside the guest (wasm programs; refused for native ones) |
+//! | cpus | number of vCPUs (native programs; a wasm program uses one) |
+//! | mounts, env, max_open_files, max_file_size | the wasm backend's WASI, serving the guest's WASI calls ([`wasi`]) |
+//! | network | none: no device, no hypercall for it |
+//! | max_output | capped capture |
+//!
+//! Two kinds of program run: a WASI module (`.wasm`/`.wat`), executed by the guest runtime
+//! (`guest/runtime`, wasmi) that sandcell's build embeds, and a freestanding x86-64 ELF built
+//! against the guest SDK (`guest/sdk`, crate `sandcell-guest`).
+
+pub(crate) mod image;
+pub(crate) mod seccomp_vcpu;
+pub(crate) mod vm;
+pub(crate) mod wasi;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::sys::clock_time;
+
+use parking_lot::Mutex;
+use sandcell_abi::{layout, trap, Mailbox, Request, Span, MAILBOX_BYTES};
+use sha2::{Digest, Sha256};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use self::image::GuestImage;
+use self::vm::{Event, Exception, Reply, Vm};
+use crate::backend::wasm::stdio::Sink;
+use crate::backend::wasm::WasmSandbox;
+use crate::control::{watchdog, Capture, InterruptHandle, RunControl, StopReason};
+use crate::{
+    ArtifactSource, BackendKind, CpuBudget, Error, Network, Outcome, Policy, Program, Result, RunOptions,
+    SandboxBuilder, Status, Stream, Trap, TrapKind, Usage,
+};
+
+/// The guest runtime for wasm programs, built by `build.rs` for `x86_64-unknown-none` (empty
+/// when that target was not installed at build time).
+static RUNTIME: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sandcell-runtime.elf"));
+
+use crate::sandbox::HostFunction;
+
+/// Default guest RAM when the policy sets no memory cap.
+const DEFAULT_RAM: u64 = 512 << 20;
+
+/// A sandbox whose runs are micro-VMs.
+pub struct MicroVmSandbox {
+    policy: Policy,
+    /// Serves wasm guests' WASI calls under the same policy as the wasm backend.
+    wasi: WasmSandbox,
+    ram: u64,
+    vcpus: u32,
+    host_functions: Arc<HashMap<String, HostFunction>>,
+    images: Mutex<HashMap<[u8; 32], Arc<GuestImage>>>,
+    interrupt: InterruptHandle,
+    enforced: BTreeMap<String, String>,
+    skipped: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for MicroVmSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MicroVmSandbox")
+            .field("policy", &self.policy)
+            .field("ram", &self.ram)
+            .field("vcpus", &self.vcpus)
+            .finish()
+    }
+}
+
+/// Whether the micro-VM backend can run here.
+pub(crate) fn support(host: &crate::HostSupport) -> (bool, String) {
+    let Some(flavor) = host.kvm_flavor.filter(|_| host.kvm) else {
+        return (false, host.kvm_error.clone().unwrap_or_else(|| "no /dev/kvm".into()));
+    };
+    let runtime = if RUNTIME.is_empty() {
+        "; wasm guests unavailable: the guest runtime was not built (run `rustup target add x86_64-unknown-none` and rebuild)"
+    } else {
+        ""
+    };
+    (true, format!("KVM ({}): {}{runtime}", flavor.name(), flavor.speed_note()))
+}
+
+impl MicroVmSandbox {
+    pub(crate) fn new(builder: SandboxBuilder) -> Result<Self> {
+        let host = &crate::probe().host;
+        if !host.kvm {
+            return Err(Error::BackendUnavailable {
+                backend: BackendKind::MicroVm,
+                reason: host.kvm_error.clone().unwrap_or_else(|| "no /dev/kvm on this host".into()),
+            });
+        }
+        vm::kvm()?;
+        let policy = builder.policy.clone();
+        let mut enforced = BTreeMap::new();
+        let mut skipped = BTreeMap::new();
+        if policy.network != Network::None {
+            let reason = "a micro-VM has no network device and no hypercall for one";
+            if !policy.best_effort {
+                return Err(Error::Unenforceable {
+                    backend: BackendKind::MicroVm,
+                    field: "network".into(),
+                    reason: reason.into(),
+                });
+            }
+            skipped.insert("network".into(), reason.into());
+        }
+        let ram = policy.memory.unwrap_or(DEFAULT_RAM) / 0x20_0000 * 0x20_0000;
+        if ram < layout::MIN_RAM || ram > layout::MAX_RAM {
+            return Err(Error::invalid_policy(
+                "memory",
+                format!(
+                    "the micro-VM backend needs between {} MiB and {} MiB of guest RAM",
+                    layout::MIN_RAM >> 20,
+                    layout::MAX_RAM >> 20
+                ),
+            ));
+        }
+        let vcpus = policy.cpus.unwrap_or(1);
+        if vcpus > layout::MAX_VCPUS {
+            return Err(Error::invalid_policy("cpus", format!("at most {} vCPUs", layout::MAX_VCPUS)));
+        }
+        // WASI is served by a wasm sandbox with the same policy; fuel is metered in the guest.
+        let mut wasi_policy = policy.clone();
+        wasi_policy.fuel = None;
+        wasi_policy.network = Network::None;
+        let wasi =
+            SandboxBuilder { backend: BackendKind::Wasm, policy: wasi_policy, ..builder.clone() }.build_wasm()?;
+        enforced.insert("memory".into(), format!("{} MiB of guest RAM", ram >> 20));
+        enforced.insert("network".into(), "no network device".into());
+        enforced
+            .insert("syscalls".into(), "no system call reaches the host kernel; vCPU threads seccomp-filtered".into());
+        if policy.timeout.is_some() {
+            enforced.insert("timeout".into(), "vCPUs kicked out of KVM_RUN".into());
+        }
+        if policy.cpu_time.is_some() {
+            enforced.insert("cpu_time".into(), "vCPU threads' CPU clocks".into());
+        }
+        Ok(MicroVmSandbox {
+            policy,
+            wasi,
+            ram,
+            vcpus,
+            host_functions: builder.host_functions.clone(),
+            images: Mutex::new(HashMap::new()),
+            interrupt: InterruptHandle::for_sandbox(),
+            enforced,
+            skipped,
+        })
+    }
+
+    /// The guest image for a program, from the cache or built. Returns it and whether the
+    /// program is a wasm module.
+    fn image(&self, program: &Program) -> Result<(Arc<GuestImage>, bool, ArtifactSource)> {
+        let bytes = program.load()?;
+        let (elf, data, wasm): (&[u8], Vec<u8>, bool) = if image::is_elf(&bytes) {
+            (&bytes, Vec::new(), false)
+        } else {
+            if RUNTIME.is_empty() {
+                return Err(Error::BackendUnavailable {
+                    backend: BackendKind::MicroVm,
+                    reason: "wasm guests need the guest runtime, which this build could not compile: run `rustup target add \
+                             x86_64-unknown-none` and rebuild sandcell"
+                        .into(),
+                });
+            }
+            // Validate (and refuse non-WASI imports) with the host's engine, as the wasm backend does.
+            let module = crate::backend::wasm::engine::to_binary(&bytes)?.into_owned();
+            self.wasi.precompile(&Program::bytes(module.clone()))?;
+            (RUNTIME, module, true)
+        };
+        let vcpus = if wasm { 1 } else { self.vcpus };
+        let mut h = Sha256::new();
+        h.update(elf);
+        h.update(&data);
+        h.update(self.ram.to_le_bytes());
+        h.update(vcpus.to_le_bytes());
+        let key: [u8; 32] = h.finalize().into();
+        if let Some(img) = self.images.lock().get(&key) {
+            return Ok((img.clone(), wasm, ArtifactSource::Memory));
+        }
+        let loaded = image::load_elf(elf)?;
+        if layout::HEAP + data.len() as u64 + (8 << 20) > self.ram {
+            return Err(Error::invalid_program(format!(
+                "the module ({} bytes) does not fit {} MiB of guest RAM",
+                data.len(),
+                self.ram >> 20
+            )));
+        }
+        let img = image::build(&loaded, &data, self.ram, vcpus)?;
+        let mut images = self.images.lock();
+        if images.len() >= 64 {
+            images.clear();
+        }
+        images.insert(key, img.clone());
+        Ok((img, wasm, ArtifactSource::Compiled))
+    }
+
+    fn boot_info(&self, image: &GuestImage, program: &Program) -> Result<Vec<u8>> {
+        let mut strings = Vec::new();
+        let mut argc = 0u64;
+        for a in std::iter::once(program.argv0()).chain(program.arguments().iter().cloned()) {
+            strings.extend_from_slice(a.as_bytes());
+            strings.push(0);
+            argc += 1;
+        }
+        let env = program.merged_env(&self.policy.env);
+        for (k, v) in &env {
+            strings.extend_from_slice(format!("{k}={v}").as_bytes());
+            strings.push(0);
+        }
+        if sandcell_abi::boot::STRINGS + strings.len() as u64 > layout::BOOT_INFO_SIZE {
+            return Err(Error::invalid_program(format!(
+                "arguments and environment take {} bytes; a micro-VM guest takes at most {}",
+                strings.len(),
+                layout::BOOT_INFO_SIZE - sandcell_abi::boot::STRINGS
+            )));
+        }
+        let fields = [
+            sandcell_abi::MAGIC as u64,
+            sandcell_abi::VERSION as u64,
+            image.vcpus as u64,
+            self.policy.fuel.unwrap_or(u64::MAX),
+            image.program.0,
+            image.program.1,
+            image.heap_start,
+            image.ram,
+            argc,
+            env.len() as u64,
+            strings.len() as u64,
+        ];
+        let mut boot: Vec<u8> = fields.iter().flat_map(|f| f.to_le_bytes()).collect();
+        boot.extend_from_slice(&strings);
+        Ok(boot)
+    }
+
+    fn run_inner(&self, program: &Program, options: RunOptions, started: Instant) -> Result<Outcome> {
+        program.validate()?;
+        if program.working_dir().is_some() {
+            return Err(Error::invalid_program(
+                "a micro-VM guest has no working directory (WASI preview 1 has none); use absolute paths",
+            ));
+        }
+        if program.entry_point().is_some() {
+            return Err(Error::invalid_program("entry points are a wasm-backend feature; a micro-VM runs `_start`"));
+        }
+        let (image, wasm, source) = self.image(program)?;
+        let mut skipped = self.skipped.clone();
+        if !wasm && self.policy.fuel.is_some() {
+            let reason = "native guest code cannot be metered instruction by instruction; use cpu_time";
+            if !self.policy.best_effort {
+                return Err(Error::Unenforceable {
+                    backend: BackendKind::MicroVm,
+                    field: "fuel".into(),
+                    reason: reason.into(),
+                });
+            }
+            skipped.insert("fuel".into(), reason.into());
+        }
+        let boot = self.boot_info(&image, program)?;
+
+        let control = RunControl::new();
+        let _sandbox_attachment = self.interrupt.attach(&control);
+        let _run_attachment = options.interrupt.as_ref().map(|h| h.attach(&control));
+        let sink = Arc::new(Sink {
+            capture: parking_lot::Mutex::new(Capture::new(self.policy.max_output, options.on_output)),
+            control: control.clone(),
+        });
+        let mut wasi = if wasm { Some(wasi::WasiService::new(&self.wasi, program, &sink)?) } else { None };
+        let outcome = |status: Status, usage: Usage| {
+            let (stdout, stderr) = sink.capture.lock().take();
+            let mut enforced = self.enforced.clone();
+            if wasm && self.policy.fuel.is_some() {
+                enforced.insert("fuel".into(), "wasmi metering inside the guest".into());
+            }
+            Outcome { status, stdout, stderr, usage, enforced, skipped: skipped.clone() }
+        };
+        if let Some(reason) = control.reason() {
+            return Ok(outcome(reason.status(), Usage { wall: started.elapsed(), ..Usage::default() }));
+        }
+
+        let vm = Vm::start(&image, &boot, seccomp_vcpu::filter())?;
+        let stopper = vm.stopper();
+        let process = wasi.as_ref().map(|w| w.process());
+        control.arm(Box::new(move || {
+            stopper.stop();
+            if let Some(p) = &process {
+                p.signal_process(wasmer_wasix::types::wasi::Signal::Sigkill);
+            }
+        }));
+        let timers = self.start_timers(&control, started, vm.cpu_clocks());
+
+        let mut session = Session {
+            vm: &vm,
+            ram: image.ram,
+            sink: &sink,
+            control: &control,
+            stdin: program.stdin_bytes(),
+            stdin_at: 0,
+            host_functions: &self.host_functions,
+            wasi: wasi.as_mut(),
+            status: None,
+            fuel: None,
+        };
+        session.serve();
+        let (status, fuel) = (session.status.take(), session.fuel);
+
+        drop(timers);
+        control.disarm();
+        let peak = resident_bytes(&vm.memory);
+        let cpu = vm.cpu_time();
+        vm.finish();
+        let status = match (control.reason(), status) {
+            (Some(reason), _) => reason.status(),
+            (None, Some(s)) => s,
+            (None, None) => {
+                Status::Trap(Trap { kind: TrapKind::Other, message: "the VM ended without a result".into() })
+            }
+        };
+        if let Some(w) = wasi {
+            w.finish(status.exit_code().unwrap_or(1));
+        }
+        Ok(outcome(
+            status,
+            Usage { wall: started.elapsed(), cpu, peak_memory_bytes: peak, fuel, artifact: Some(source) },
+        ))
+    }
+
+    fn start_timers(
+        &self,
+        control: &Arc<RunControl>,
+        started: Instant,
+        clocks: Vec<libc::clockid_t>,
+    ) -> Vec<watchdog::TimerGuard> {
+        let mut timers = Vec::new();
+        if let Some(timeout) = self.policy.timeout {
+            let c = control.clone();
+            timers.push(watchdog::schedule(
+                started + timeout,
+                Box::new(move |_| {
+                    c.stop(StopReason::Timeout);
+                    None
+                }),
+            ));
+        }
+        // The vCPU threads' CPU time; the timer is dropped before the threads end, so the clocks
+        // stay valid whenever it reads them.
+        if let Some(limit) = self.policy.cpu_time {
+            let c = control.clone();
+            timers.push(watchdog::schedule(
+                Instant::now() + limit,
+                Box::new(move |now| {
+                    let used: Duration = clocks.iter().filter_map(|k| clock_time(*k)).sum();
+                    if used >= limit {
+                        c.stop(StopReason::CpuLimit(CpuBudget::CpuTime));
+                        None
+                    } else {
+                        Some(now + (limit - used).max(Duration::from_millis(1)))
+                    }
+                }),
+            ));
+        }
+        timers
+    }
+}
+
+/// Pages of guest RAM the guest touched (resident in the private mapping).
+fn resident_bytes(memory: &vm_memory::GuestMemoryMmap) -> u64 {
+    let Ok(base) = memory.get_host_address(GuestAddress(0)) else { return 0 };
+    let len = memory.last_addr().0 as usize + 1;
+    let pages = len.div_ceil(4096);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `base..base+len` is the guest RAM mapping, alive while `memory` is; `vec` has one
+    // byte per page.
+    if unsafe { libc::mincore(base.cast(), len, vec.as_mut_ptr()) } != 0 {
+        return 0;
+    }
+    vec.iter().filter(|b| **b & 1 != 0).count() as u64 * 4096
+}
+
+/// Serving one VM's events until it ends.
+struct Session<'a> {
+    vm: &'a Vm,
+    ram: u64,
+    sink: &'a Arc<Sink>,
+    control: &'a Arc<RunControl>,
+    stdin: &'a [u8],
+    stdin_at: usize,
+    host_functions: &'a HashMap<String, HostFunction>,
+    wasi: Option<&'a mut wasi::WasiService>,
+    status: Option<Status>,
+    fuel: Option<u64>,
+}
+
+fn bad_host_call(message: String) -> Status {
+    Status::Trap(Trap { kind: TrapKind::BadHostCall, message })
+}
+
+impl Session<'_> {
+    fn serve(&mut self) {
+        while self.status.is_none() {
+            let Ok(event) = self.vm.events.recv() else { break };
+            let (cpu, reply) = match event {
+                Event::Hypercall { cpu } => (cpu, self.hypercall(cpu)),
+                Event::Exception { cpu, exception } => {
+                    self.status = Some(self.exception(exception));
+                    (cpu, Reply::Quit)
+                }
+                Event::Fault { cpu, reason } => {
+                    self.status = Some(if reason.contains("port") {
+                        bad_host_call(reason)
+                    } else {
+                        Status::Trap(Trap { kind: TrapKind::Other, message: reason })
+                    });
+                    (cpu, Reply::Quit)
+                }
+                Event::Interrupted { cpu } => (cpu, Reply::Resume),
+            };
+            if self.control.reason().is_some() {
+                self.vm.reply(cpu, Reply::Quit);
+                return;
+            }
+            self.vm.reply(cpu, if self.status.is_some() { Reply::Quit } else { reply });
+        }
+    }
+
+    /// Checks that a span lies in guest RAM above the VM's own structures.
+    fn check(&self, span: Span) -> std::result::Result<(), String> {
+        if span.addr < layout::IMAGE || span.end() > self.ram {
+            return Err(format!("buffer {:#x}+{:#x} is outside the guest's memory", span.addr, span.len));
+        }
+        Ok(())
+    }
+
+    fn read(&self, span: Span) -> std::result::Result<Vec<u8>, String> {
+        self.check(span)?;
+        let mut buf = vec![0u8; span.len as usize];
+        self.vm.memory.read_slice(&mut buf, GuestAddress(span.addr)).map_err(|e| e.to_string())?;
+        Ok(buf)
+    }
+
+    fn write(&self, span: Span, bytes: &[u8]) -> std::result::Result<(), String> {
+        self.check(Span { addr: span.addr, len: bytes.len() as u64 })?;
+        self.vm.memory.write_slice(bytes, GuestAddress(span.addr)).map_err(|e| e.to_string())
+    }
+
+    fn hypercall(&mut self, cpu: u32) -> Reply {
+        let at = GuestAddress(layout::mailbox(cpu));
+        let mut bytes = [0u8; MAILBOX_BYTES];
+        if self.vm.memory.read_slice(&mut bytes, at).is_err() {
+            self.status = Some(bad_host_call("unreadable mailbox".into()));
+            return Reply::Quit;
+        }
+        let request = match sandcell_abi::decode(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                self.status = Some(bad_host_call(format!("invalid hypercall: {e}")));
+                return Reply::Quit;
+            }
+        };
+        let (ret, ret2) = match self.serve_request(request) {
+            Ok(r) => r,
+            Err(message) => {
+                self.status = Some(bad_host_call(message));
+                return Reply::Quit;
+            }
+        };
+        if self.status.is_some() {
+            return Reply::Quit;
+        }
+        let mut m = Mailbox::from_bytes(&bytes);
+        m.ret = ret;
+        m.ret2 = ret2;
+        if self.vm.memory.write_slice(&m.to_bytes(), at).is_err() {
+            self.status = Some(bad_host_call("unwritable mailbox".into()));
+            return Reply::Quit;
+        }
+        Reply::Resume
+    }
+
+    fn serve_request(&mut self, request: Request) -> std::result::Result<(i64, u64), String> {
+        Ok(match request {
+            Request::Exit { code, fuel_used } => {
+                self.fuel = fuel_used;
+                self.status = Some(Status::Exited(code));
+                (0, 0)
+            }
+            Request::Trap { kind, message, fuel_used } => {
+                self.fuel = fuel_used;
+                let text = self.read(message).map(|m| String::from_utf8_lossy(&m).into_owned()).unwrap_or_default();
+                self.status = Some(match kind {
+                    trap::OUT_OF_FUEL => Status::CpuLimit(CpuBudget::Fuel),
+                    trap::OUT_OF_MEMORY => Status::MemoryLimit,
+                    k => Status::Trap(Trap { kind: wasm_trap_kind(k), message: text }),
+                });
+                (0, 0)
+            }
+            Request::Write { fd, buf } => {
+                let bytes = self.read(buf)?;
+                let stream = if fd == 1 { Stream::Stdout } else { Stream::Stderr };
+                if !self.sink.capture.lock().push(stream, &bytes) {
+                    self.control.stop(StopReason::OutputLimit);
+                }
+                (bytes.len() as i64, 0)
+            }
+            Request::Read { buf } => {
+                let rest = &self.stdin[self.stdin_at..];
+                let n = rest.len().min(buf.len as usize);
+                self.write(buf, &rest[..n])?;
+                self.stdin_at += n;
+                (n as i64, 0)
+            }
+            Request::HostCall { name, input, output } => {
+                let name =
+                    String::from_utf8(self.read(name)?).map_err(|_| "host function name is not UTF-8".to_owned())?;
+                let Some(f) = self.host_functions.get(&name) else {
+                    return Ok((-sandcell_abi::host_call_error::NOT_FOUND, 0));
+                };
+                let input = self.read(input)?;
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&input)))
+                    .unwrap_or_else(|_| Err(format!("host function `{name}` panicked")));
+                match result {
+                    Ok(out) if out.len() as u64 <= output.len => {
+                        self.write(output, &out)?;
+                        (out.len() as i64, 0)
+                    }
+                    Ok(out) => (-sandcell_abi::host_call_error::TOO_SMALL, out.len() as u64),
+                    Err(message) => {
+                        let m = &message.as_bytes()[..message.len().min(output.len as usize)];
+                        self.write(output, m)?;
+                        (-sandcell_abi::host_call_error::FAILED, m.len() as u64)
+                    }
+                }
+            }
+            Request::Wasi { function, memory, args, nargs } => {
+                self.check(memory)?;
+                let host = self.vm.memory.get_host_address(GuestAddress(memory.addr)).map_err(|e| e.to_string())?;
+                let wasi = self.wasi.as_deref_mut().ok_or("WASI calls are for wasm guests")?;
+                let errno = wasi.call(function as usize, (host, memory.len as usize), &args[..nargs as usize])?;
+                (errno as i64, 0)
+            }
+        })
+    }
+
+    fn exception(&self, e: Exception) -> Status {
+        let instruction = |rip: u64| -> &'static str {
+            let mut b = [0u8; 2];
+            if rip < layout::IMAGE
+                || rip + 2 > self.ram
+                || self.vm.memory.read_slice(&mut b, GuestAddress(rip)).is_err()
+            {
+                return "";
+            }
+            match b {
+                [0xf4, _] => " (hlt)",
+                [0xfa, _] => " (cli)",
+                [0xfb, _] => " (sti)",
+                [0x0f, 0x32] => " (rdmsr)",
+                [0x0f, 0x30] => " (wrmsr)",
+                [0xe4..=0xe7, _] | [0xec..=0xef, _] => " (port I/O)",
+                [0x0f, 0x0b] => " (ud2)",
+                _ => "",
+            }
+        };
+        let (kind, message) = match e.vector {
+            0 => (TrapKind::IntegerDivisionByZero, format!("divide error at {:#x}", e.rip)),
+            3 => (TrapKind::Breakpoint, format!("breakpoint (int3) at {:#x}", e.rip)),
+            6 => (TrapKind::IllegalInstruction, format!("invalid opcode at {:#x}{}", e.rip, instruction(e.rip))),
+            13 => (
+                TrapKind::IllegalInstruction,
+                format!("general protection fault at {:#x}{}", e.rip, instruction(e.rip)),
+            ),
+            14 => {
+                let what = if e.error_code & 0x10 != 0 {
+                    "executing"
+                } else if e.error_code & 0x2 != 0 {
+                    "writing"
+                } else {
+                    "reading"
+                };
+                let why = if e.error_code & 1 == 0 { "an unmapped address" } else { "a page that does not allow it" };
+                (TrapKind::MemoryOutOfBounds, format!("page fault {what} {:#x} ({why}) at {:#x}", e.cr2, e.rip))
+            }
+            8 => (TrapKind::Other, "double fault".into()),
+            v => (TrapKind::Other, format!("CPU exception {v} at {:#x}", e.rip)),
+        };
+        Status::Trap(Trap { kind, message })
+    }
+}
+
+fn wasm_trap_kind(k: u64) -> TrapKind {
+    match k {
+        trap::UNREACHABLE => TrapKind::Unreachable,
+        trap::DIVISION_BY_ZERO => TrapKind::IntegerDivisionByZero,
+        trap::INTEGER_OVERFLOW => TrapKind::IntegerOverflow,
+        trap::MEMORY_OUT_OF_BOUNDS => TrapKind::MemoryOutOfBounds,
+        trap::TABLE_OUT_OF_BOUNDS => TrapKind::TableOutOfBounds,
+        trap::INDIRECT_CALL_TO_NULL => TrapKind::IndirectCallToNull,
+        trap::BAD_SIGNATURE => TrapKind::BadSignature,
+        trap::BAD_CONVERSION => TrapKind::BadConversionToInteger,
+        trap::STACK_OVERFLOW => TrapKind::StackOverflow,
+        _ => TrapKind::Other,
+    }
+}
+
+impl crate::Sandbox for MicroVmSandbox {
+    fn backend(&self) -> BackendKind {
+        BackendKind::MicroVm
+    }
+
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn run_with(&self, program: &Program, options: RunOptions) -> Result<Outcome> {
+        self.run_inner(program, options, Instant::now())
+    }
+
+    fn interrupt_handle(&self) -> InterruptHandle {
+        self.interrupt.clone()
+    }
+}
