@@ -110,7 +110,7 @@ fn cases(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn run_case(wasm: &Path) -> Result<(), String> {
+fn run_case(backend: BackendKind, wasm: &Path) -> Result<(), String> {
     let spec = read_spec(wasm);
     let scratch = TempDir::new("wasi-suite");
     let mut policy = Policy::default();
@@ -148,7 +148,21 @@ fn run_case(wasm: &Path) -> Result<(), String> {
 }
 
 #[test]
-fn wasi_testsuite_passes() {
+fn wasi_testsuite_passes_on_the_wasm_backend() {
+    run_suite(BackendKind::Wasm);
+}
+
+/// The micro-VM serves its guests' WASI calls with the same implementation; the suite proves it.
+#[test]
+fn wasi_testsuite_passes_on_the_microvm_backend() {
+    let support = sandcell::probe().backend(BackendKind::MicroVm);
+    if !support.available {
+        skip!("the microvm backend is unavailable: {}", support.reason);
+    }
+    run_suite(BackendKind::MicroVm);
+}
+
+fn run_suite(backend: BackendKind) {
     let Some(data) = shared_testdata() else {
         skip!("../shared/testdata (the WASI test suite) is not next to this clone");
     };
@@ -160,7 +174,7 @@ fn wasi_testsuite_passes() {
             let name = format!("{set}/{}", wasm.file_stem().unwrap().to_string_lossy());
             ran += 1;
             let known = KNOWN_FAILURES.iter().find(|(n, _)| *n == name);
-            match (run_case(&wasm), known) {
+            match (run_case(backend, &wasm), known) {
                 (Ok(()), None) => {}
                 (Ok(()), Some(_)) => failures.push(format!("{name}: listed as a known failure but passes")),
                 (Err(e), None) => failures.push(format!("{name}: {e}")),
@@ -169,5 +183,5 @@ fn wasi_testsuite_passes() {
         }
     }
     assert!(ran >= 20, "only {ran} cases found");
-    assert!(failures.is_empty(), "{} of {ran} WASI cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(failures.is_empty(), "{backend}: {} of {ran} WASI cases failed:\n{}", failures.len(), failures.join("\n"));
 }

@@ -38,16 +38,16 @@ pub mod layout {
     /// Kernel stack top, for exceptions (supervisor).
     pub const KERNEL_STACK_TOP: u64 = 0x8000;
     /// Page tables (not mapped at all: only the CPU's page walker reads them).
-    pub const PAGE_TABLES: u64 = 0x8000;
+    pub const PAGE_TABLES: u64 = 0x3_0000;
     /// End of the page-table area.
-    pub const PAGE_TABLES_END: u64 = 0x1_0000;
+    pub const PAGE_TABLES_END: u64 = 0x10_0000;
     /// Per-vCPU mailboxes (user, read-write, not executable).
     pub const MAILBOX: u64 = 0x1_0000;
     /// Distance between two vCPUs' mailboxes.
     pub const MAILBOX_STRIDE: u64 = 0x1000;
     /// At most this many vCPUs.
     pub const MAX_VCPUS: u32 = 16;
-    /// Boot information (user, read-only).
+    /// Boot information (user, read-only), 64 KiB.
     pub const BOOT_INFO: u64 = 0x2_0000;
     /// Size of the boot information area (arguments and environment included).
     pub const BOOT_INFO_SIZE: u64 = 0x1_0000;
@@ -57,12 +57,12 @@ pub mod layout {
     pub const IMAGE_END: u64 = 0x40_0000;
     /// vCPU stacks: `STACK_STRIDE` each, the lowest page of each a guard page (unmapped).
     pub const STACKS: u64 = 0x40_0000;
-    /// Distance between two vCPUs' stacks.
-    pub const STACK_STRIDE: u64 = 0x2_0000;
+    /// Distance between two vCPUs' stacks (1 MiB).
+    pub const STACK_STRIDE: u64 = 0x10_0000;
     /// Start of the heap (the rest of guest RAM).
-    pub const HEAP: u64 = 0x60_0000;
-    /// The smallest guest RAM: the fixed area plus 10 MiB of heap.
-    pub const MIN_RAM: u64 = 0x100_0000;
+    pub const HEAP: u64 = 0x140_0000;
+    /// The smallest guest RAM: the fixed area plus 12 MiB of heap.
+    pub const MIN_RAM: u64 = 0x200_0000;
     /// The largest guest RAM (one page directory per GiB; the page tables area holds two).
     pub const MAX_RAM: u64 = 0x8000_0000;
 

@@ -24,9 +24,8 @@ sandcell_guest::entry!(main);
 
 const WASI: &str = "wasi_snapshot_preview1";
 
-/// Limits linear memory to what the VM's heap can hold (wasmi grows a memory by copying it, so
-/// at most half the heap), and remembers a refused growth: a trap after it is reported as
-/// running out of memory, as the wasm backend does.
+/// Limits linear memory to what the VM's heap can hold, and remembers a refused growth: a trap
+/// after it is reported as running out of memory, as the wasm backend does.
 struct Limits {
     max_memory: usize,
     refused: bool,
@@ -42,6 +41,10 @@ impl ResourceLimiter for Limits {
         let ok = desired <= 1 << 20 && maximum.is_none_or(|m| desired <= m);
         self.refused |= !ok;
         Ok(ok)
+    }
+    fn memory_grow_failed(&mut self, _error: &wasmi::errors::MemoryError) -> Result<(), LimiterError> {
+        self.refused = true;
+        Ok(())
     }
     fn instances(&self) -> usize {
         1
@@ -91,9 +94,8 @@ fn main() -> i32 {
         Ok(m) => m,
         Err(e) => report_trap(trap::OTHER, &e.to_string(), None),
     };
-    let (heap_start, heap_end) = sandcell_guest::heap();
-    let heap = (heap_end - heap_start) as usize;
-    let max_memory = heap.saturating_sub(sandcell_guest::program().len() * 8 + (8 << 20)) / 2;
+    // The linear memory grows in place in the heap's large-block arena (see the SDK allocator).
+    let max_memory = sandcell_guest::largest_allocation().saturating_sub(1 << 20);
     let mut store = Store::new(&engine, Limits { max_memory, refused: false });
     store.limiter(|l| l);
     if let Some(f) = budget {

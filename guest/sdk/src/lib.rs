@@ -313,8 +313,143 @@ macro_rules! entry {
 }
 
 #[cfg(feature = "alloc")]
+mod allocator {
+    //! The guest's heap: small blocks in a free-list arena at its start, large blocks (4 MiB and
+    //! up) bumped from the rest, where the topmost block grows and shrinks in place. A wasm
+    //! module's linear memory — one block that keeps growing — is then never copied into a
+    //! bigger block, which would need both at once. (A `Vec` still doubles its capacity, so a
+    //! linear memory can use about half of the large arena.)
+    use core::alloc::{GlobalAlloc, Layout};
+    use core::sync::atomic::{AtomicBool, Ordering};
+
+    const LARGE: usize = 4 << 20;
+
+    pub struct VmAllocator {
+        small: linked_list_allocator::LockedHeap,
+        lock: AtomicBool,
+        large: core::cell::UnsafeCell<Large>,
+    }
+
+    struct Large {
+        start: usize,
+        top: usize,
+        end: usize,
+        /// The topmost block, which may grow in place.
+        last: usize,
+    }
+
+    // SAFETY: `large` is only touched under `lock`; `small` locks itself.
+    unsafe impl Sync for VmAllocator {}
+
+    impl VmAllocator {
+        pub const fn new() -> Self {
+            VmAllocator {
+                small: linked_list_allocator::LockedHeap::empty(),
+                lock: AtomicBool::new(false),
+                large: core::cell::UnsafeCell::new(Large { start: 0, top: 0, end: 0, last: 0 }),
+            }
+        }
+
+        /// # Safety
+        /// `[start, end)` must be free memory used by nothing else, and this is called once.
+        pub unsafe fn init(&self, start: usize, end: usize, small: usize) {
+            let split = (start + small.min((end - start) / 2)).next_multiple_of(4096);
+            // SAFETY: the caller hands over `[start, end)`.
+            unsafe { self.small.lock().init(start as *mut u8, split - start) };
+            self.with_large(|l| *l = Large { start: split, top: split, end, last: 0 });
+        }
+
+        /// Largest block the large arena can hold.
+        pub fn large_capacity(&self) -> usize {
+            self.with_large(|l| l.end - l.start)
+        }
+
+        fn with_large<R>(&self, f: impl FnOnce(&mut Large) -> R) -> R {
+            while self.lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                core::hint::spin_loop();
+            }
+            // SAFETY: the lock is held.
+            let r = f(unsafe { &mut *self.large.get() });
+            self.lock.store(false, Ordering::Release);
+            r
+        }
+
+        fn is_large(&self, ptr: *mut u8) -> bool {
+            self.with_large(|l| (l.start..l.end).contains(&(ptr as usize)))
+        }
+    }
+
+    unsafe impl GlobalAlloc for VmAllocator {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if layout.size() < LARGE {
+                // SAFETY: forwarded.
+                return unsafe { self.small.alloc(layout) };
+            }
+            self.with_large(|l| {
+                let at = l.top.next_multiple_of(layout.align().max(4096));
+                match at.checked_add(layout.size()) {
+                    Some(end) if end <= l.end => {
+                        l.top = end;
+                        l.last = at;
+                        at as *mut u8
+                    }
+                    _ => core::ptr::null_mut(),
+                }
+            })
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            if self.is_large(ptr) {
+                // Only the topmost block is given back; others stay until the VM ends.
+                self.with_large(|l| {
+                    if l.last == ptr as usize {
+                        l.top = l.last;
+                        l.last = 0;
+                    }
+                });
+            } else {
+                // SAFETY: forwarded.
+                unsafe { self.small.dealloc(ptr, layout) }
+            }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if self.is_large(ptr) {
+                let grown = self.with_large(|l| {
+                    if l.last == ptr as usize && l.last + new_size <= l.end {
+                        l.top = l.last + new_size;
+                        true
+                    } else {
+                        false
+                    }
+                });
+                if grown {
+                    return ptr;
+                }
+            }
+            // SAFETY: the default reallocation: allocate, copy, free.
+            unsafe {
+                let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
+                let new = self.alloc(new_layout);
+                if !new.is_null() {
+                    core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                    self.dealloc(ptr, layout);
+                }
+                new
+            }
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
 #[global_allocator]
-static ALLOCATOR: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+static ALLOCATOR: allocator::VmAllocator = allocator::VmAllocator::new();
+
+/// The largest single allocation the heap can serve (the large-block arena).
+#[cfg(feature = "alloc")]
+pub fn largest_allocation() -> usize {
+    ALLOCATOR.large_capacity()
+}
 
 #[doc(hidden)]
 pub fn __init() {
@@ -322,8 +457,11 @@ pub fn __init() {
     if cpu_id() == 0 {
         let (start, end) = heap();
         if end > start {
+            // Small blocks: room for the guest's own data, scaled with the program it was given
+            // (a wasm module compiles to several times its size), at least 8 MiB.
+            let small = (program().len() * 24 + (6 << 20)).max(8 << 20);
             // SAFETY: the host reserved `[start, end)` for the guest's heap and nothing else uses it.
-            unsafe { ALLOCATOR.lock().init(start as *mut u8, (end - start) as usize) };
+            unsafe { ALLOCATOR.init(start as usize, end as usize, small) };
         }
     }
 }
