@@ -102,6 +102,32 @@ pub fn native_guest() -> Result<&'static Path, String> {
         .map_err(Clone::clone)
 }
 
+/// A micro-VM guest from the `guest/` workspace (`vm-hostile`, `hello`), built for
+/// `x86_64-unknown-none` once per test process.
+pub fn vm_guest(name: &'static str) -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let dir = repo().join("target/guest/x86_64-unknown-none/release");
+    if !prebuilt_only() {
+        BUILT
+            .get_or_init(|| {
+                let status = Command::new(cargo())
+                    .args(["build", "--release", "--quiet", "--target", "x86_64-unknown-none", "-p", "vm-hostile", "-p", "hello"])
+                    .current_dir(repo().join("guest"))
+                    .env("CARGO_TARGET_DIR", repo().join("target/guest"))
+                    .env_remove("RUSTFLAGS")
+                    .env_remove("CARGO_BUILD_TARGET")
+                    .status()
+                    .map_err(|e| format!("cannot run cargo: {e}"))?;
+                status.success().then_some(()).ok_or_else(|| {
+                    "building the micro-VM guests failed (is the target installed? `rustup target add x86_64-unknown-none`)".to_owned()
+                })
+            })
+            .clone()?;
+    }
+    let path = dir.join(name);
+    path.is_file().then_some(path.clone()).ok_or_else(|| format!("{} was not built", path.display()))
+}
+
 /// A fresh temporary directory, removed when dropped.
 pub struct TempDir(PathBuf);
 

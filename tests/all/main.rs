@@ -7,6 +7,7 @@ mod common;
 
 mod cli;
 mod conformance;
+mod microvm;
 mod policy;
 mod process;
 mod wasi_testsuite;

@@ -435,16 +435,27 @@ impl Session<'_> {
         }
     }
 
-    /// Checks that a span lies in guest RAM above the VM's own structures.
+    /// Checks that a span lies in guest RAM above the VM's own structures (the guest's image,
+    /// stacks and heap).
     fn check(&self, span: Span) -> std::result::Result<(), String> {
-        if span.addr < layout::IMAGE || span.end() > self.ram {
+        // An empty buffer touches nothing (an empty slice's address is dangling, e.g. 0x1).
+        if span.len > 0 && (span.addr < layout::IMAGE || span.end() > self.ram) {
             return Err(format!("buffer {:#x}+{:#x} is outside the guest's memory", span.addr, span.len));
         }
         Ok(())
     }
 
+    /// Like `check`, also allowing the (read-only) boot area, where the guest's arguments live.
+    fn check_readable(&self, span: Span) -> std::result::Result<(), String> {
+        let boot = layout::BOOT_INFO..layout::BOOT_INFO + layout::BOOT_INFO_SIZE;
+        if boot.contains(&span.addr) && span.end() <= boot.end {
+            return Ok(());
+        }
+        self.check(span)
+    }
+
     fn read(&self, span: Span) -> std::result::Result<Vec<u8>, String> {
-        self.check(span)?;
+        self.check_readable(span)?;
         let mut buf = vec![0u8; span.len as usize];
         self.vm.memory.read_slice(&mut buf, GuestAddress(span.addr)).map_err(|e| e.to_string())?;
         Ok(buf)
@@ -515,6 +526,7 @@ impl Session<'_> {
                 (bytes.len() as i64, 0)
             }
             Request::Read { buf } => {
+                self.check(buf)?;
                 let rest = &self.stdin[self.stdin_at..];
                 let n = rest.len().min(buf.len as usize);
                 self.write(buf, &rest[..n])?;

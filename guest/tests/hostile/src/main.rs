@@ -1,0 +1,139 @@
+//! A hostile micro-VM guest: `vm-hostile MODE [ARG]`. Each mode tries one thing the threat model
+//! says a guest cannot do (or exercises a host service), and the tests check the outcome.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use sandcell_guest::abi::{layout, op};
+use sandcell_guest::{args, cpu_id, host_call, hypercall, println, vcpu_count, write_stdout};
+
+sandcell_guest::entry!(main);
+
+static DATA: [u8; 16] = [0xc3; 16]; // `ret` instructions, in a non-executable data page
+static ARRIVED: AtomicU32 = AtomicU32::new(0);
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    let buf = [n; 64];
+    core::hint::black_box(&buf);
+    recurse(n + 1) + buf[3]
+}
+
+fn main() -> i32 {
+    let mode = args().nth(1).unwrap_or("");
+    let arg = args().nth(2).unwrap_or("");
+    if cpu_id() != 0 {
+        // Secondary vCPUs: announce themselves and stop.
+        println!("cpu {} of {}", cpu_id(), vcpu_count());
+        ARRIVED.fetch_add(1, Ordering::SeqCst);
+        return 0;
+    }
+    // SAFETY (all blocks below): each deliberately does something the VM must stop.
+    unsafe {
+        match mode {
+            "exit" => return arg.parse().unwrap_or(0),
+            "spin" => loop {
+                core::hint::spin_loop();
+            },
+            "outside" => core::ptr::write_volatile(0x1_0000_0000 as *mut u64, 1),
+            "kernel_read" => {
+                core::ptr::read_volatile(layout::GDT as *const u64);
+            }
+            "page_tables" => {
+                core::ptr::read_volatile(layout::PAGE_TABLES as *const u64);
+            }
+            "null" => {
+                core::ptr::read_volatile(core::ptr::null::<u64>());
+            }
+            "exec_data" => {
+                let f: extern "C" fn() = core::mem::transmute(DATA.as_ptr());
+                f();
+            }
+            "write_code" => core::ptr::write_volatile(main as *const () as *mut u8, 0x90),
+            "stack_overflow" => {
+                recurse(0);
+            }
+            "hlt" => asm!("hlt"),
+            "cli" => asm!("cli"),
+            "int3" => asm!("int3"),
+            "ud2" => asm!("ud2"),
+            "syscall" => asm!("syscall", out("rcx") _, out("r11") _),
+            "div0" => asm!("xor edx, edx", "xor eax, eax", "xor ecx, ecx", "div ecx", out("eax") _, out("edx") _, out("ecx") _),
+            "in" => asm!("in al, 0x60", out("al") _),
+            "out" => asm!("out 0x80, al", in("al") 1u8),
+            "out_neighbour" => asm!("out dx, al", in("dx") 0x5c1u16, in("al") 1u8),
+            "rdmsr" => asm!("rdmsr", in("ecx") 0x10u32, out("eax") _, out("edx") _),
+            "wrmsr" => asm!("wrmsr", in("ecx") 0x10u32, in("eax") 0u32, in("edx") 0u32),
+            "hc_overflow" => {
+                hypercall(op::WRITE, &[1, u64::MAX - 8, 100]);
+            }
+            "hc_outside" => {
+                hypercall(op::WRITE, &[1, 0xffff_0000_0000, 100]);
+            }
+            "hc_kernel" => {
+                hypercall(op::READ, &[layout::GDT, 64]);
+            }
+            "hc_huge" => {
+                hypercall(op::WRITE, &[1, layout::IMAGE, u64::MAX / 2]);
+            }
+            "hc_unknown" => {
+                hypercall(999, &[]);
+            }
+            "hc_bad_version" => {
+                let mailbox = layout::mailbox(0) as *mut u8;
+                for i in 0..128 {
+                    core::ptr::write_volatile(mailbox.add(i), 0xff);
+                }
+                asm!("out dx, eax", in("dx") sandcell_guest::abi::HYPERCALL_PORT, in("eax") sandcell_guest::abi::MAGIC);
+            }
+            "flood" => {
+                let chunk = [b'x'; 4096];
+                loop {
+                    write_stdout(&chunk);
+                }
+            }
+            "echo" => {
+                let mut out = [0u8; 64];
+                match host_call("echo", arg.as_bytes(), &mut out) {
+                    Ok(n) => write_stdout(&out[..n]),
+                    Err(e) => println!("host call failed: {e:?}"),
+                }
+                let mut small = [0u8; 2];
+                println!();
+                println!("{:?}", host_call("echo", b"too long for two bytes", &mut small));
+                println!("{:?}", host_call("missing", b"", &mut small));
+                let mut msg = [0u8; 64];
+                match host_call("fail", b"", &mut msg) {
+                    Err(sandcell_guest::HostCallError::Failed(n)) => println!("failed: {}", core::str::from_utf8(&msg[..n]).unwrap_or("?")),
+                    other => println!("{other:?}"),
+                }
+            }
+            "cpus" => {
+                let want = vcpu_count() - 1;
+                while ARRIVED.load(Ordering::SeqCst) < want {
+                    core::hint::spin_loop();
+                }
+                println!("cpu 0 of {}: {} others arrived", vcpu_count(), want);
+            }
+            "alloc" => {
+                let mib: usize = arg.parse().unwrap_or(1);
+                let mut v = alloc::vec::Vec::new();
+                for _ in 0..mib {
+                    v.push(alloc::vec![1u8; 1 << 20]);
+                }
+                println!("allocated {mib} MiB");
+            }
+            _ => {
+                println!("unknown mode {mode}");
+                return 2;
+            }
+        }
+    }
+    println!("{mode}: survived");
+    0
+}

@@ -1,0 +1,278 @@
+//! Micro-VM backend: hostile guests (`guest/tests/hostile`), host functions, many VMs at once,
+//! and nothing left behind. Each thing the threat model says a guest cannot do is tried here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sandcell::{
+    BackendKind, CpuBudget, InterruptHandle, Policy, Program, RunOptions, Sandbox, SandboxBuilder, Status, TrapKind,
+};
+
+use crate::common::{self, text};
+use crate::{or_skip, skip};
+
+fn available() -> Result<(), String> {
+    let s = sandcell::probe().backend(BackendKind::MicroVm);
+    if s.available {
+        Ok(())
+    } else {
+        Err(s.reason.clone())
+    }
+}
+
+fn hostile() -> Result<PathBuf, String> {
+    available()?;
+    common::vm_guest("vm-hostile")
+}
+
+fn sandbox(policy: Policy) -> Box<dyn Sandbox> {
+    SandboxBuilder::new(BackendKind::MicroVm).policy(policy).build().unwrap()
+}
+
+fn base() -> Policy {
+    Policy { memory: Some(64 << 20), timeout: Some(Duration::from_secs(20)), ..Policy::default() }
+}
+
+fn trap(status: &Status) -> (TrapKind, String) {
+    match status {
+        Status::Trap(t) => (t.kind, t.message.clone()),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+#[test]
+fn hostile_instructions_and_memory_accesses_end_as_traps_with_the_reason() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(base());
+    let cases: &[(&str, TrapKind, &str)] = &[
+        ("outside", TrapKind::MemoryOutOfBounds, "unmapped address"),
+        ("null", TrapKind::MemoryOutOfBounds, "reading 0x0"),
+        ("kernel_read", TrapKind::MemoryOutOfBounds, "reading 0x1000"),
+        ("page_tables", TrapKind::MemoryOutOfBounds, "unmapped"),
+        ("exec_data", TrapKind::MemoryOutOfBounds, "executing"),
+        ("write_code", TrapKind::MemoryOutOfBounds, "writing"),
+        ("stack_overflow", TrapKind::MemoryOutOfBounds, "unmapped"),
+        ("hlt", TrapKind::IllegalInstruction, "(hlt)"),
+        ("cli", TrapKind::IllegalInstruction, "(cli)"),
+        ("int3", TrapKind::Breakpoint, "int3"),
+        ("ud2", TrapKind::IllegalInstruction, "invalid opcode"),
+        ("div0", TrapKind::IntegerDivisionByZero, "divide error"),
+        ("in", TrapKind::IllegalInstruction, "port I/O"),
+        ("out", TrapKind::IllegalInstruction, "port I/O"),
+        ("out_neighbour", TrapKind::BadHostCall, "port 0x5c1"),
+        ("rdmsr", TrapKind::IllegalInstruction, "rdmsr"),
+        ("wrmsr", TrapKind::IllegalInstruction, "wrmsr"),
+    ];
+    for (mode, kind, detail) in cases {
+        let out = sb.run(&Program::path(&guest).arg(*mode)).unwrap();
+        let (k, message) = trap(&out.status);
+        assert_eq!(k, *kind, "{mode}: {message}");
+        assert!(message.contains(detail), "{mode}: {message}");
+        assert!(!text(&out.stdout).contains("survived"), "{mode} survived");
+    }
+    // `syscall` has no kernel to go to: it faults too.
+    assert!(matches!(sb.run(&Program::path(&guest).arg("syscall")).unwrap().status, Status::Trap(_)));
+}
+
+#[test]
+fn hypercalls_with_bad_pointers_lengths_or_numbers_are_refused() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(base());
+    for (mode, detail) in [
+        ("hc_overflow", "overflows"),
+        ("hc_huge", "too long"),
+        ("hc_outside", "outside the guest's memory"),
+        ("hc_kernel", "outside the guest's memory"),
+        ("hc_unknown", "unknown hypercall 999"),
+        ("hc_bad_version", "bad magic"),
+    ] {
+        let out = sb.run(&Program::path(&guest).arg(mode)).unwrap();
+        let (k, message) = trap(&out.status);
+        assert_eq!(k, TrapKind::BadHostCall, "{mode}: {message}");
+        assert!(message.contains(detail), "{mode}: {message}");
+    }
+}
+
+#[test]
+fn a_spinning_native_guest_is_stopped_by_the_timeout_and_by_an_interrupt() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(Policy { timeout: Some(Duration::from_millis(200)), ..base() });
+    let started = Instant::now();
+    assert_eq!(sb.run(&Program::path(&guest).arg("spin")).unwrap().status, Status::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let sb = sandbox(base());
+    let handle = InterruptHandle::new();
+    let h = handle.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        h.interrupt();
+    });
+    let out = sb.run_with(&Program::path(&guest).arg("spin"), RunOptions::new().interrupt(handle)).unwrap();
+    t.join().unwrap();
+    assert_eq!(out.status, Status::Interrupted);
+}
+
+#[test]
+fn cpu_time_limit_stops_a_spinning_native_guest() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(Policy { cpu_time: Some(Duration::from_millis(200)), ..base() });
+    let out = sb.run(&Program::path(&guest).arg("spin")).unwrap();
+    assert_eq!(out.status, Status::CpuLimit(CpuBudget::CpuTime));
+}
+
+#[test]
+fn output_floods_are_capped() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(Policy { max_output: 1 << 20, ..base() });
+    let out = sb.run(&Program::path(&guest).arg("flood")).unwrap();
+    assert_eq!(out.status, Status::OutputLimit);
+    assert_eq!(out.stdout.len(), 1 << 20);
+}
+
+#[test]
+fn exit_codes_are_exact_and_memory_is_guest_ram() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(Policy { memory: Some(32 << 20), ..base() });
+    assert_eq!(sb.run(&Program::path(&guest).args(["exit", "3"])).unwrap().status, Status::Exited(3));
+    let out = sb.run(&Program::path(&guest).args(["alloc", "4"])).unwrap();
+    assert!(text(&out.stdout).starts_with("allocated 4 MiB\n"), "{}", text(&out.stdout));
+    assert!(out.enforced["memory"].contains("32 MiB"), "{:?}", out.enforced);
+    let out = sb.run(&Program::path(&guest).args(["alloc", "64"])).unwrap();
+    assert_ne!(out.status, Status::Exited(0), "a 32 MiB guest allocated 64 MiB");
+    // Out of range: refused when the sandbox is built.
+    let err = SandboxBuilder::new(BackendKind::MicroVm)
+        .policy(Policy { memory: Some(4 << 20), ..base() })
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("memory"), "{err}");
+}
+
+#[test]
+fn native_guests_call_host_functions_the_embedder_registered() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = SandboxBuilder::new(BackendKind::MicroVm)
+        .policy(base())
+        .host_function("echo", |input| Ok([b"echo: ".as_slice(), input].concat()))
+        .host_function("fail", |_| Err("nope".into()))
+        .build()
+        .unwrap();
+    let out = sb.run(&Program::path(&guest).args(["echo", "hi"])).unwrap();
+    assert_eq!(out.status, Status::Exited(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "echo: hi\nErr(TooSmall(28))\nErr(NotFound)\nfailed: nope\necho: survived\n");
+    // The other backends have no host functions and say so.
+    let err = SandboxBuilder::new(BackendKind::Wasm).host_function("echo", |i| Ok(i.to_vec())).build().unwrap_err();
+    assert!(err.to_string().contains("host_functions"), "{err}");
+}
+
+#[test]
+fn several_vcpus_run_the_same_native_guest() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(Policy { cpus: Some(4), ..base() });
+    let out = sb.run(&Program::path(&guest).arg("cpus")).unwrap();
+    assert_eq!(out.status, Status::Exited(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("cpu 0 of 4: 3 others arrived"), "{s}");
+    for cpu in 1..4 {
+        assert!(s.contains(&format!("cpu {cpu} of 4")), "{s}");
+    }
+}
+
+#[test]
+fn fuel_meters_wasm_guests_and_is_refused_for_native_ones() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(Policy { fuel: Some(100_000), ..base() });
+    let out = sb.run(&Program::bytes(br#"(module (func (export "_start") (loop $l (br $l))))"#.to_vec())).unwrap();
+    assert_eq!(out.status, Status::CpuLimit(CpuBudget::Fuel));
+    assert!(out.usage.fuel.is_some_and(|f| f > 90_000));
+    let err = sb.run(&Program::path(&guest).arg("exit")).unwrap_err();
+    assert!(matches!(err, sandcell::Error::Unenforceable { ref field, .. } if field == "fuel"), "{err}");
+}
+
+#[test]
+fn twenty_micro_vms_at_once() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let hello = or_skip!(common::vm_guest("hello"), "no hello guest");
+    let sb: Arc<dyn Sandbox> = Arc::from(sandbox(Policy { memory: Some(32 << 20), ..base() }));
+    let threads: Vec<_> = (0..20)
+        .map(|i| {
+            let sb = sb.clone();
+            let program = if i % 2 == 0 {
+                Program::path(&hello).arg(format!("vm{i}"))
+            } else {
+                Program::path(&guest).args(["exit", &i.to_string()])
+            };
+            std::thread::spawn(move || (i, sb.run(&program).unwrap()))
+        })
+        .collect();
+    for t in threads {
+        let (i, out) = t.join().unwrap();
+        if i % 2 == 0 {
+            assert_eq!(out.status, Status::Exited(0));
+            assert!(text(&out.stdout).contains(&format!("arg 1: vm{i}")));
+        } else {
+            assert_eq!(out.status, Status::Exited(i));
+        }
+    }
+}
+
+fn count(path: &str) -> usize {
+    std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn nothing_is_left_behind_after_runs() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(base());
+    // Warm up (first-use threads: the watchdog, wasix's runtime, the image cache).
+    for mode in ["exit", "div0", "spin"] {
+        let _ = sandbox(Policy { timeout: Some(Duration::from_millis(50)), ..base() })
+            .run(&Program::path(&guest).arg(mode));
+    }
+    let _ = sb.run(&Program::bytes(include_bytes!("../../examples/hello.wat").to_vec()));
+    let maps = || std::fs::read_to_string("/proc/self/maps").unwrap().lines().count();
+    // Other tests run in parallel threads of this process; retry until a quiet moment.
+    for attempt in 0..20 {
+        let (threads, fds, mappings) = (count("/proc/self/task"), count("/proc/self/fd"), maps());
+        for mode in ["exit", "div0", "hc_unknown"] {
+            sb.run(&Program::path(&guest).arg(mode)).unwrap();
+        }
+        sb.run(&Program::bytes(include_bytes!("../../examples/hello.wat").to_vec())).unwrap();
+        if (threads, fds, mappings) == (count("/proc/self/task"), count("/proc/self/fd"), maps()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50 * attempt));
+    }
+    panic!("threads, descriptors or mappings kept growing across micro-VM runs");
+}
+
+#[test]
+fn the_cli_runs_native_and_wasm_guests_on_the_microvm_backend() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sandcell"))
+            .args(args)
+            .current_dir(common::repo())
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["run", "--backend", "microvm", "examples/hello.wat"]);
+    assert_eq!(text(&out.stdout), "Hello, world!\n");
+    let out = cli(&["run", "--backend", "microvm", "--vcpus", "2", guest.to_str().unwrap(), "--", "cpus"]);
+    assert!(text(&out.stdout).contains("cpu 0 of 2: 1 others arrived"), "{}", text(&out.stdout));
+    let out = cli(&["run", "--backend", "microvm", guest.to_str().unwrap(), "--", "exit", "7"]);
+    assert_eq!(out.status.code(), Some(7));
+    let out = cli(&["probe", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    if v["host"]["kvm"] == true {
+        assert!(["vt-x", "amd-v", "pvm", "unknown"].contains(&v["host"]["kvm_flavor"].as_str().unwrap()));
+    }
+}
+
+#[test]
+fn microvm_tests_need_kvm_where_it_exists() {
+    if std::path::Path::new("/dev/kvm").exists() && available().is_err() {
+        skip!("/dev/kvm exists but the micro-VM backend is unavailable: {:?}", available());
+    }
+}
