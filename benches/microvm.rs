@@ -1,0 +1,85 @@
+//! Micro-VM benchmarks, each from nothing to the result:
+//!
+//! - `microvm/kvm_floor`: the raw KVM floor with kvm-ioctls — create a VM, give it 64 KiB of
+//!   memory, create a vCPU, set its registers, run a real-mode `out` to the first exit, tear
+//!   down. Nothing sandcell does can be faster than this on the same machine.
+//! - `microvm/native_hello`: `Sandbox::run` of the native hello guest (`guest/examples/hello`):
+//!   a new VM from the cached image, run, captured output, teardown.
+//! - `microvm/wasi_hello`: the same for `examples/hello.wat` (the wasm runtime in the VM, WASI
+//!   served by the host).
+//!
+//! Run: `cargo bench --bench microvm` (needs /dev/kvm and the guest built:
+//! `cd guest && cargo build --release --target x86_64-unknown-none -p hello`).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VcpuExit};
+use sandcell::{BackendKind, Policy, Program, SandboxBuilder, Status};
+
+fn kvm_floor(kvm: &Kvm, mem: *mut u8) {
+    let vm = kvm.create_vm().unwrap();
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: 0x10000,
+        userspace_addr: mem as u64,
+    };
+    // SAFETY: `mem` is a live 64 KiB anonymous mapping that outlives the VM.
+    unsafe { vm.set_user_memory_region(region).unwrap() };
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    let mut sregs = vcpu.get_sregs().unwrap();
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs).unwrap();
+    let regs = kvm_bindings::kvm_regs { rip: 0x1000, rflags: 2, ..Default::default() };
+    vcpu.set_regs(&regs).unwrap();
+    match vcpu.run().unwrap() {
+        VcpuExit::IoOut(0x10, _) => {}
+        other => panic!("unexpected exit {other:?}"),
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    if !sandcell::probe().backend(BackendKind::MicroVm).available {
+        eprintln!("microvm backend unavailable: {}", sandcell::probe().backend(BackendKind::MicroVm).reason);
+        return;
+    }
+    let kvm = Kvm::new().unwrap();
+    // SAFETY: an anonymous private mapping of 64 KiB, unmapped at the end.
+    let mem = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            0x10000,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    } as *mut u8;
+    // mov al, 0x42; out 0x10, al; hlt
+    // SAFETY: the mapping is 64 KiB long.
+    unsafe { std::ptr::copy_nonoverlapping([0xb0u8, 0x42, 0xe6, 0x10, 0xf4].as_ptr(), mem.add(0x1000), 5) };
+    c.bench_function("microvm/kvm_floor", |b| b.iter(|| kvm_floor(&kvm, mem)));
+
+    let sandbox = SandboxBuilder::new(BackendKind::MicroVm)
+        .policy(Policy::builder().memory(64 << 20).build().unwrap())
+        .build()
+        .unwrap();
+    let hello = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/x86_64-unknown-none/release/hello");
+    if hello.exists() {
+        let program = Program::path(&hello);
+        assert_eq!(sandbox.run(&program).unwrap().status, Status::Exited(0));
+        c.bench_function("microvm/native_hello", |b| b.iter(|| sandbox.run(&program).unwrap()));
+    } else {
+        eprintln!("skipping microvm/native_hello: build guest/examples/hello first");
+    }
+    let wat = Program::bytes(include_bytes!("../examples/hello.wat").to_vec());
+    assert_eq!(sandbox.run(&wat).unwrap().stdout, b"Hello, world!\n");
+    c.bench_function("microvm/wasi_hello", |b| b.iter(|| sandbox.run(&wat).unwrap()));
+    // SAFETY: unmapping the mapping made above.
+    unsafe { libc::munmap(mem.cast(), 0x10000) };
+}
+
+criterion_group!(name = microvm; config = Criterion::default().sample_size(50); targets = benches);
+criterion_main!(microvm);
