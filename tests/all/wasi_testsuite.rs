@@ -119,8 +119,7 @@ fn run_case(backend: BackendKind, wasm: &Path) -> Result<(), String> {
         copy_tree(&wasm.parent().unwrap().join(root), &copy);
         policy.mounts.push(Mount::read_write(copy, "/"));
     }
-    let sandbox: Box<dyn Sandbox> =
-        SandboxBuilder::new(BackendKind::Wasm).policy(policy).build().map_err(|e| e.to_string())?;
+    let sandbox: Box<dyn Sandbox> = SandboxBuilder::new(backend).policy(policy).build().map_err(|e| e.to_string())?;
     let mut program = Program::path(wasm).args(spec.args.iter().cloned());
     for (k, v) in &spec.env {
         program = program.env(k.clone(), v.clone());

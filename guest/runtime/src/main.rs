@@ -104,6 +104,7 @@ fn main() -> i32 {
     let used = |store: &Store<Limits>| budget.map(|b| b - store.get_fuel().unwrap_or(0));
 
     let mut linker = Linker::<Limits>::new(&engine);
+    let mut linked = [false; WASI_FUNCTIONS.len()];
     for import in module.imports() {
         if import.module() != WASI {
             report_trap(trap::OTHER, "the module imports something other than WASI preview 1", None);
@@ -115,6 +116,12 @@ fn main() -> i32 {
         let Some(ty) = import.ty().func().cloned() else {
             report_trap(trap::OTHER, "a WASI import is not a function", None);
         };
+        // A module may import the same function twice (AssemblyScript does); one definition
+        // serves both, and a second import with another type fails at instantiation.
+        if linked[index] {
+            continue;
+        }
+        linked[index] = true;
         let result = if name == "proc_exit" {
             linker.func_new(WASI, name, ty, |_caller: Caller<'_, Limits>, args: &[Val], _: &mut [Val]| {
                 Err(Error::i32_exit(args.first().and_then(Val::i32).unwrap_or(0)))

@@ -141,6 +141,9 @@ impl MicroVmSandbox {
         enforced.insert("network".into(), "no network device".into());
         enforced
             .insert("syscalls".into(), "no system call reaches the host kernel; vCPU threads seccomp-filtered".into());
+        if !policy.deny_syscalls.is_empty() {
+            enforced.insert("deny_syscalls".into(), "a micro-VM guest makes no host system calls".into());
+        }
         if policy.timeout.is_some() {
             enforced.insert("timeout".into(), "vCPUs kicked out of KVM_RUN".into());
         }
@@ -319,8 +322,7 @@ impl MicroVmSandbox {
         drop(timers);
         control.disarm();
         let peak = resident_bytes(&vm.memory);
-        let cpu = vm.cpu_time();
-        vm.finish();
+        let cpu = vm.finish();
         let status = match (control.reason(), status) {
             (Some(reason), _) => reason.status(),
             (None, Some(s)) => s,

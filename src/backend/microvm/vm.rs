@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
@@ -84,8 +85,9 @@ pub(crate) struct Vm {
     pub(crate) memory: GuestMemoryMmap,
     _vm: VmFd,
     /// Each thread returns its vCPU, so that the `kvm_run` mapping a `Stopper` writes to stays
-    /// mapped until the thread is joined.
-    threads: Vec<(JoinHandle<VcpuFd>, Sender<Reply>)>,
+    /// mapped until the thread is joined, and the CPU time it used (its clock cannot be read
+    /// from outside once it has exited).
+    threads: Vec<(JoinHandle<(VcpuFd, Duration)>, Sender<Reply>)>,
     immediate_exit: Arc<Vec<AtomicPtr<u8>>>,
     pthreads: Vec<libc::pthread_t>,
     stop: Arc<AtomicBool>,
@@ -185,7 +187,10 @@ impl Vm {
             let memory = memory.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("sandcell-vcpu{cpu}"))
-                .spawn(move || vcpu_thread(cpu as u32, vcpu, &memory, &events, &reply_rx, &stop, &exits[cpu], &seccomp))
+                .spawn(move || {
+                    let vcpu = vcpu_thread(cpu as u32, vcpu, &memory, &events, &reply_rx, &stop, &exits[cpu], &seccomp);
+                    (vcpu, crate::sys::thread_cpu_time())
+                })
                 .map_err(|e| Error::setup("start a vCPU thread", e))?;
             pthreads.push(handle.as_pthread_t());
             threads.push((handle, reply_tx));
@@ -210,11 +215,6 @@ impl Vm {
             .collect()
     }
 
-    /// CPU time the vCPU threads used so far.
-    pub(crate) fn cpu_time(&self) -> std::time::Duration {
-        self.cpu_clocks().into_iter().filter_map(crate::sys::clock_time).sum()
-    }
-
     /// Answers vCPU `cpu`.
     pub(crate) fn reply(&self, cpu: u32, reply: Reply) {
         if let Some((_, tx)) = self.threads.get(cpu as usize) {
@@ -225,15 +225,21 @@ impl Vm {
     /// Stops every vCPU and waits for the threads. The caller must have disarmed any external
     /// `Stopper` first. A thread in the guest is kicked out; a thread waiting for an answer
     /// finds `Quit` queued; either way it ends.
-    pub(crate) fn finish(self) {
+    /// Returns the CPU time the vCPU threads used.
+    pub(crate) fn finish(self) -> Duration {
         self.stopper().stop();
         for (_, tx) in &self.threads {
             let _ = tx.send(Reply::Quit);
         }
+        let mut cpu = Duration::ZERO;
         for (handle, _) in self.threads {
             // The vCPU (and its `kvm_run` mapping) is dropped here, after every kick.
-            drop(handle.join());
+            if let Ok((vcpu, used)) = handle.join() {
+                cpu += used;
+                drop(vcpu);
+            }
         }
+        cpu
     }
 }
 
