@@ -201,7 +201,16 @@ impl Policy {
         if !value.is_object() {
             return Err(bad("a policy is a JSON object".into()));
         }
-        let policy: Policy = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        // The error names the field at fault (`mounts[0].guest`), not just a line and column.
+        let policy: Policy = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            if path == "." {
+                bad(inner)
+            } else {
+                Error::invalid_policy(path, inner)
+            }
+        })?;
         policy.validate()?;
         Ok(policy)
     }
@@ -256,6 +265,15 @@ impl Policy {
         for name in &self.deny_syscalls {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(Error::invalid_policy("deny_syscalls", format!("`{name}` is not a system call name")));
+            }
+            // Where the process backend is built, its table of x86-64 system calls catches a
+            // misspelt name for every backend, at validation rather than at the first run.
+            #[cfg(process_backend)]
+            if !crate::backend::process::seccomp::is_known(name) {
+                return Err(Error::invalid_policy(
+                    "deny_syscalls",
+                    format!("`{name}` is not an x86-64 system call sandcell knows"),
+                ));
             }
         }
         Ok(())

@@ -16,7 +16,7 @@
 
 mod cgroup;
 mod jail;
-mod seccomp;
+pub(crate) mod seccomp;
 mod sys;
 
 use std::collections::{BTreeMap, BTreeSet};

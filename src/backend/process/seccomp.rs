@@ -479,6 +479,11 @@ fn all_known() -> impl Iterator<Item = &'static (&'static str, i64)> {
     ALLOWED.iter().chain(DENIED.iter()).chain(std::iter::once(&("clone3", libc::SYS_clone3)))
 }
 
+/// Whether `name` is an x86-64 system call `deny_syscalls` accepts (policy validation).
+pub(crate) fn is_known(name: &str) -> bool {
+    all_known().any(|(n, _)| *n == name)
+}
+
 /// The name of an x86-64 system call number, when sandcell knows it.
 pub(super) fn name_of(nr: i64) -> Option<&'static str> {
     all_known().find(|(_, n)| *n == nr).map(|(name, _)| *name)

@@ -176,6 +176,9 @@ impl WasmSandbox {
             enforced.insert("max_processes".into(), "WASI preview 1 cannot create processes".into());
         }
         enforced.insert("network".into(), "no sockets linked".into());
+        if !policy.deny_syscalls.is_empty() {
+            enforced.insert("deny_syscalls".into(), "a wasm guest makes no system calls, only WASI calls".into());
+        }
         Ok(WasmSandbox {
             policy,
             base,
