@@ -5,6 +5,7 @@
 
 mod common;
 
+mod c_api;
 mod cli;
 mod conformance;
 mod microvm;

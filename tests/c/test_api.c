@@ -1,0 +1,823 @@
+/* Exercises every function of include/sandcell.h, every error path, and concurrent runs from
+ * several threads. Run by tests/all/c_api.rs, directly and under valgrind.
+ *
+ *   test_api [--backends wasm,process,microvm]
+ *
+ * Backends not named are not tried; a named backend this host lacks (sandcell_sandbox_new fails
+ * with SANDCELL_ERROR_BACKEND_UNAVAILABLE) is reported as skipped on stdout ("SKIP backend: why").
+ * Exit status 0 when every check passed.
+ */
+#include <sandcell.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static int failures = 0;
+static int checks = 0;
+
+#define CHECK(cond)                                                                 \
+    do {                                                                            \
+        checks++;                                                                   \
+        if (!(cond)) {                                                              \
+            failures++;                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+        }                                                                           \
+    } while (0)
+
+/* The call must succeed. */
+#define OK(call)                                                                                \
+    do {                                                                                        \
+        sandcell_error_t *e_ = (call);                                                          \
+        checks++;                                                                               \
+        if (e_ != NULL) {                                                                       \
+            failures++;                                                                         \
+            fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call,                \
+                    sandcell_error_message(e_));                                                \
+            sandcell_error_free(e_);                                                            \
+        }                                                                                       \
+    } while (0)
+
+/* The call must fail with `kind`, and its message must mention `needle`. */
+#define FAILS(call, kind, needle)                                                               \
+    do {                                                                                        \
+        sandcell_error_t *e_ = (call);                                                          \
+        checks++;                                                                               \
+        if (e_ == NULL) {                                                                       \
+            failures++;                                                                         \
+            fprintf(stderr, "%s:%d: %s succeeded, expected error kind %d\n", __FILE__, __LINE__, \
+                    #call, kind);                                                               \
+        } else {                                                                                \
+            const char *m_ = sandcell_error_message(e_);                                        \
+            if (sandcell_error_kind(e_) != (kind) || strstr(m_, needle) == NULL) {              \
+                failures++;                                                                     \
+                fprintf(stderr, "%s:%d: %s: kind %u message `%s`, expected kind %d and `%s`\n", \
+                        __FILE__, __LINE__, #call, sandcell_error_kind(e_), m_, kind, needle);  \
+            }                                                                                   \
+            sandcell_error_free(e_);                                                            \
+        }                                                                                       \
+    } while (0)
+
+/* ------------------------------------------------------------------------------------------ */
+/* Guests (WebAssembly text; the wasm and micro-VM backends accept it). */
+
+#define WASI(name, params) \
+    "(import \"wasi_snapshot_preview1\" \"" name "\" (func $" name " (param " params ") (result i32)))"
+
+static const char *HELLO =
+    "(module " WASI("fd_write", "i32 i32 i32 i32")
+    "  (memory (export \"memory\") 1)"
+    "  (data (i32.const 16) \"Hello, world!\\n\")"
+    "  (func (export \"_start\")"
+    "    (i32.store (i32.const 0) (i32.const 16))"
+    "    (i32.store (i32.const 4) (i32.const 14))"
+    "    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))";
+
+/* Copies stdin to stdout, then writes "err" to stderr. */
+static const char *CAT =
+    "(module " WASI("fd_read", "i32 i32 i32 i32") WASI("fd_write", "i32 i32 i32 i32")
+    "  (memory (export \"memory\") 1)"
+    "  (data (i32.const 64) \"err\")"
+    "  (func (export \"_start\")"
+    "    (block $done (loop $l"
+    "      (i32.store (i32.const 0) (i32.const 1024))"
+    "      (i32.store (i32.const 4) (i32.const 4096))"
+    "      (br_if $done (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))"
+    "      (br_if $done (i32.eqz (i32.load (i32.const 8))))"
+    "      (i32.store (i32.const 4) (i32.load (i32.const 8)))"
+    "      (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 12)))"
+    "      (br $l)))"
+    "    (i32.store (i32.const 16) (i32.const 64))"
+    "    (i32.store (i32.const 20) (i32.const 3))"
+    "    (drop (call $fd_write (i32.const 2) (i32.const 16) (i32.const 1) (i32.const 24)))))";
+
+static const char *EXIT3 =
+    "(module (import \"wasi_snapshot_preview1\" \"proc_exit\" (func $exit (param i32)))"
+    "  (memory (export \"memory\") 1)"
+    "  (func (export \"_start\") (call $exit (i32.const 3))))";
+
+static const char *TRAP = "(module (memory (export \"memory\") 1) (func (export \"_start\") unreachable))";
+
+static const char *SPIN = "(module (memory (export \"memory\") 1) (func (export \"_start\") (loop $l (br $l))))";
+
+/* Writes 4 KiB to stdout forever. */
+static const char *FLOOD =
+    "(module " WASI("fd_write", "i32 i32 i32 i32")
+    "  (memory (export \"memory\") 1)"
+    "  (func (export \"_start\")"
+    "    (i32.store (i32.const 0) (i32.const 1024))"
+    "    (i32.store (i32.const 4) (i32.const 4096))"
+    "    (loop $l (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) (br $l))))";
+
+/* Grows memory by 1 GiB; traps if refused. */
+static const char *GROW =
+    "(module (memory (export \"memory\") 1)"
+    "  (func (export \"_start\")"
+    "    (if (i32.eq (memory.grow (i32.const 16384)) (i32.const -1)) (then unreachable))))";
+
+/* An export that adds its two parameters (called through sandcell_program_set_entry). */
+static const char *ADD =
+    "(module (func (export \"add\") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1))))";
+
+/* Prints its environment variable GREETING (via environ_get) — checked by the output only. */
+static const char *ENV =
+    "(module " WASI("environ_sizes_get", "i32 i32") WASI("environ_get", "i32 i32") WASI("fd_write", "i32 i32 i32 i32")
+    "  (memory (export \"memory\") 1)"
+    "  (func (export \"_start\")"
+    "    (drop (call $environ_sizes_get (i32.const 0) (i32.const 4)))"
+    "    (drop (call $environ_get (i32.const 256) (i32.const 1024)))"
+    "    (i32.store (i32.const 8) (i32.const 1024))"
+    "    (i32.store (i32.const 12) (i32.sub (i32.load (i32.const 4)) (i32.const 1)))"
+    "    (drop (call $fd_write (i32.const 1) (i32.const 8) (i32.const 1) (i32.const 16)))))";
+
+/* ------------------------------------------------------------------------------------------ */
+/* Helpers. */
+
+static sandcell_program_t *wat(const char *text) {
+    sandcell_program_t *p = NULL;
+    OK(sandcell_program_from_bytes((const uint8_t *)text, strlen(text), &p));
+    return p;
+}
+
+static sandcell_policy_t *policy_with(uint64_t memory, uint64_t timeout_ms) {
+    sandcell_policy_t *p = NULL;
+    OK(sandcell_policy_new(&p));
+    OK(sandcell_policy_set_memory(p, memory));
+    OK(sandcell_policy_set_timeout_ms(p, timeout_ms));
+    return p;
+}
+
+/* Runs and returns the outcome (NULL on error, counted as a failure). */
+static sandcell_outcome_t *run(const sandcell_sandbox_t *sb, const sandcell_program_t *p,
+                               const sandcell_run_options_t *o) {
+    sandcell_outcome_t *out = NULL;
+    OK(sandcell_sandbox_run(sb, p, o, &out));
+    return out;
+}
+
+static uint32_t status_of(const sandcell_outcome_t *o, int32_t *code) {
+    uint32_t s = 0;
+    int32_t c = -1;
+    OK(sandcell_outcome_status(o, &s, &c));
+    if (code) *code = c;
+    return s;
+}
+
+static int output_is(const sandcell_outcome_t *o, uint32_t stream, const char *expected) {
+    const uint8_t *data = NULL;
+    size_t len = 0;
+    OK(sandcell_outcome_output(o, stream, &data, &len));
+    if (len != strlen(expected) || (len && memcmp(data, expected, len) != 0)) {
+        fprintf(stderr, "output %u: got %zu bytes `%.*s`, expected `%s`\n", stream, len, (int)(len > 200 ? 200 : len),
+                data ? (const char *)data : "", expected);
+        return 0;
+    }
+    return 1;
+}
+
+static const char *kind_of(const sandcell_outcome_t *o) {
+    const char *k = NULL;
+    OK(sandcell_outcome_kind(o, &k));
+    return k ? k : "(null)";
+}
+
+static void sleep_ms(long ms) {
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&t, NULL);
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Errors, strings, version, probe. */
+
+static void test_basics(void) {
+    const char *v = sandcell_version();
+    CHECK(v != NULL && strchr(v, '.') != NULL);
+
+    CHECK(strcmp(sandcell_error_message(NULL), "(no error: NULL)") == 0);
+    CHECK(sandcell_error_kind(NULL) == 0);
+    sandcell_error_free(NULL);
+    sandcell_string_free(NULL);
+
+    /* An error used after it was freed is detected, and a double free is ignored. */
+    sandcell_error_t *e = sandcell_policy_new(NULL);
+    CHECK(e != NULL && sandcell_error_kind(e) == SANDCELL_ERROR_INVALID_ARGUMENT);
+    CHECK(strstr(sandcell_error_message(e), "policy") != NULL);
+    sandcell_error_free(e);
+    CHECK(sandcell_error_kind(e) == 0);
+    CHECK(strstr(sandcell_error_message(e), "not a live") != NULL);
+    sandcell_error_free(e);
+
+    char *json = NULL;
+    OK(sandcell_probe_json(&json));
+    CHECK(json != NULL && strstr(json, "\"wasm\"") != NULL);
+    sandcell_string_free(json);
+    sandcell_string_free(json); /* double free: ignored */
+    FAILS(sandcell_probe_json(NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "json");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Policies. */
+
+static void test_policy(void) {
+    sandcell_policy_t *p = NULL;
+    OK(sandcell_policy_new(&p));
+    OK(sandcell_policy_set_memory(p, 32u << 20));
+    OK(sandcell_policy_set_timeout_ms(p, 1500));
+    OK(sandcell_policy_set_cpu_time_ms(p, 1000));
+    OK(sandcell_policy_set_fuel(p, 1000000));
+    OK(sandcell_policy_set_cpus(p, 1));
+    OK(sandcell_policy_set_max_processes(p, 8));
+    OK(sandcell_policy_set_max_open_files(p, 32));
+    OK(sandcell_policy_set_max_file_size(p, 1u << 20));
+    OK(sandcell_policy_set_max_output(p, 4096));
+    OK(sandcell_policy_set_best_effort(p, false));
+    OK(sandcell_policy_set_network(p, SANDCELL_NETWORK_LOOPBACK));
+    OK(sandcell_policy_set_network(p, SANDCELL_NETWORK_NONE));
+    OK(sandcell_policy_add_mount(p, "/tmp", "/data", true));
+    OK(sandcell_policy_set_env(p, "GREETING", "hello"));
+    OK(sandcell_policy_deny_syscall(p, "uname"));
+    const char *dirs[] = {"/usr", "/lib"};
+    OK(sandcell_policy_set_system_dirs(p, dirs, 2));
+    OK(sandcell_policy_set_system_dirs(p, NULL, 0));
+    OK(sandcell_policy_default_system_dirs(p));
+    OK(sandcell_policy_validate(p));
+
+    /* JSON round trip. */
+    char *json = NULL;
+    OK(sandcell_policy_to_json(p, &json));
+    CHECK(json != NULL && strstr(json, "\"GREETING\"") != NULL && strstr(json, "\"uname\"") != NULL);
+    sandcell_policy_t *q = NULL;
+    OK(sandcell_policy_from_json(json, &q));
+    char *json2 = NULL;
+    OK(sandcell_policy_to_json(q, &json2));
+    CHECK(json2 != NULL && json != NULL && strcmp(json, json2) == 0);
+    sandcell_string_free(json);
+    sandcell_string_free(json2);
+    sandcell_policy_free(q);
+
+    /* Units in JSON, and the errors of a bad document. */
+    OK(sandcell_policy_from_json("{\"memory\": \"64M\", \"timeout\": \"2s\", \"max_output\": \"1K\"}", &q));
+    OK(sandcell_policy_to_json(q, &json));
+    CHECK(json != NULL && strstr(json, "67108864") != NULL);
+    sandcell_string_free(json);
+    sandcell_policy_free(q);
+    q = NULL;
+    FAILS(sandcell_policy_from_json("{\"memroy\": 1}", &q), SANDCELL_ERROR_INVALID_POLICY, "memroy");
+    FAILS(sandcell_policy_from_json("{\"memory\": \"lots\"}", &q), SANDCELL_ERROR_INVALID_POLICY, "memory");
+    FAILS(sandcell_policy_from_json("[1, 2]", &q), SANDCELL_ERROR_INVALID_POLICY, "");
+    FAILS(sandcell_policy_from_json("{", &q), SANDCELL_ERROR_INVALID_POLICY, "");
+    FAILS(sandcell_policy_from_json("{\"memory\": 0}", &q), SANDCELL_ERROR_INVALID_POLICY, "memory");
+    FAILS(sandcell_policy_from_json("{\"a\xff\": 1}", &q), SANDCELL_ERROR_INVALID_ARGUMENT, "UTF-8");
+    FAILS(sandcell_policy_from_json(NULL, &q), SANDCELL_ERROR_INVALID_ARGUMENT, "json");
+    FAILS(sandcell_policy_from_json("{}", NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "policy");
+    CHECK(q == NULL); /* out-parameters are written only on success */
+
+    /* Setters: bad values, NULL and freed handles, bad strings. */
+    FAILS(sandcell_policy_set_network(p, 7), SANDCELL_ERROR_INVALID_ARGUMENT, "network");
+    FAILS(sandcell_policy_set_memory(NULL, 1), SANDCELL_ERROR_INVALID_ARGUMENT, "policy");
+    FAILS(sandcell_policy_add_mount(p, NULL, "/x", false), SANDCELL_ERROR_INVALID_ARGUMENT, "host_path");
+    FAILS(sandcell_policy_add_mount(p, "/tmp", "\xc3\x28", false), SANDCELL_ERROR_INVALID_ARGUMENT, "UTF-8");
+    FAILS(sandcell_policy_set_env(p, "K", NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "value");
+    FAILS(sandcell_policy_deny_syscall(p, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "name");
+    FAILS(sandcell_policy_set_system_dirs(p, NULL, 3), SANDCELL_ERROR_INVALID_ARGUMENT, "dirs");
+    FAILS(sandcell_policy_set_system_dirs(p, dirs, SIZE_MAX), SANDCELL_ERROR_INVALID_ARGUMENT, "overflows");
+    const char *bad_dirs[] = {"/usr", NULL};
+    FAILS(sandcell_policy_set_system_dirs(p, bad_dirs, 2), SANDCELL_ERROR_INVALID_ARGUMENT, "dirs[1]");
+    FAILS(sandcell_policy_to_json(p, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "json");
+    FAILS(sandcell_policy_validate(NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "policy");
+
+    /* validate() refuses what sandcell_sandbox_new would refuse. */
+    OK(sandcell_policy_deny_syscall(p, "not_a_syscall"));
+    FAILS(sandcell_policy_validate(p), SANDCELL_ERROR_INVALID_POLICY, "not_a_syscall");
+    sandcell_sandbox_t *sb = NULL;
+    FAILS(sandcell_sandbox_new("wasm", p, NULL, &sb), SANDCELL_ERROR_INVALID_POLICY, "not_a_syscall");
+    CHECK(sb == NULL);
+
+    sandcell_policy_free(p);
+    /* Use after free and double free are detected. */
+    FAILS(sandcell_policy_set_memory(p, 1), SANDCELL_ERROR_INVALID_ARGUMENT, "not a live policy");
+    FAILS(sandcell_policy_validate(p), SANDCELL_ERROR_INVALID_ARGUMENT, "not a live policy");
+    sandcell_policy_free(p);
+    sandcell_policy_free(NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Programs. */
+
+static void test_program(void) {
+    sandcell_program_t *p = NULL;
+    OK(sandcell_program_from_path("/does/not/exist.wasm", &p));
+    OK(sandcell_program_add_arg(p, "one"));
+    OK(sandcell_program_set_env(p, "K", "V"));
+    OK(sandcell_program_set_stdin(p, (const uint8_t *)"in", 2));
+    OK(sandcell_program_set_stdin(p, NULL, 0));
+    OK(sandcell_program_set_cwd(p, "/"));
+    OK(sandcell_program_set_entry(p, "main"));
+    OK(sandcell_program_set_name(p, "prog"));
+    FAILS(sandcell_program_set_name(p, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "name");
+    FAILS(sandcell_program_add_arg(p, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "arg");
+    FAILS(sandcell_program_add_arg(p, "\xff\xfe"), SANDCELL_ERROR_INVALID_ARGUMENT, "UTF-8");
+    FAILS(sandcell_program_set_env(p, NULL, "v"), SANDCELL_ERROR_INVALID_ARGUMENT, "key");
+    FAILS(sandcell_program_set_stdin(p, NULL, 5), SANDCELL_ERROR_INVALID_ARGUMENT, "data");
+    FAILS(sandcell_program_set_stdin(p, (const uint8_t *)"x", SIZE_MAX), SANDCELL_ERROR_INVALID_ARGUMENT, "overflows");
+    FAILS(sandcell_program_set_cwd(p, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "dir");
+    FAILS(sandcell_program_set_entry(p, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "export_name");
+    sandcell_program_free(p);
+    FAILS(sandcell_program_add_arg(p, "x"), SANDCELL_ERROR_INVALID_ARGUMENT, "not a live program");
+    sandcell_program_free(p);
+    sandcell_program_free(NULL);
+
+    FAILS(sandcell_program_from_path(NULL, &p), SANDCELL_ERROR_INVALID_ARGUMENT, "path");
+    FAILS(sandcell_program_from_path("x.wasm", NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "program");
+    FAILS(sandcell_program_from_bytes(NULL, 10, &p), SANDCELL_ERROR_INVALID_ARGUMENT, "data");
+    FAILS(sandcell_program_from_bytes((const uint8_t *)"x", SIZE_MAX, &p), SANDCELL_ERROR_INVALID_ARGUMENT, "overflows");
+    FAILS(sandcell_program_from_bytes((const uint8_t *)"x", 1, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "program");
+    /* A policy handle is not a program handle. */
+    sandcell_policy_t *pol = NULL;
+    OK(sandcell_policy_new(&pol));
+    FAILS(sandcell_program_add_arg((sandcell_program_t *)pol, "x"), SANDCELL_ERROR_INVALID_ARGUMENT, "not a live program");
+    sandcell_policy_free(pol);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Runs on one backend. */
+
+typedef struct {
+    char buf[1 << 16];
+    size_t out_len, err_len;
+    int calls;
+    int wrong_thread;
+    pthread_t thread;
+} collected_t;
+
+static void collect(void *user_data, uint32_t stream, const uint8_t *data, size_t len) {
+    collected_t *c = user_data;
+    c->calls++;
+    if (!pthread_equal(pthread_self(), c->thread)) c->wrong_thread++;
+    if (stream == SANDCELL_STREAM_STDOUT && c->out_len + len < sizeof c->buf) {
+        memcpy(c->buf + c->out_len, data, len);
+        c->out_len += len;
+    } else if (stream == SANDCELL_STREAM_STDERR) {
+        c->err_len += len;
+    }
+}
+
+typedef struct {
+    const sandcell_interrupt_t *handle;
+    const sandcell_sandbox_t *sandbox;
+    long delay_ms;
+} trigger_t;
+
+static void *trigger_later(void *arg) {
+    trigger_t *t = arg;
+    sleep_ms(t->delay_ms);
+    if (t->handle) OK(sandcell_interrupt_trigger(t->handle));
+    if (t->sandbox) OK(sandcell_sandbox_interrupt(t->sandbox));
+    return NULL;
+}
+
+static void test_runs(const char *backend) {
+    sandcell_policy_t *pol = policy_with(64u << 20, 10000);
+    OK(sandcell_policy_set_env(pol, "GREETING", "hello"));
+    sandcell_sandbox_t *sb = NULL;
+    OK(sandcell_sandbox_new(backend, pol, NULL, &sb));
+    sandcell_policy_free(pol); /* the sandbox keeps its own copy */
+    if (sb == NULL) return;
+
+    /* Hello: status, kind, detail, output, usage, JSON; and the same bytes streamed. */
+    sandcell_program_t *hello = wat(HELLO);
+    collected_t *c = calloc(1, sizeof *c);
+    c->thread = pthread_self();
+    sandcell_run_options_t opts = {0};
+    opts.on_output = collect;
+    opts.user_data = c;
+    sandcell_outcome_t *o = run(sb, hello, &opts);
+    if (o) {
+        int32_t code = -1;
+        CHECK(status_of(o, &code) == SANDCELL_STATUS_EXITED && code == 0);
+        CHECK(strcmp(kind_of(o), "exited") == 0);
+        const char *detail = "x", *trap = "x";
+        OK(sandcell_outcome_detail(o, &detail));
+        CHECK(detail == NULL);
+        OK(sandcell_outcome_trap_kind(o, &trap));
+        CHECK(trap == NULL);
+        CHECK(output_is(o, SANDCELL_STREAM_STDOUT, "Hello, world!\n"));
+        CHECK(output_is(o, SANDCELL_STREAM_STDERR, ""));
+        CHECK(c->out_len == 14 && memcmp(c->buf, "Hello, world!\n", 14) == 0);
+        CHECK(c->calls >= 1 && c->wrong_thread == 0);
+        sandcell_usage_t u;
+        memset(&u, 0xff, sizeof u);
+        OK(sandcell_outcome_usage(o, &u));
+        CHECK(u.wall_ns > 0 && u.wall_ns < 10ull * 1000000000ull);
+        CHECK(!u.has_fuel && u.fuel == 0);
+        sandcell_outcome_summary_t sum;
+        memset(&sum, 0xff, sizeof sum);
+        OK(sandcell_outcome_summary(o, &sum));
+        CHECK(sum.status == SANDCELL_STATUS_EXITED && sum.code == 0 && strcmp(sum.kind, "exited") == 0);
+        CHECK(sum.trap_kind == NULL && sum.detail == NULL);
+        CHECK(sum.stdout_len == 14 && memcmp(sum.stdout_data, "Hello, world!\n", 14) == 0 && sum.stderr_len == 0);
+        CHECK(sum.usage.wall_ns == u.wall_ns && !sum.usage.has_fuel);
+        FAILS(sandcell_outcome_summary(o, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "summary");
+        FAILS(sandcell_outcome_summary(NULL, &sum), SANDCELL_ERROR_INVALID_ARGUMENT, "outcome");
+        char *json = NULL;
+        OK(sandcell_outcome_to_json(o, &json));
+        CHECK(json && strstr(json, "\"kind\":\"exited\"") && strstr(json, "Hello, world!\\n"));
+        sandcell_string_free(json);
+        /* Bad arguments on a live outcome. */
+        const uint8_t *d = NULL;
+        size_t n = 0;
+        FAILS(sandcell_outcome_output(o, 3, &d, &n), SANDCELL_ERROR_INVALID_ARGUMENT, "stream");
+        FAILS(sandcell_outcome_output(o, SANDCELL_STREAM_STDOUT, NULL, &n), SANDCELL_ERROR_INVALID_ARGUMENT, "data");
+        FAILS(sandcell_outcome_status(o, NULL, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "status");
+        FAILS(sandcell_outcome_kind(o, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "kind");
+        FAILS(sandcell_outcome_trap_kind(o, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "trap_kind");
+        FAILS(sandcell_outcome_detail(o, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "detail");
+        FAILS(sandcell_outcome_usage(o, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "usage");
+        FAILS(sandcell_outcome_to_json(o, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "json");
+        sandcell_outcome_free(o);
+        uint32_t s = 0;
+        FAILS(sandcell_outcome_status(o, &s, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "not a live outcome");
+        sandcell_outcome_free(o);
+    }
+    free(c);
+
+    /* stdin, stderr, environment, exit codes, traps, entry points. */
+    sandcell_program_t *cat = wat(CAT);
+    OK(sandcell_program_set_stdin(cat, (const uint8_t *)"piped \0bytes", 12));
+    if ((o = run(sb, cat, NULL))) {
+        const uint8_t *d = NULL;
+        size_t n = 0;
+        OK(sandcell_outcome_output(o, SANDCELL_STREAM_STDOUT, &d, &n));
+        CHECK(n == 12 && memcmp(d, "piped \0bytes", 12) == 0);
+        CHECK(output_is(o, SANDCELL_STREAM_STDERR, "err"));
+        sandcell_outcome_free(o);
+    }
+    sandcell_program_free(cat);
+
+    sandcell_program_t *env = wat(ENV);
+    if ((o = run(sb, env, NULL))) {
+        CHECK(output_is(o, SANDCELL_STREAM_STDOUT, "GREETING=hello"));
+        sandcell_outcome_free(o);
+    }
+    OK(sandcell_program_set_env(env, "GREETING", "from the program"));
+    if ((o = run(sb, env, NULL))) {
+        CHECK(output_is(o, SANDCELL_STREAM_STDOUT, "GREETING=from the program"));
+        sandcell_outcome_free(o);
+    }
+    OK(sandcell_program_set_env(env, "BAD=NAME", "x"));
+    o = NULL;
+    FAILS(sandcell_sandbox_run(sb, env, NULL, &o), SANDCELL_ERROR_INVALID_PROGRAM, "BAD=NAME");
+    CHECK(o == NULL);
+    sandcell_program_free(env);
+
+    sandcell_program_t *exit3 = wat(EXIT3);
+    if ((o = run(sb, exit3, NULL))) {
+        int32_t code = 0;
+        CHECK(status_of(o, &code) == SANDCELL_STATUS_EXITED && code == 3);
+        sandcell_outcome_free(o);
+    }
+    sandcell_program_free(exit3);
+
+    sandcell_program_t *trap = wat(TRAP);
+    if ((o = run(sb, trap, NULL))) {
+        CHECK(status_of(o, NULL) == SANDCELL_STATUS_TRAP);
+        CHECK(strcmp(kind_of(o), "trap") == 0);
+        const char *tk = NULL, *detail = NULL;
+        OK(sandcell_outcome_trap_kind(o, &tk));
+        CHECK(tk && strcmp(tk, "unreachable") == 0);
+        sandcell_outcome_summary_t sum;
+        OK(sandcell_outcome_summary(o, &sum));
+        CHECK(sum.status == SANDCELL_STATUS_TRAP && sum.trap_kind == tk && sum.detail && strstr(sum.detail, "unreachable"));
+        OK(sandcell_outcome_detail(o, &detail));
+        CHECK(detail && strstr(detail, "unreachable"));
+        sandcell_outcome_free(o);
+    }
+    sandcell_program_free(trap);
+
+    /* Entry points: the wasm backend calls the export; the micro-VM refuses them. */
+    sandcell_program_t *add = wat(ADD);
+    OK(sandcell_program_set_entry(add, "add"));
+    OK(sandcell_program_add_arg(add, "40"));
+    OK(sandcell_program_add_arg(add, "2"));
+    if (strcmp(backend, "wasm") == 0) {
+        if ((o = run(sb, add, NULL))) {
+            CHECK(status_of(o, NULL) == SANDCELL_STATUS_EXITED);
+            CHECK(output_is(o, SANDCELL_STREAM_STDOUT, "42\n"));
+            sandcell_outcome_free(o);
+        }
+    } else {
+        o = NULL;
+        FAILS(sandcell_sandbox_run(sb, add, NULL, &o), SANDCELL_ERROR_INVALID_PROGRAM, "entry");
+    }
+    sandcell_program_free(add);
+
+    /* A program that is not one, and one that cannot be read: errors, not outcomes. */
+    sandcell_program_t *junk = NULL;
+    OK(sandcell_program_from_bytes((const uint8_t *)"\0asm\x01\0\0\0\xff", 9, &junk));
+    o = NULL;
+    FAILS(sandcell_sandbox_run(sb, junk, NULL, &o), SANDCELL_ERROR_INVALID_PROGRAM, "");
+    sandcell_program_free(junk);
+    OK(sandcell_program_from_path("/does/not/exist.wasm", &junk));
+    FAILS(sandcell_sandbox_run(sb, junk, NULL, &o), SANDCELL_ERROR_INVALID_PROGRAM, "/does/not/exist.wasm");
+    CHECK(o == NULL);
+    sandcell_program_free(junk);
+
+    /* Bad run arguments. */
+    FAILS(sandcell_sandbox_run(NULL, hello, NULL, &o), SANDCELL_ERROR_INVALID_ARGUMENT, "sandbox");
+    FAILS(sandcell_sandbox_run(sb, NULL, NULL, &o), SANDCELL_ERROR_INVALID_ARGUMENT, "program");
+    FAILS(sandcell_sandbox_run(sb, hello, NULL, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "outcome");
+    sandcell_run_options_t bad_opts = {0};
+    bad_opts.interrupt = (const sandcell_interrupt_t *)hello;
+    FAILS(sandcell_sandbox_run(sb, hello, &bad_opts, &o), SANDCELL_ERROR_INVALID_ARGUMENT, "interrupt");
+    FAILS(sandcell_sandbox_interrupt(NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "sandbox");
+
+    /* Interrupt handles: one triggered from another thread stops a spinning guest. */
+    sandcell_program_t *spin = wat(SPIN);
+    sandcell_interrupt_t *irq = NULL;
+    OK(sandcell_interrupt_new(&irq));
+    sandcell_run_options_t iopts = {0};
+    iopts.interrupt = irq;
+    trigger_t t = {irq, NULL, 200};
+    pthread_t th;
+    pthread_create(&th, NULL, trigger_later, &t);
+    double start = now_s();
+    if ((o = run(sb, spin, &iopts))) {
+        CHECK(status_of(o, NULL) == SANDCELL_STATUS_INTERRUPTED);
+        CHECK(strcmp(kind_of(o), "interrupted") == 0);
+        CHECK(now_s() - start < 5.0);
+        sandcell_outcome_free(o);
+    }
+    pthread_join(th, NULL);
+    /* It stays triggered: a run started with it ends at once. */
+    if ((o = run(sb, hello, &iopts))) {
+        CHECK(status_of(o, NULL) == SANDCELL_STATUS_INTERRUPTED);
+        sandcell_outcome_free(o);
+    }
+    sandcell_interrupt_free(irq);
+    FAILS(sandcell_interrupt_trigger(irq), SANDCELL_ERROR_INVALID_ARGUMENT, "not a live interrupt");
+    FAILS(sandcell_sandbox_run(sb, hello, &iopts, &o), SANDCELL_ERROR_INVALID_ARGUMENT, "interrupt");
+    sandcell_interrupt_free(irq);
+    sandcell_interrupt_free(NULL);
+    FAILS(sandcell_interrupt_new(NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "interrupt");
+    FAILS(sandcell_interrupt_trigger(NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "interrupt");
+
+    /* The sandbox's interrupt stops the run in progress, not the runs after it. */
+    trigger_t ts = {NULL, sb, 200};
+    pthread_create(&th, NULL, trigger_later, &ts);
+    if ((o = run(sb, spin, NULL))) {
+        CHECK(status_of(o, NULL) == SANDCELL_STATUS_INTERRUPTED);
+        sandcell_outcome_free(o);
+    }
+    pthread_join(th, NULL);
+    if ((o = run(sb, hello, NULL))) {
+        CHECK(status_of(o, NULL) == SANDCELL_STATUS_EXITED);
+        sandcell_outcome_free(o);
+    }
+    sandcell_program_free(hello);
+    sandcell_sandbox_free(sb);
+
+    /* Limits: timeout, fuel, output cap, memory. */
+    pol = policy_with(64u << 20, 300);
+    OK(sandcell_policy_set_max_output(pol, 10000));
+    OK(sandcell_policy_set_fuel(pol, 0));
+    OK(sandcell_sandbox_new(backend, pol, NULL, &sb));
+    if (sb) {
+        if ((o = run(sb, spin, NULL))) {
+            CHECK(status_of(o, NULL) == SANDCELL_STATUS_TIMEOUT);
+            CHECK(strcmp(kind_of(o), "timeout") == 0);
+            sandcell_outcome_free(o);
+        }
+        sandcell_program_t *flood = wat(FLOOD);
+        if ((o = run(sb, flood, NULL))) {
+            CHECK(status_of(o, NULL) == SANDCELL_STATUS_OUTPUT_LIMIT);
+            const uint8_t *d = NULL;
+            size_t n = 0;
+            OK(sandcell_outcome_output(o, SANDCELL_STREAM_STDOUT, &d, &n));
+            CHECK(n == 10000);
+            sandcell_outcome_free(o);
+        }
+        sandcell_program_free(flood);
+        sandcell_program_t *grow = wat(GROW);
+        if ((o = run(sb, grow, NULL))) {
+            CHECK(status_of(o, NULL) == SANDCELL_STATUS_MEMORY_LIMIT);
+            sandcell_outcome_free(o);
+        }
+        sandcell_program_free(grow);
+        sandcell_sandbox_free(sb);
+        sb = NULL;
+    }
+    OK(sandcell_policy_set_fuel(pol, 100000));
+    OK(sandcell_policy_set_timeout_ms(pol, 0));
+    OK(sandcell_sandbox_new(backend, pol, NULL, &sb));
+    if (sb) {
+        if ((o = run(sb, spin, NULL))) {
+            CHECK(status_of(o, NULL) == SANDCELL_STATUS_CPU_LIMIT);
+            const char *detail = NULL;
+            OK(sandcell_outcome_detail(o, &detail));
+            CHECK(detail && strstr(detail, "fuel"));
+            sandcell_usage_t u;
+            OK(sandcell_outcome_usage(o, &u));
+            CHECK(u.has_fuel && u.fuel >= 100000);
+            sandcell_outcome_free(o);
+        }
+        sandcell_sandbox_free(sb);
+    }
+    sandcell_policy_free(pol);
+    sandcell_program_free(spin);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Concurrent runs on one sandbox from several threads. */
+
+#define THREADS 6
+#define RUNS_PER_THREAD 8
+
+typedef struct {
+    const sandcell_sandbox_t *sb;
+    int index;
+    atomic_int *failed;
+} worker_t;
+
+static void *worker(void *arg) {
+    worker_t *w = arg;
+    for (int i = 0; i < RUNS_PER_THREAD; i++) {
+        char input[64];
+        int len = snprintf(input, sizeof input, "thread %d run %d", w->index, i);
+        sandcell_program_t *p = NULL;
+        sandcell_outcome_t *o = NULL;
+        sandcell_error_t *e = sandcell_program_from_bytes((const uint8_t *)CAT, strlen(CAT), &p);
+        if (!e) e = sandcell_program_set_stdin(p, (const uint8_t *)input, (size_t)len);
+        if (!e) e = sandcell_sandbox_run(w->sb, p, NULL, &o);
+        if (e) {
+            fprintf(stderr, "worker %d: %s\n", w->index, sandcell_error_message(e));
+            sandcell_error_free(e);
+            atomic_fetch_add(w->failed, 1);
+        } else {
+            const uint8_t *d = NULL;
+            size_t n = 0;
+            uint32_t s = 0;
+            int32_t code = -1;
+            sandcell_error_free(sandcell_outcome_output(o, SANDCELL_STREAM_STDOUT, &d, &n));
+            sandcell_error_free(sandcell_outcome_status(o, &s, &code));
+            if (s != SANDCELL_STATUS_EXITED || code != 0 || n != (size_t)len || memcmp(d, input, n) != 0) {
+                fprintf(stderr, "worker %d run %d: wrong outcome (status %u, %zu bytes)\n", w->index, i, s, n);
+                atomic_fetch_add(w->failed, 1);
+            }
+        }
+        sandcell_outcome_free(o);
+        sandcell_program_free(p);
+    }
+    return NULL;
+}
+
+static void test_concurrent(const char *backend) {
+    sandcell_sandbox_t *sb = NULL;
+    sandcell_policy_t *pol = policy_with(32u << 20, 20000);
+    OK(sandcell_sandbox_new(backend, pol, NULL, &sb));
+    sandcell_policy_free(pol);
+    if (!sb) return;
+    atomic_int failed = 0;
+    pthread_t threads[THREADS];
+    worker_t workers[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        workers[i] = (worker_t){sb, i, &failed};
+        pthread_create(&threads[i], NULL, worker, &workers[i]);
+    }
+    for (int i = 0; i < THREADS; i++) pthread_join(threads[i], NULL);
+    checks++;
+    if (atomic_load(&failed) != 0) {
+        failures++;
+        fprintf(stderr, "%s: %d concurrent runs failed\n", backend, atomic_load(&failed));
+    }
+    sandcell_sandbox_free(sb);
+    /* Freed: refused, and a double free is ignored. */
+    sandcell_outcome_t *o = NULL;
+    sandcell_program_t *p = wat(HELLO);
+    FAILS(sandcell_sandbox_run(sb, p, NULL, &o), SANDCELL_ERROR_INVALID_ARGUMENT, "not a live sandbox");
+    FAILS(sandcell_sandbox_interrupt(sb), SANDCELL_ERROR_INVALID_ARGUMENT, "not a live sandbox");
+    sandcell_program_free(p);
+    sandcell_sandbox_free(sb);
+    sandcell_sandbox_free(NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void test_sandbox_new(void) {
+    sandcell_sandbox_t *sb = NULL;
+    FAILS(sandcell_sandbox_new("quantum", NULL, NULL, &sb), SANDCELL_ERROR_INVALID_ARGUMENT, "quantum");
+    FAILS(sandcell_sandbox_new(NULL, NULL, NULL, &sb), SANDCELL_ERROR_INVALID_ARGUMENT, "backend");
+    FAILS(sandcell_sandbox_new("wasm", NULL, NULL, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "sandbox");
+    FAILS(sandcell_sandbox_new("wasm", NULL, "\xff", &sb), SANDCELL_ERROR_INVALID_ARGUMENT, "cache_dir");
+    CHECK(sb == NULL);
+    /* A policy field the backend cannot enforce is refused, not ignored. */
+    sandcell_policy_t *pol = NULL;
+    OK(sandcell_policy_new(&pol));
+    OK(sandcell_policy_set_network(pol, SANDCELL_NETWORK_LOOPBACK));
+    FAILS(sandcell_sandbox_new("wasm", pol, NULL, &sb), SANDCELL_ERROR_UNENFORCEABLE, "network");
+    /* ... unless best_effort asks to run anyway; the outcome says what was skipped. */
+    OK(sandcell_policy_set_best_effort(pol, true));
+    OK(sandcell_sandbox_new("wasm", pol, NULL, &sb));
+    if (sb) {
+        sandcell_program_t *p = wat(HELLO);
+        sandcell_outcome_t *o = run(sb, p, NULL);
+        char *json = NULL;
+        if (o) OK(sandcell_outcome_to_json(o, &json));
+        CHECK(json && strstr(json, "\"skipped\":{\"network\""));
+        sandcell_string_free(json);
+        sandcell_outcome_free(o);
+        sandcell_program_free(p);
+        sandcell_sandbox_free(sb);
+    }
+    sandcell_policy_free(pol);
+    /* A default policy (NULL) and a cache directory. */
+    char dir[] = "/tmp/sandcell-c-cache-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    sb = NULL;
+    OK(sandcell_sandbox_new("wasm", NULL, dir, &sb));
+    if (sb) {
+        sandcell_program_t *p = wat(HELLO);
+        sandcell_outcome_t *o = run(sb, p, NULL);
+        if (o) CHECK(output_is(o, SANDCELL_STREAM_STDOUT, "Hello, world!\n"));
+        sandcell_outcome_free(o);
+        sandcell_program_free(p);
+        sandcell_sandbox_free(sb);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
+/* The process backend runs native programs; a quick check that it is reachable through the ABI. */
+static void test_process_native(void) {
+    sandcell_sandbox_t *sb = NULL;
+    sandcell_policy_t *pol = policy_with(256u << 20, 10000);
+    OK(sandcell_sandbox_new("process", pol, NULL, &sb));
+    sandcell_policy_free(pol);
+    if (!sb) return;
+    sandcell_program_t *p = NULL;
+    OK(sandcell_program_from_path("/bin/echo", &p));
+    OK(sandcell_program_add_arg(p, "native"));
+    sandcell_outcome_t *o = run(sb, p, NULL);
+    if (o) {
+        CHECK(status_of(o, NULL) == SANDCELL_STATUS_EXITED);
+        CHECK(output_is(o, SANDCELL_STREAM_STDOUT, "native\n"));
+        sandcell_outcome_free(o);
+    }
+    sandcell_program_free(p);
+    sandcell_sandbox_free(sb);
+}
+
+/* Whether `backend` can run here; prints the skip and the reason when not. */
+static int available(const char *backend) {
+    sandcell_sandbox_t *sb = NULL;
+    sandcell_error_t *e = sandcell_sandbox_new(backend, NULL, NULL, &sb);
+    if (e == NULL) {
+        sandcell_sandbox_free(sb);
+        return 1;
+    }
+    if (sandcell_error_kind(e) == SANDCELL_ERROR_BACKEND_UNAVAILABLE) {
+        printf("SKIP %s: %s\n", backend, sandcell_error_message(e));
+    } else {
+        failures++;
+        fprintf(stderr, "%s: unexpected error: %s\n", backend, sandcell_error_message(e));
+    }
+    sandcell_error_free(e);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *backends = "wasm";
+    for (int i = 1; i + 1 < argc; i++)
+        if (strcmp(argv[i], "--backends") == 0) backends = argv[i + 1];
+
+    test_basics();
+    test_policy();
+    test_program();
+    test_sandbox_new();
+
+    char list[256];
+    snprintf(list, sizeof list, "%s", backends);
+    for (char *save = NULL, *b = strtok_r(list, ",", &save); b; b = strtok_r(NULL, ",", &save)) {
+        if (!available(b)) continue;
+        if (strcmp(b, "process") == 0) {
+            test_process_native();
+            continue;
+        }
+        printf("backend %s\n", b);
+        test_runs(b);
+        test_concurrent(b);
+    }
+    printf("%d checks, %d failed\n", checks, failures);
+    return failures == 0 ? 0 : 1;
+}
