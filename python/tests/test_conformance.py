@@ -1,0 +1,241 @@
+"""The Rust conformance suite's behaviours (tests/all/conformance.rs), through the Python package,
+on every backend available here."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import sandcell
+from conftest import Fixture
+
+
+def test_hello_passes_args_stdin_env_and_separates_streams(fx: Fixture) -> None:
+    with fx.sandbox() as sb:
+        out = fx.run(sb, "hello", "one", "two words", stdin=b"piped in", env={"GREETING": "hi"})
+    assert out.status == "exited" and out.exit_code == 0 and out.ok, out
+    text = out.stdout.decode()
+    assert "Hello from testguest" in text
+    assert "args: one two words" in text
+    assert "stdin: piped in" in text
+    assert "GREETING=hi" in text
+    assert out.stderr == b"a line on stderr\n"
+    assert out.usage.wall > 0
+    assert out.signal is None and out.trap is None
+
+
+def test_exit_codes_are_exact(fx: Fixture) -> None:
+    with fx.sandbox() as sb:
+        for code in (0, 1, 3, 42, 255):
+            out = fx.run(sb, "exit", str(code))
+            assert (out.status, out.exit_code) == ("exited", code)
+
+
+def test_environment_is_only_what_policy_and_program_give(fx: Fixture) -> None:
+    with fx.sandbox(env={"FROM_POLICY": "p", "BOTH": "policy"}) as sb:
+        env = fx.run(sb, "env", env={"BOTH": "program"}).stdout.decode()
+    assert "FROM_POLICY=p\n" in env
+    assert "BOTH=program\n" in env
+    assert "BOTH=policy" not in env
+    for host_var in ("HOME=", "PATH=/root", "CARGO", "USER="):
+        assert not any(line.startswith(host_var) for line in env.splitlines()), env
+
+
+def test_wall_clock_timeout_stops_a_spinning_guest(fx: Fixture) -> None:
+    with fx.sandbox(timeout="300ms") as sb:
+        started = time.monotonic()
+        out = fx.run(sb, "spin")
+    assert out.status == "timeout"
+    assert time.monotonic() - started < 5
+    assert out.usage.wall >= 0.3
+
+
+def test_wall_clock_timeout_stops_a_sleeping_guest(fx: Fixture) -> None:
+    with fx.sandbox(timeout=0.3) as sb:
+        started = time.monotonic()
+        out = fx.run(sb, "sleep", "60000")
+    assert out.status == "timeout"
+    assert time.monotonic() - started < 5
+
+
+def test_cpu_time_limit_stops_a_spinning_guest(fx: Fixture) -> None:
+    with fx.sandbox(cpu_time="300ms") as sb:
+        out = fx.run(sb, "spin")
+    assert out.status == "cpu_limit"
+    assert out.detail == "cpu time limit reached"
+    assert out.usage.cpu >= 0.25
+
+
+def test_sandbox_interrupt_stops_runs_in_progress_from_another_thread(fx: Fixture) -> None:
+    with fx.sandbox() as sb:
+        result = {}
+        t = threading.Thread(target=lambda: result.update(out=fx.run(sb, "spin")))
+        t.start()
+        # The run may not have started when the first interrupt comes (it only stops runs in
+        # progress), so keep interrupting until the thread is done; the timeout is 30 s.
+        deadline = time.monotonic() + 20
+        while t.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+            sb.interrupt()
+        t.join(5)
+        assert not t.is_alive()
+        assert result["out"].status == "interrupted"
+        # The sandbox's interrupt does not affect later runs.
+        assert fx.run(sb, "exit", "0").ok
+
+
+def test_a_run_handle_triggered_before_the_run_stops_it_at_once(fx: Fixture) -> None:
+    with fx.sandbox() as sb:
+        handle = sandcell.Interrupt()
+        handle.trigger()
+        started = time.monotonic()
+        out = fx.run(sb, "spin", interrupt=handle)
+    assert out.status == "interrupted"
+    assert time.monotonic() - started < 5
+
+
+def test_output_flood_is_capped(fx: Fixture) -> None:
+    cap = 1 << 20
+    with fx.sandbox(max_output=cap) as sb:
+        out = fx.run(sb, "flood", "1073741824", "both")
+    assert out.status == "output_limit"
+    assert len(out.stdout) == cap
+    assert len(out.stderr) <= cap
+    assert set(out.stdout) == {ord("x")}
+
+
+def test_output_within_the_cap_is_complete(fx: Fixture) -> None:
+    with fx.sandbox(max_output="1M") as sb:
+        out = fx.run(sb, "flood", "655360")
+    assert out.ok
+    assert len(out.stdout) == 655360
+
+
+def test_streamed_output_matches_captured_output(fx: Fixture) -> None:
+    seen = {"out": b"", "err": b""}
+
+    def on_out(chunk: bytes) -> None:
+        seen["out"] += chunk
+
+    def on_err(chunk: bytes) -> None:
+        seen["err"] += chunk
+
+    with fx.sandbox() as sb:
+        out = fx.run(sb, "hello", "streamed", on_stdout=on_out, on_stderr=on_err)
+    assert seen["out"] == out.stdout and out.stdout
+    assert seen["err"] == out.stderr
+
+
+def test_memory_bomb_ends_with_memory_limit(fx: Fixture) -> None:
+    with fx.sandbox(memory="64M") as sb:
+        assert fx.run(sb, "alloc", "1024").status == "memory_limit"
+        out = fx.run(sb, "alloc", "16")
+        assert out.ok, out.stderr
+
+
+def test_non_utf8_output_keeps_every_byte(fx: Fixture) -> None:
+    with fx.sandbox() as sb:
+        assert fx.run(sb, "bytes").stdout == b"ok \xff\xfe\x00 end"
+
+
+@pytest.fixture
+def dirs(tmp_path: Path):
+    ro = tmp_path / "ro"
+    (ro / "sub").mkdir(parents=True)
+    (ro / "data.txt").write_text("read-only data")
+    rw = tmp_path / "rw"
+    rw.mkdir()
+    (rw / "existing.txt").write_text("old")
+    return ro, rw
+
+
+def test_read_only_mount_is_readable_and_refuses_every_write(fx: Fixture, dirs) -> None:
+    ro, _ = dirs
+    with fx.sandbox(mounts=[(str(ro), "/data")]) as sb:
+        assert fx.run(sb, "read", "/data/data.txt").stdout == b"ok read-only data\n"
+        assert fx.run(sb, "ls", "/data").stdout == b"ok data.txt,sub\n"
+        for mode, path in [
+            ("write", "/data/data.txt"),
+            ("write", "/data/new.txt"),
+            ("create", "/data/created.txt"),
+            ("remove", "/data/data.txt"),
+            ("mkdir", "/data/newdir"),
+        ]:
+            out = fx.run(sb, mode, path)
+            assert out.stdout.startswith(b"err"), (mode, path, out.stdout)
+    assert (ro / "data.txt").read_text() == "read-only data"
+    assert not any((ro / n).exists() for n in ("new.txt", "created.txt", "newdir"))
+
+
+def test_read_write_mount_writes_reach_the_host(fx: Fixture, dirs) -> None:
+    _, rw = dirs
+    with fx.sandbox(mounts=[sandcell.Mount(str(rw), "/work", writable=True)]) as sb:
+        assert fx.run(sb, "write", "/work/out.txt", "written by the guest").stdout == b"ok\n"
+        assert (rw / "out.txt").read_text() == "written by the guest"
+        assert fx.run(sb, "remove", "/work/existing.txt").stdout == b"ok\n"
+    assert not (rw / "existing.txt").exists()
+
+
+def test_nothing_outside_the_mounts_is_reachable(fx: Fixture, dirs, tmp_path: Path) -> None:
+    ro, _ = dirs
+    secret_dir = tmp_path / "secret"
+    secret_dir.mkdir()
+    secret = secret_dir / "secret.txt"
+    secret.write_text("host secret")
+    os.symlink(secret, ro / "abs-link")
+    os.symlink("../../../../../../../../../.." + str(secret), ro / "rel-link")
+    os.symlink(secret_dir, ro / "dir-link")
+    with fx.sandbox(mounts=[(str(ro), "/data")]) as sb:
+        for path in [
+            str(secret),
+            "/data/../../../../../../.." + str(secret),
+            "/data/abs-link",
+            "/data/rel-link",
+            "/data/dir-link/secret.txt",
+            "/etc/shadow",
+        ]:
+            out = fx.run(sb, "read", path).stdout
+            assert b"host secret" not in out, path
+            assert out.startswith(b"err"), (path, out)
+
+
+def test_one_sandbox_runs_many_programs_from_many_threads(fx: Fixture) -> None:
+    errors = []
+    with fx.sandbox() as sb:
+
+        def worker(t: int) -> None:
+            try:
+                for i in range(5):
+                    out = fx.run(sb, "hello", f"t{t}-i{i}", stdin=f"in-{t}-{i}".encode())
+                    text = out.stdout.decode()
+                    assert out.ok and f"args: t{t}-i{i}" in text and f"stdin: in-{t}-{i}" in text, text
+            except BaseException as e:  # reported by the main thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+
+
+def test_unreadable_program_is_an_error_not_an_outcome(fx: Fixture) -> None:
+    with fx.sandbox() as sb:
+        with pytest.raises(sandcell.InvalidProgramError, match="/no/such/program"):
+            sb.run("/no/such/program" if fx.backend == "process" else "/no/such/program.wasm")
+
+
+def test_working_directory_is_set_or_refused(fx: Fixture, dirs) -> None:
+    _, rw = dirs
+    with fx.sandbox(mounts=[(str(rw), "/work", True)]) as sb:
+        if fx.backend == "process":
+            assert fx.run(sb, "cwd", cwd="/work").stdout == b"/work\n"
+        else:
+            # WASI preview 1 has no working directory: refused loudly rather than ignored.
+            with pytest.raises(sandcell.InvalidProgramError, match="working directory"):
+                fx.run(sb, "cwd", cwd="/work")
