@@ -5,6 +5,7 @@
 # Environment:
 #   SANDCELL_REQUIRE_ALL=1   a test that would skip (no /dev/kvm, no ../shared data, ...) fails
 #                            instead; CI sets it, because CI machines have everything.
+#   SANDCELL_FUZZ_SECONDS=N  how long the fuzz smoke run lasts (default 20; 0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,7 @@ command -v valgrind >/dev/null || need+=(valgrind)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v cc >/dev/null || need+=(gcc)
+command -v c++ >/dev/null || need+=(g++)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
@@ -31,9 +33,42 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
-step "Rust tests (unit, integration, doc) and benchmarks in test mode"
+step "cbindgen (the C header check)"
+cbindgen_version=0.29.4
+if [ "$(cbindgen --version 2>/dev/null)" != "cbindgen $cbindgen_version" ]; then
+    cargo install --locked --quiet cbindgen --version "$cbindgen_version"
+fi
+
+step "Rust tests (unit, integration incl. the C ABI under valgrind, doc) and benchmarks in test mode"
+# The C ABI tests link the libsandcell.so that this build puts next to the test binary.
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+
+step "Micro-VM wire format (sandcell-abi) tests on the host"
+cargo test --quiet --manifest-path guest/Cargo.toml -p sandcell-abi --target "$(rustc -vV | sed -n 's/^host: //p')"
+
+step "Python package: build the wheel into a fresh virtual environment, run its suite"
+venv=target/python-venv
+rm -rf "$venv"
+python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --upgrade pip
+# The dev profile reuses what `cargo test` just built instead of building a release library.
+SANDCELL_CARGO_PROFILE=dev "$venv/bin/pip" install --quiet ./python pytest
+"$venv/bin/pytest" -q python/tests
+
+fuzz_seconds="${SANDCELL_FUZZ_SECONDS:-20}"
+if [ "$fuzz_seconds" != 0 ]; then
+    step "Fuzz smoke run of the hypercall decoder (${fuzz_seconds}s)"
+    if rustup toolchain list | grep -q '^nightly'; then
+        command -v cargo-fuzz >/dev/null || cargo install --locked --quiet cargo-fuzz
+        cargo +nightly fuzz run hypercall_decode -- -max_total_time="$fuzz_seconds" 2>&1 | tail -3
+    elif [ -n "${SANDCELL_REQUIRE_ALL:-}" ] && [ "${SANDCELL_REQUIRE_ALL}" != 0 ]; then
+        echo "SANDCELL_REQUIRE_ALL is set but there is no nightly toolchain for cargo-fuzz" >&2
+        exit 1
+    else
+        echo "SKIPPED: no nightly toolchain (rustup toolchain install nightly) for cargo-fuzz"
+    fi
+fi
 
 echo
 echo "All tests passed."
