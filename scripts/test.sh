@@ -9,6 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Tools `cargo install` puts in place (cbindgen, cargo-fuzz) must be found on a fresh machine too.
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
 step() { printf '\n==> %s\n' "$*"; }
 
 as_root() {
