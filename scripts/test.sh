@@ -43,7 +43,9 @@ if [ "$(cbindgen --version 2>/dev/null)" != "cbindgen $cbindgen_version" ]; then
 fi
 
 step "Rust tests (unit, integration incl. the C ABI under valgrind, doc) and benchmarks in test mode"
-# The C ABI tests link the libsandcell.so that this build puts next to the test binary.
+# `cargo test` does not build the C library (a cdylib), which the C ABI tests link, nor the CLI
+# binary in the same profile: build the workspace first.
+cargo build --workspace
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 

@@ -10,6 +10,17 @@ pub const REQUIRE_ALL: &str = "SANDCELL_REQUIRE_ALL";
 /// Set for a re-run of the tests as another user: guests are used as already built, never built.
 pub const PREBUILT_ONLY: &str = "SANDCELL_TEST_PREBUILT_ONLY";
 
+/// A comma-separated list of backends the conformance suite runs on (default: all). The
+/// unprivileged re-run sets it to `wasm,process`: `/dev/kvm` belongs to root and the kvm group.
+pub const TEST_BACKENDS: &str = "SANDCELL_TEST_BACKENDS";
+
+pub fn backend_wanted(kind: sandcell::BackendKind) -> bool {
+    match std::env::var(TEST_BACKENDS) {
+        Ok(list) if !list.is_empty() => list.split(',').any(|b| b.trim() == kind.name()),
+        _ => true,
+    }
+}
+
 pub fn prebuilt_only() -> bool {
     std::env::var_os(PREBUILT_ONLY).is_some()
 }

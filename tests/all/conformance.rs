@@ -46,6 +46,10 @@ impl Fixture {
 pub fn fixtures() -> Vec<Fixture> {
     let mut out = Vec::new();
     for kind in BackendKind::ALL {
+        if !common::backend_wanted(kind) {
+            eprintln!("not testing {kind}: not in {}", common::TEST_BACKENDS);
+            continue;
+        }
         let support = sandcell::probe().backend(kind);
         if !support.available {
             if common::require_all() {
