@@ -9,7 +9,7 @@
 //!   served by the host).
 //!
 //! Run: `cargo bench --bench microvm` (needs /dev/kvm and the guest built:
-//! `cd guest && cargo build --release --target x86_64-unknown-none -p hello`).
+//! `CARGO_TARGET_DIR=target/guest cargo build --manifest-path guest/Cargo.toml --release --target x86_64-unknown-none -p hello`; the tests build it there too).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use kvm_bindings::kvm_userspace_memory_region;

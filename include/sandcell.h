@@ -14,8 +14,10 @@
  *  - Inputs are borrowed: the library copies what it keeps.
  *
  * Bad input never crashes: NULL pointers, strings that are not UTF-8, lengths that overflow, and
- * handles that were already freed (when that can be detected) return SANDCELL_ERROR_INVALID_ARGUMENT;
- * a panic inside the library returns SANDCELL_ERROR_INTERNAL.
+ * handles that were already freed return SANDCELL_ERROR_INVALID_ARGUMENT; a panic inside the
+ * library returns SANDCELL_ERROR_INTERNAL. (A freed handle is detected through a registry of live
+ * handles; it cannot be when its memory has since been reused for a new handle of the same type,
+ * or when the free races the use on another thread: both are the caller's bugs.)
  *
  * THREADS: a sandbox (sandcell_sandbox_t) may be shared by any number of threads; each thread may
  * run programs on it at once. Interrupt handles may be triggered from any thread. Outcomes and
@@ -138,6 +140,7 @@ typedef struct {
   uint64_t peak_memory_bytes;
   // Fuel consumed; meaningful when `has_fuel` is true.
   uint64_t fuel;
+  // Whether the policy set a fuel budget (and `fuel` is the amount used).
   bool has_fuel;
 } sandcell_usage_t;
 

@@ -116,6 +116,7 @@ pub struct Usage {
     pub peak_memory_bytes: u64,
     /// Fuel consumed; meaningful when `has_fuel` is true.
     pub fuel: u64,
+    /// Whether the policy set a fuel budget (and `fuel` is the amount used).
     pub has_fuel: bool,
 }
 
