@@ -266,6 +266,30 @@ pub(crate) mod watchdog {
         }
     }
 
+    /// Stops the run with `CpuLimit(CpuTime)` once `used()` reaches `limit`. It checks when the
+    /// whole budget could first have been spent, then whenever the rest could have been, at
+    /// least `min_step` apart (CPU time never runs ahead of the wall clock).
+    pub(crate) fn cpu_budget(
+        control: &Arc<RunControl>,
+        limit: std::time::Duration,
+        min_step: std::time::Duration,
+        used: impl Fn() -> std::time::Duration + Send + 'static,
+    ) -> TimerGuard {
+        let control = control.clone();
+        schedule(
+            Instant::now() + limit,
+            Box::new(move |now| {
+                let used = used();
+                if used >= limit {
+                    control.stop(StopReason::CpuLimit(CpuBudget::CpuTime));
+                    None
+                } else {
+                    Some(now + (limit - used).max(min_step))
+                }
+            }),
+        )
+    }
+
     /// Calls `task` on the watchdog thread at `at` (and again at whatever it returns).
     pub(crate) fn schedule(at: Instant, task: TimerTask) -> TimerGuard {
         let shared = shared();

@@ -359,19 +359,9 @@ impl MicroVmSandbox {
         // The vCPU threads' CPU time; the timer is dropped before the threads end, so the clocks
         // stay valid whenever it reads them.
         if let Some(limit) = self.policy.cpu_time {
-            let c = control.clone();
-            timers.push(watchdog::schedule(
-                Instant::now() + limit,
-                Box::new(move |now| {
-                    let used: Duration = clocks.iter().filter_map(|k| clock_time(*k)).sum();
-                    if used >= limit {
-                        c.stop(StopReason::CpuLimit(CpuBudget::CpuTime));
-                        None
-                    } else {
-                        Some(now + (limit - used).max(Duration::from_millis(1)))
-                    }
-                }),
-            ));
+            timers.push(watchdog::cpu_budget(control, limit, Duration::from_millis(1), move || {
+                clocks.iter().filter_map(|k| clock_time(*k)).sum()
+            }));
         }
         timers
     }

@@ -702,19 +702,9 @@ impl ProcessSandbox {
         // The tree's CPU time, from the cgroup (RLIMIT_CPU covers single processes anyway).
         if let (Some(limit), Some(cg)) = (self.policy.cpu_time, cgroup) {
             if let Some(probe) = cg.cpu_probe() {
-                let c = control.clone();
-                timers.push(watchdog::schedule(
-                    Instant::now() + limit,
-                    Box::new(move |now| {
-                        let used = probe.read().unwrap_or_default();
-                        if used >= limit {
-                            c.stop(StopReason::CpuLimit(CpuBudget::CpuTime));
-                            None
-                        } else {
-                            Some(now + (limit - used).max(Duration::from_millis(5)))
-                        }
-                    }),
-                ));
+                timers.push(watchdog::cpu_budget(control, limit, Duration::from_millis(5), move || {
+                    probe.read().unwrap_or_default()
+                }));
             }
         }
         timers

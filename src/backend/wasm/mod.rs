@@ -385,20 +385,10 @@ impl WasmSandbox {
             ));
         }
         if let (Some(limit), Some(clock)) = (self.policy.cpu_time, crate::sys::current_thread_cpu_clock()) {
-            let c = control.clone();
             let base = crate::sys::clock_time(clock).unwrap_or_default();
-            timers.push(watchdog::schedule(
-                Instant::now() + limit,
-                Box::new(move |now| {
-                    let used = crate::sys::clock_time(clock).unwrap_or_default().saturating_sub(base);
-                    if used >= limit {
-                        c.stop(StopReason::CpuLimit(CpuBudget::CpuTime));
-                        None
-                    } else {
-                        Some(now + (limit - used).max(Duration::from_millis(1)))
-                    }
-                }),
-            ));
+            timers.push(watchdog::cpu_budget(control, limit, Duration::from_millis(1), move || {
+                crate::sys::clock_time(clock).unwrap_or_default().saturating_sub(base)
+            }));
         }
         timers
     }
