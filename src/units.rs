@@ -143,13 +143,13 @@ pub(crate) mod serde_units {
     }
     impl Clone for SizeVisitor {
         fn clone(&self) -> Self {
-            SizeVisitor
+            *self
         }
     }
     impl Copy for SizeVisitor {}
     impl Clone for DurationVisitor {
         fn clone(&self) -> Self {
-            DurationVisitor
+            *self
         }
     }
     impl Copy for DurationVisitor {}

@@ -35,6 +35,7 @@ struct Abi {
 }
 
 /// Loads `libsandcell.so` from the profile directory this benchmark was built into.
+#[allow(clippy::missing_transmute_annotations)] // each target type is the `Abi` field's
 fn load() -> Abi {
     let exe = std::env::current_exe().unwrap();
     let lib = exe.parent().and_then(|deps| deps.parent()).unwrap().join("libsandcell.so");

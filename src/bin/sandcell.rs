@@ -124,7 +124,8 @@ struct RunArgs {
 fn parse_run(args: &[String]) -> Result<RunArgs, Failure> {
     let mut backend = BackendKind::Wasm;
     let mut policy: Option<Policy> = None;
-    let mut edits: Vec<Box<dyn FnOnce(&mut Policy) -> Result<(), Failure>>> = Vec::new();
+    type Edit = Box<dyn FnOnce(&mut Policy) -> Result<(), Failure>>;
+    let mut edits: Vec<Edit> = Vec::new();
     let mut json = false;
     let mut program = None;
     let mut rest = Vec::new();

@@ -117,7 +117,7 @@ impl MicroVmSandbox {
             skipped.insert("network".into(), reason.into());
         }
         let ram = policy.memory.unwrap_or(DEFAULT_RAM) / 0x20_0000 * 0x20_0000;
-        if ram < layout::MIN_RAM || ram > layout::MAX_RAM {
+        if !(layout::MIN_RAM..=layout::MAX_RAM).contains(&ram) {
             return Err(Error::invalid_policy(
                 "memory",
                 format!(

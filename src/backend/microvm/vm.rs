@@ -87,12 +87,15 @@ pub(crate) struct Vm {
     /// Each thread returns its vCPU, so that the `kvm_run` mapping a `Stopper` writes to stays
     /// mapped until the thread is joined, and the CPU time it used (its clock cannot be read
     /// from outside once it has exited).
-    threads: Vec<(JoinHandle<(VcpuFd, Duration)>, Sender<Reply>)>,
+    threads: Vec<(JoinHandle<VcpuExitState>, Sender<Reply>)>,
     immediate_exit: Arc<Vec<AtomicPtr<u8>>>,
     pthreads: Vec<libc::pthread_t>,
     stop: Arc<AtomicBool>,
     pub(crate) events: Receiver<Event>,
 }
+
+/// What a vCPU thread hands back when it ends: its vCPU and the CPU time it used.
+type VcpuExitState = (VcpuFd, Duration);
 
 fn segment(selector: u16, code: bool, dpl: u8) -> kvm_segment {
     kvm_segment {

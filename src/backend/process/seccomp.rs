@@ -658,7 +658,7 @@ mod tests {
     /// Runs a classic BPF seccomp program the way the kernel does, for the instructions the
     /// filters above use.
     fn interpret(prog: &[seccompiler::sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
-        let mut data = vec![0u8; 64];
+        let mut data = [0u8; 64];
         data[..4].copy_from_slice(&nr.to_ne_bytes());
         data[4..8].copy_from_slice(&arch.to_ne_bytes());
         for (i, a) in args.iter().enumerate() {

@@ -326,7 +326,9 @@ impl WasmSandbox {
                 instance.exports.get_global(FUEL_EXPORT).ok().and_then(|g| g.get(&mut store).i64()).unwrap_or(0) as u64;
             budget.saturating_sub(left)
         });
+        // Teardown in this order: the instance, the WASI environment (its file handles), the store.
         drop(instance);
+        #[allow(clippy::drop_non_drop)] // dropping it drops its fields, which is the point
         drop(wasi);
         drop(store);
         let usage = Usage { wall: started.elapsed(), cpu, peak_memory_bytes, fuel, artifact: Some(source) };
