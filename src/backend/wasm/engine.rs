@@ -269,9 +269,11 @@ impl BaseEngine {
         )
     }
 
-    /// Returns the compiled module for `wasm` (binary), from memory, disk, or by compiling it.
-    pub(crate) fn module(&self, wasm: &[u8], disk: Option<&DiskCache>) -> Result<(CompiledModule, ArtifactSource)> {
-        let hash: [u8; 32] = Sha256::digest(wasm).into();
+    /// Returns the compiled module for a program's bytes (a wasm binary or WAT text), from
+    /// memory, disk, or by compiling it. The caches are keyed by the bytes as given, so a cached
+    /// WAT program is not parsed again.
+    pub(crate) fn module(&self, program: &[u8], disk: Option<&DiskCache>) -> Result<(CompiledModule, ArtifactSource)> {
+        let hash: [u8; 32] = Sha256::digest(program).into();
         {
             let mut lru = self.modules.lock();
             lru.clock += 1;
@@ -297,7 +299,8 @@ impl BaseEngine {
         let module = match module {
             Some(m) => m,
             None => {
-                let m = Module::from_binary(&self.engine, wasm)
+                let wasm = to_binary(program)?;
+                let m = Module::from_binary(&self.engine, &wasm)
                     .map_err(|e| Error::invalid_program(format!("not a valid WebAssembly module: {e}")))?;
                 if let (Some(disk), Some(key)) = (disk, &key) {
                     let bytes = m

@@ -201,8 +201,7 @@ impl WasmSandbox {
 
     fn compile(&self, program: &Program) -> Result<(CompiledModule, ArtifactSource)> {
         let bytes = program.load()?;
-        let wasm = engine::to_binary(&bytes)?;
-        self.base.module(&wasm, self.disk.as_ref())
+        self.base.module(&bytes, self.disk.as_ref())
     }
 
     fn outcome(&self, status: Status, sink: &Sink, usage: Usage) -> Outcome {
