@@ -19,7 +19,7 @@ import ctypes
 import json
 import os
 import threading
-from ctypes import byref, c_char_p, c_int32, c_size_t, c_uint8, c_uint32, c_void_p
+from ctypes import byref, c_void_p
 from dataclasses import dataclass
 from typing import (
     Any,
@@ -557,10 +557,7 @@ class Sandbox:
         `on_stderr` receive output as the guest produces it (it is also in the outcome); they
         run on this thread. If a callback raises, the run is stopped and the exception re-raised.
         """
-        with self._lock:
-            if self._closed:
-                raise InvalidArgumentError("the sandbox is closed")
-            self._runs += 1
+        handle = self._begin()
         try:
             prog = c_void_p()
             if isinstance(program, bytes):
@@ -578,24 +575,19 @@ class Sandbox:
                 if on_stdout is None and on_stderr is None:
                     options = _lib.RunOptions(_lib.OUTPUT_FN(), None, interrupt._handle) if interrupt else None
                     out = c_void_p()
-                    error = _sandbox_run(self._handle, prog, byref(options) if options else None, byref(out))
+                    error = _sandbox_run(handle, prog, byref(options) if options else None, byref(out))
                     if error:
                         _check(error)
                     return Outcome(out)
-                return self._run_streaming(prog, on_stdout, on_stderr, interrupt)
+                return self._run_streaming(handle, prog, on_stdout, on_stderr, interrupt)
             finally:
                 _program_free(prog)
         finally:
-            with self._lock:
-                self._runs -= 1
-                handle = self._handle if self._closed and self._runs == 0 else None
-                if handle:
-                    self._handle = None
-            if handle:
-                lib.sandcell_sandbox_free(handle)
+            self._end()
 
     def _run_streaming(
         self,
+        sandbox: c_void_p,
         prog: c_void_p,
         on_stdout: Optional[OutputCallback],
         on_stderr: Optional[OutputCallback],
@@ -621,7 +613,7 @@ class Sandbox:
         callback = _lib.OUTPUT_FN(deliver)
         options = _lib.RunOptions(callback, None, stopper._handle)
         out = c_void_p()
-        _check(_sandbox_run(self._handle, prog, byref(options), byref(out)))
+        _check(_sandbox_run(sandbox, prog, byref(options), byref(out)))
         outcome = Outcome(out)
         if failure:
             raise failure[0]
