@@ -69,6 +69,7 @@ def microvm():
     print("| measurement | median | / raw KVM floor |")
     print("|---|---|---|")
     for label, name in [("raw KVM floor: create VM + vCPU, run to first exit", "kvm_floor"),
+                        ("the same while it is the only VM on the host", "kvm_floor_only_vm"),
                         ("native hello guest, create to result", "native_hello"),
                         ("WASI hello module, create to result", "wasi_hello")]:
         t = criterion("microvm", name)

@@ -85,6 +85,7 @@ fn hypercalls_with_bad_pointers_lengths_or_numbers_are_refused() {
         ("hc_outside", "outside the guest's memory"),
         ("hc_kernel", "outside the guest's memory"),
         ("hc_unknown", "unknown hypercall 999"),
+        ("hc_exit_outside", "outside the guest's memory"),
         ("hc_bad_version", "bad magic"),
     ] {
         let out = sb.run(&Program::path(&guest).arg(mode)).unwrap();
@@ -164,6 +165,23 @@ fn native_guests_call_host_functions_the_embedder_registered() {
     // The other backends have no host functions and say so.
     let err = SandboxBuilder::new(BackendKind::Wasm).host_function("echo", |i| Ok(i.to_vec())).build().unwrap_err();
     assert!(err.to_string().contains("host_functions"), "{err}");
+}
+
+#[test]
+fn native_guests_read_all_of_stdin_whether_it_fits_the_boot_area_or_not() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(base());
+    let fnv = |bytes: &[u8]| {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+    };
+    // Empty, small (placed in the boot area), and larger than the boot area (the rest is read
+    // through hypercalls, continuing exactly where the boot area's part ends).
+    for len in [0usize, 5, 70_000, 300_001] {
+        let input: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+        let out = sb.run(&Program::path(&guest).arg("stdin").stdin(input.clone())).unwrap();
+        assert_eq!(out.status, Status::Exited(0), "{len}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("stdin {len} bytes, fnv {:016x}\nstdin: survived\n", fnv(&input)));
+    }
 }
 
 #[test]
@@ -275,4 +293,28 @@ fn microvm_tests_need_kvm_where_it_exists() {
     if std::path::Path::new("/dev/kvm").exists() && available().is_err() {
         skip!("/dev/kvm exists but the micro-VM backend is unavailable: {:?}", available());
     }
+}
+
+#[test]
+fn a_program_file_is_run_as_it_is_now_after_being_rewritten() {
+    // Cached images are found by the program file's identity; a rewrite must change it.
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let dir = common::TempDir::new("rewrite");
+    let path = dir.join("guest");
+    let sb = sandbox(base());
+    std::fs::copy(&guest, &path).unwrap();
+    let first = sb.run(&Program::path(&path).args(["exit", "3"])).unwrap();
+    assert_eq!(first.status, Status::Exited(3));
+    // Past the one-second settling time, the file's identity is recorded; the next run uses it.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(sb.run(&Program::path(&path).args(["exit", "4"])).unwrap().status, Status::Exited(4));
+    let cached = sb.run(&Program::path(&path).args(["exit", "5"])).unwrap();
+    assert_eq!((cached.status, cached.usage.artifact), (Status::Exited(5), Some(sandcell::ArtifactSource::Memory)));
+    // A different program written to the same path, at once: it is what runs.
+    let wat = br#"(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+        (func (export "_start") (call $exit (i32.const 9))))"#;
+    std::fs::write(&path, wat).unwrap();
+    assert_eq!(sb.run(&Program::path(&path)).unwrap().status, Status::Exited(9));
+    std::fs::copy(&guest, &path).unwrap();
+    assert_eq!(sb.run(&Program::path(&path).args(["exit", "6"])).unwrap().status, Status::Exited(6));
 }

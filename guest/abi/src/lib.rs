@@ -22,8 +22,10 @@ pub const HYPERCALL_PORT: u16 = 0x5c0;
 pub const EXCEPTION_PORT: u16 = 0x5c8;
 /// Value of `eax` (and of [`Mailbox::magic`]) in a hypercall: "SCV1".
 pub const MAGIC: u32 = 0x3156_4353;
-/// Version of this contract.
-pub const VERSION: u16 = 1;
+/// Version of this contract. 2: `EXIT` carries the last output; the boot information carries
+/// stdin and the names of the host functions, so that a guest asks the host only for what it
+/// cannot find in its own memory; the mailboxes share one page, next to the boot information.
+pub const VERSION: u16 = 2;
 
 /// The guest-physical layout.
 pub mod layout {
@@ -41,16 +43,18 @@ pub mod layout {
     pub const PAGE_TABLES: u64 = 0x3_0000;
     /// End of the page-table area.
     pub const PAGE_TABLES_END: u64 = 0x10_0000;
-    /// Per-vCPU mailboxes (user, read-write, not executable).
-    pub const MAILBOX: u64 = 0x1_0000;
+    /// The vCPUs' mailboxes, all in one page (user, read-write, not executable). It sits next
+    /// to the first page of the boot information, so that a VMM that shadows page tables maps
+    /// both on the guest's first touch of either (KVM prefetches neighbouring entries).
+    pub const MAILBOX: u64 = 0x2_0000;
     /// Distance between two vCPUs' mailboxes.
-    pub const MAILBOX_STRIDE: u64 = 0x1000;
+    pub const MAILBOX_STRIDE: u64 = 0x100;
     /// At most this many vCPUs.
     pub const MAX_VCPUS: u32 = 16;
-    /// Boot information (user, read-only), 64 KiB.
-    pub const BOOT_INFO: u64 = 0x2_0000;
+    /// Boot information (user, read-only), 60 KiB.
+    pub const BOOT_INFO: u64 = 0x2_1000;
     /// Size of the boot information area (arguments and environment included).
-    pub const BOOT_INFO_SIZE: u64 = 0x1_0000;
+    pub const BOOT_INFO_SIZE: u64 = 0xf000;
     /// Where the guest image is loaded.
     pub const IMAGE: u64 = 0x10_0000;
     /// End of the image area (3 MiB for the image).
@@ -79,7 +83,9 @@ pub mod layout {
 
 /// Hypercall numbers ([`Mailbox::op`]).
 pub mod op {
-    /// Exit the VM: `args[0]` = exit code (i32), `args[1]` = fuel used (`u64::MAX`: none).
+    /// Exit the VM: `args[0]` = exit code (i32), `args[1]` = fuel used (`u64::MAX`: none),
+    /// `args[2..4]` = the last stdout bytes (written before the VM ends; may be empty), so that
+    /// a program whose output fits its buffer leaves the VM once.
     pub const EXIT: u16 = 1;
     /// Write output: `args[0]` = 1 (stdout) or 2 (stderr), `args[1..3]` = buffer. `ret` = bytes.
     pub const WRITE: u16 = 2;
@@ -127,6 +133,8 @@ pub mod trap {
 pub const MAILBOX_ARGS: usize = 13;
 /// Size of a mailbox in bytes.
 pub const MAILBOX_BYTES: usize = 8 + 8 * MAILBOX_ARGS + 16;
+const _: () = assert!(MAILBOX_BYTES as u64 <= layout::MAILBOX_STRIDE);
+const _: () = assert!(layout::MAILBOX + layout::MAX_VCPUS as u64 * layout::MAILBOX_STRIDE <= layout::BOOT_INFO);
 
 /// A vCPU's mailbox, as laid out in guest memory (little endian):
 /// `magic: u32, version: u16, op: u16, args: [u64; 13], ret: i64, ret2: u64`.
@@ -202,7 +210,7 @@ pub const MAX_NAME: u64 = 256;
 /// A decoded, validated hypercall.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
-    Exit { code: i32, fuel_used: Option<u64> },
+    Exit { code: i32, fuel_used: Option<u64>, output: Span },
     Write { fd: u8, buf: Span },
     Read { buf: Span },
     HostCall { name: Span, input: Span, output: Span },
@@ -262,7 +270,9 @@ pub fn decode(bytes: &[u8; MAILBOX_BYTES]) -> Result<Request, DecodeError> {
     }
     let a = m.args;
     Ok(match m.op {
-        op::EXIT => Request::Exit { code: a[0] as u32 as i32, fuel_used: fuel(a[1]) },
+        op::EXIT => {
+            Request::Exit { code: a[0] as u32 as i32, fuel_used: fuel(a[1]), output: span(a[2], a[3], MAX_SPAN)? }
+        }
         op::WRITE => {
             if a[0] != 1 && a[0] != 2 {
                 return Err(DecodeError::BadFd(a[0]));
@@ -344,11 +354,13 @@ pub const WASI_FUNCTIONS: &[&str] = &[
 
 /// Boot information at [`layout::BOOT_INFO`] (little endian, 8-byte fields):
 /// `magic, version, vcpus, fuel (u64::MAX: unmetered), program, program_len, heap_start,
-/// heap_end, argc, envc, strings_len`, then the strings: `argc` arguments and `envc`
-/// `KEY=VALUE` pairs, each NUL-terminated.
+/// heap_end, argc, envc, strings_len, hostc, stdin_len, stdin_more`, then the strings: `argc`
+/// arguments, `envc` `KEY=VALUE` pairs and the names of the `hostc` host functions the embedder
+/// registered, each NUL-terminated; then `stdin_len` bytes of stdin. `stdin_more` is 1 when
+/// stdin goes on past those bytes (read the rest with [`op::READ`]), else 0.
 pub mod boot {
     /// Offset of the strings.
-    pub const STRINGS: u64 = 11 * 8;
+    pub const STRINGS: u64 = 14 * 8;
     /// Field indexes.
     pub const MAGIC: usize = 0;
     pub const VERSION: usize = 1;
@@ -361,6 +373,9 @@ pub mod boot {
     pub const ARGC: usize = 8;
     pub const ENVC: usize = 9;
     pub const STRINGS_LEN: usize = 10;
+    pub const HOSTC: usize = 11;
+    pub const STDIN_LEN: usize = 12;
+    pub const STDIN_MORE: usize = 13;
 }
 
 /// The body of the hypercall-decoder fuzz target (`fuzz/fuzz_targets/hypercall_decode.rs`),
@@ -379,7 +394,7 @@ pub fn fuzz_decode(data: &[u8]) {
         }
         let Ok(request) = decode(&bytes) else { continue };
         let spans: &[(Span, u64)] = match &request {
-            Request::Exit { .. } => &[],
+            Request::Exit { output, .. } => &[(*output, MAX_SPAN)],
             Request::Write { fd, buf } => {
                 assert!(*fd == 1 || *fd == 2, "fd {fd}");
                 &[(*buf, MAX_SPAN)]
@@ -412,7 +427,15 @@ mod tests {
 
     #[test]
     fn round_trip_and_validation() {
-        assert_eq!(decode(&mailbox(op::EXIT, &[3, u64::MAX])), Ok(Request::Exit { code: 3, fuel_used: None }));
+        assert_eq!(
+            decode(&mailbox(op::EXIT, &[3, u64::MAX])),
+            Ok(Request::Exit { code: 3, fuel_used: None, output: Span { addr: 0, len: 0 } })
+        );
+        assert_eq!(
+            decode(&mailbox(op::EXIT, &[0, 7, 0x40_0000, 12])),
+            Ok(Request::Exit { code: 0, fuel_used: Some(7), output: Span { addr: 0x40_0000, len: 12 } })
+        );
+        assert!(matches!(decode(&mailbox(op::EXIT, &[0, 0, u64::MAX, 2])), Err(DecodeError::BadSpan { .. })));
         assert_eq!(
             decode(&mailbox(op::WRITE, &[1, 0x40_0000, 5])),
             Ok(Request::Write { fd: 1, buf: Span { addr: 0x40_0000, len: 5 } })

@@ -17,8 +17,8 @@ use alloc::vec::Vec;
 use sandcell_guest::abi::{op, trap, WASI_FUNCTIONS};
 use sandcell_guest::{exit, hypercall};
 use wasmi::ResourceLimiter;
-use wasmi_core::LimiterError;
 use wasmi::{Caller, Config, Engine, Error, Extern, Linker, Module, Store, TrapCode, Val};
+use wasmi_core::LimiterError;
 
 sandcell_guest::entry!(main);
 
@@ -32,7 +32,12 @@ struct Limits {
 }
 
 impl ResourceLimiter for Limits {
-    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> Result<bool, LimiterError> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> Result<bool, LimiterError> {
         let ok = desired <= self.max_memory && maximum.is_none_or(|m| desired <= m);
         self.refused |= !ok;
         Ok(ok)
@@ -61,7 +66,10 @@ fn report_trap(kind: u64, message: &str, fuel_used: Option<u64>) -> ! {
     sandcell_guest::flush();
     // SAFETY: TRAP takes a kind, a message buffer in guest memory, and the fuel used.
     unsafe {
-        hypercall(op::TRAP, &[kind, message.as_ptr() as u64, message.len().min(4096) as u64, fuel_used.unwrap_or(u64::MAX)])
+        hypercall(
+            op::TRAP,
+            &[kind, message.as_ptr() as u64, message.len().min(4096) as u64, fuel_used.unwrap_or(u64::MAX)],
+        )
     };
     loop {
         core::hint::spin_loop();
@@ -139,7 +147,11 @@ fn main() -> i32 {
     let instance = match linker.instantiate_and_start(&mut store, &module) {
         Ok(i) => i,
         Err(e) => {
-            let kind = if store.data().refused { trap::OUT_OF_MEMORY } else { e.as_trap_code().map_or(trap::OTHER, trap_kind) };
+            let kind = if store.data().refused {
+                trap::OUT_OF_MEMORY
+            } else {
+                e.as_trap_code().map_or(trap::OTHER, trap_kind)
+            };
             report_trap(kind, &e.to_string(), used(&store))
         }
     };

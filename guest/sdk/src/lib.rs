@@ -2,8 +2,11 @@
 //!
 //! A guest is a freestanding x86-64 program (`#![no_std]`, `#![no_main]`, target
 //! `x86_64-unknown-none`). It runs in 64-bit user mode inside its own KVM virtual machine, with
-//! no operating system: everything it asks of the outside world goes through the few calls here,
-//! each of which is one exit to the host.
+//! no operating system: everything it asks of the outside world goes through the few calls here.
+//! Leaving the VM is the expensive part of a call (tens of microseconds on some hosts), so the
+//! SDK leaves it only when it must: arguments, environment, stdin (as much as fits) and the names
+//! of the host functions are in guest memory when the guest starts; stdout is buffered and its
+//! last part goes out with the exit. A hello-world guest leaves its VM once.
 //!
 //! ```ignore
 //! #![no_std]
@@ -48,7 +51,7 @@ pub unsafe fn hypercall(op: u16, args: &[u64]) -> (i64, u64) {
     m.args[..n].copy_from_slice(&args[..n]);
     let bytes = m.to_bytes();
     let mailbox = layout::mailbox(cpu_id()) as *mut u8;
-    // SAFETY: the mailbox page of this vCPU is mapped read-write for the guest.
+    // SAFETY: the mailbox page is mapped read-write for the guest; this vCPU's slot is its own.
     unsafe {
         for (i, b) in bytes.iter().enumerate() {
             core::ptr::write_volatile(mailbox.add(i), *b);
@@ -127,19 +130,41 @@ pub fn write_stderr(bytes: &[u8]) {
     write_raw(2, bytes);
 }
 
-/// Reads stdin into `buf`; returns the number of bytes, 0 at end of input.
+/// How much of the stdin the host placed in the boot area has been read (shared by all vCPUs).
+static STDIN_READ: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Reads stdin into `buf`; returns the number of bytes, 0 at end of input. Stdin the host placed
+/// in the boot area is read from there, without leaving the VM.
 pub fn read_stdin(buf: &mut [u8]) -> usize {
+    use core::sync::atomic::Ordering;
+    let inline = boot_stdin();
+    let mut at = STDIN_READ.load(Ordering::Acquire);
+    while at < inline.len() {
+        let n = buf.len().min(inline.len() - at);
+        match STDIN_READ.compare_exchange(at, at + n, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                buf[..n].copy_from_slice(&inline[at..at + n]);
+                return n;
+            }
+            Err(now) => at = now,
+        }
+    }
+    if boot_field(abi::boot::STDIN_MORE) == 0 || buf.is_empty() {
+        return 0;
+    }
     flush();
     // SAFETY: `buf` is writable guest memory.
     let (n, _) = unsafe { hypercall(op::READ, &[buf.as_mut_ptr() as u64, buf.len() as u64]) };
     n.max(0) as usize
 }
 
-/// Ends the VM with this exit code (output is flushed first).
+/// Ends the VM with this exit code. Buffered output goes with the exit, in the same hypercall.
 pub fn exit(code: i32) -> ! {
-    flush();
-    // SAFETY: EXIT takes two integers.
-    unsafe { hypercall(op::EXIT, &[code as u32 as u64, u64::MAX]) };
+    let (buf, len) = slot();
+    let (at, n) = (buf.as_ptr() as u64, *len as u64);
+    *len = 0;
+    // SAFETY: EXIT takes two integers and a readable buffer.
+    unsafe { hypercall(op::EXIT, &[code as u32 as u64, u64::MAX, at, n]) };
     // The host does not resume a VM after EXIT.
     loop {
         core::hint::spin_loop();
@@ -160,6 +185,10 @@ pub enum HostCallError {
 /// Calls the host function `name` that the embedder registered, with `input`; the result is
 /// written to `output` and its length returned.
 pub fn host_call(name: &str, input: &[u8], output: &mut [u8]) -> Result<usize, HostCallError> {
+    // The host lists the functions it has: a name not in the list is answered here.
+    if !host_functions().any(|f| f == name) {
+        return Err(HostCallError::NotFound);
+    }
     flush();
     let args = [
         name.as_ptr() as u64,
@@ -220,6 +249,24 @@ pub fn env() -> Strings {
     let mut s = args();
     for _ in s.by_ref() {}
     Strings { rest: s.rest, left: boot_field(abi::boot::ENVC) }
+}
+
+/// The names of the host functions the embedder registered (see [`host_call`]).
+pub fn host_functions() -> Strings {
+    let mut s = env();
+    for _ in s.by_ref() {}
+    Strings { rest: s.rest, left: boot_field(abi::boot::HOSTC) }
+}
+
+/// The stdin bytes the host placed after the strings.
+fn boot_stdin() -> &'static [u8] {
+    let len = boot_field(abi::boot::STDIN_LEN) as usize;
+    if len == 0 {
+        return &[];
+    }
+    let at = layout::BOOT_INFO + abi::boot::STRINGS + boot_field(abi::boot::STRINGS_LEN);
+    // SAFETY: the host wrote `len` bytes of stdin right after the strings, inside the boot area.
+    unsafe { core::slice::from_raw_parts(at as *const u8, len) }
 }
 
 /// One environment variable.

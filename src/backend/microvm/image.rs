@@ -25,6 +25,8 @@ const LARGE: u64 = 0x20_0000;
 const P: u64 = 1;
 const W: u64 = 1 << 1;
 const U: u64 = 1 << 2;
+const A: u64 = 1 << 5;
+const D: u64 = 1 << 6;
 const PS: u64 = 1 << 7;
 const NX: u64 = 1 << 63;
 
@@ -210,6 +212,12 @@ pub(crate) struct GuestImage {
     /// Where a data program (a wasm module) lies, and where the heap starts after it.
     pub(crate) program: (u64, u64),
     pub(crate) heap_start: u64,
+    /// Guest-physical ranges `[start, end)` with contents (the VM's structures, the program, a
+    /// data program); the rest of guest RAM starts zeroed and is mapped anonymous.
+    pub(crate) content: Vec<(u64, u64)>,
+    /// Guest-physical ranges `[start, end)` a run is expected to touch, populated writable in
+    /// the run's memory before the guest starts (see [`super::vm::Vm::start`]).
+    pub(crate) hot: Vec<(u64, u64)>,
 }
 
 fn memfd(size: u64) -> io::Result<File> {
@@ -234,6 +242,11 @@ impl Writer<'_> {
         self.put(addr, &v.to_le_bytes())
     }
 }
+
+/// Bounds of what a run populates ahead of the guest (see [`GuestImage::hot`]).
+const HOT_IMAGE_PAGES: usize = 256;
+const HOT_STACK: u64 = 4 * PAGE;
+const HOT_HEAP: u64 = 4 * PAGE;
 
 /// Exceptions for which the CPU pushes an error code.
 const HAS_ERROR_CODE: [u8; 8] = [8, 10, 11, 12, 13, 14, 17, 21];
@@ -312,7 +325,12 @@ pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Resul
     if pt + small_tables * PAGE > layout::PAGE_TABLES_END {
         return Err(Error::invalid_policy("memory", "the micro-VM backend supports at most 2 GiB of guest RAM"));
     }
-    let table = |addr: u64| addr | P | W | U; // permissions are decided at the last level
+    // Permissions are decided at the last level. Accessed (and, where writable, dirty) bits are
+    // preset: the CPU would otherwise set them on first use, and a VMM that shadows page tables
+    // (as KVM does without EPT, e.g. on PVM) takes a fault to do it for the CPU, and maps a page
+    // whose entry is not yet accessed only when it is touched, one fault per page, instead of
+    // prefetching its neighbours.
+    let table = |addr: u64| addr | P | W | U | A;
     w.u64(pml4, table(pdpt)).map_err(setup("page tables"))?;
     for g in 0..gibs {
         w.u64(pdpt + g * 8, table(pd + g * PAGE)).map_err(setup("page tables"))?;
@@ -322,10 +340,11 @@ pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Resul
     }
     let mut addr = layout::HEAP;
     while addr + LARGE <= ram {
-        w.u64(pd + (addr / LARGE) * 8, addr | P | W | U | PS | NX).map_err(setup("page tables"))?;
+        w.u64(pd + (addr / LARGE) * 8, addr | P | W | U | A | D | PS | NX).map_err(setup("page tables"))?;
         addr += LARGE;
     }
-    let pte = |addr: u64, flags: u64| w.u64(pt + (addr / PAGE) * 8, addr | flags);
+    let pte =
+        |addr: u64, flags: u64| w.u64(pt + (addr / PAGE) * 8, addr | flags | A | if flags & W != 0 { D } else { 0 });
     let kernel_rw = P | W | NX;
     pte(layout::GDT, kernel_rw).map_err(setup("page tables"))?;
     pte(layout::IDT, P | NX).map_err(setup("page tables"))?;
@@ -334,9 +353,7 @@ pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Resul
     }
     pte(layout::STUBS, P).map_err(setup("page tables"))?;
     pte(layout::KERNEL_STACK_TOP - PAGE, kernel_rw).map_err(setup("page tables"))?;
-    for cpu in 0..vcpus {
-        pte(layout::mailbox(cpu), P | W | U | NX).map_err(setup("page tables"))?;
-    }
+    pte(layout::MAILBOX, P | W | U | NX).map_err(setup("page tables"))?;
     for page in (layout::BOOT_INFO..layout::BOOT_INFO + layout::BOOT_INFO_SIZE).step_by(PAGE as usize) {
         pte(page, P | U | NX).map_err(setup("page tables"))?;
     }
@@ -354,7 +371,37 @@ pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Resul
             pte(page, P | W | U | NX).map_err(setup("page tables"))?;
         }
     }
+    // What a run touches: its mailboxes, the boot information, the program's pages (up to a
+    // bound: a large program is populated as it runs), the top of each stack, the start of the
+    // heap.
+    let mut hot = vec![(layout::MAILBOX, layout::BOOT_INFO + PAGE)];
+    let mut budget = HOT_IMAGE_PAGES;
+    for (i, perm) in loaded.pages.iter().enumerate() {
+        if perm.is_some() && budget > 0 {
+            budget -= 1;
+            let page = layout::IMAGE + i as u64 * PAGE;
+            match hot.last_mut() {
+                Some((_, end)) if *end == page => *end += PAGE,
+                _ => hot.push((page, page + PAGE)),
+            }
+        }
+    }
+    for cpu in 0..vcpus {
+        hot.push((layout::stack_top(cpu) - HOT_STACK, layout::stack_top(cpu)));
+    }
+    hot.push((heap_start, (heap_start + HOT_HEAP).min(ram)));
+    // The VM's structures end with its page tables; the program with its last mapped page.
+    let tables_end = pt + small_tables * PAGE;
+    let mut content = vec![(0, tables_end)];
+    if let Some(last) = loaded.pages.iter().rposition(Option::is_some) {
+        content.push((layout::IMAGE, layout::IMAGE + (last as u64 + 1) * PAGE));
+    }
+    if heap_start > program_at {
+        content.push((program_at, heap_start));
+    }
     Ok(Arc::new(GuestImage {
+        content,
+        hot,
         memfd: file,
         ram,
         entry: loaded.entry,

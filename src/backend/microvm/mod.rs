@@ -64,6 +64,9 @@ pub struct MicroVmSandbox {
     vcpus: u32,
     host_functions: Arc<HashMap<String, HostFunction>>,
     images: Mutex<HashMap<[u8; 32], Arc<GuestImage>>>,
+    /// Program files whose image is cached, by path: the file's identity when it was read,
+    /// the image's key, and whether it is a wasm module (see `FileId`).
+    files: Mutex<HashMap<std::path::PathBuf, KnownFile>>,
     interrupt: InterruptHandle,
     enforced: BTreeMap<String, String>,
     skipped: BTreeMap<String, String>,
@@ -157,6 +160,7 @@ impl MicroVmSandbox {
             vcpus,
             host_functions: builder.host_functions.clone(),
             images: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
             interrupt: InterruptHandle::for_sandbox(),
             enforced,
             skipped,
@@ -166,6 +170,34 @@ impl MicroVmSandbox {
     /// The guest image for a program, from the cache or built. Returns it and whether the
     /// program is a wasm module.
     fn image(&self, program: &Program) -> Result<(Arc<GuestImage>, bool, ArtifactSource)> {
+        let file = match program.artifact() {
+            crate::Artifact::Path(path) => FileId::of(path).map(|id| (path, id)),
+            crate::Artifact::Bytes(_) => None,
+        };
+        if let Some((path, id)) = &file {
+            if let Some((known, key, wasm)) = self.files.lock().get(*path) {
+                if known == id {
+                    if let Some(img) = self.images.lock().get(key) {
+                        return Ok((img.clone(), *wasm, ArtifactSource::Memory));
+                    }
+                }
+            }
+        }
+        let (image, wasm, source, key) = self.image_of(program)?;
+        if let Some((path, id)) = file {
+            if id.settled() {
+                let mut files = self.files.lock();
+                if files.len() >= 64 {
+                    files.clear();
+                }
+                files.insert(path.clone(), (id, key, wasm));
+            }
+        }
+        Ok((image, wasm, source))
+    }
+
+    /// The guest image for a program's contents, from the cache or built, and its cache key.
+    fn image_of(&self, program: &Program) -> Result<(Arc<GuestImage>, bool, ArtifactSource, [u8; 32])> {
         let bytes = program.load()?;
         let (elf, data, wasm): (&[u8], Vec<u8>, bool) = if image::is_elf(&bytes) {
             (&bytes, Vec::new(), false)
@@ -191,7 +223,7 @@ impl MicroVmSandbox {
         h.update(vcpus.to_le_bytes());
         let key: [u8; 32] = h.finalize().into();
         if let Some(img) = self.images.lock().get(&key) {
-            return Ok((img.clone(), wasm, ArtifactSource::Memory));
+            return Ok((img.clone(), wasm, ArtifactSource::Memory, key));
         }
         let loaded = image::load_elf(elf)?;
         if layout::HEAP + data.len() as u64 + (8 << 20) > self.ram {
@@ -207,10 +239,12 @@ impl MicroVmSandbox {
             images.clear();
         }
         images.insert(key, img.clone());
-        Ok((img, wasm, ArtifactSource::Compiled))
+        Ok((img, wasm, ArtifactSource::Compiled, key))
     }
 
-    fn boot_info(&self, image: &GuestImage, program: &Program) -> Result<Vec<u8>> {
+    /// The run's boot information (see `sandcell_abi::boot`) and how many bytes of stdin it
+    /// carries (native guests only: the wasm runtime reads stdin through WASI).
+    fn boot_info(&self, image: &GuestImage, program: &Program, wasm: bool) -> Result<(Vec<u8>, usize)> {
         let mut strings = Vec::new();
         let mut argc = 0u64;
         for a in std::iter::once(program.argv0()).chain(program.arguments().iter().cloned()) {
@@ -223,13 +257,21 @@ impl MicroVmSandbox {
             strings.extend_from_slice(format!("{k}={v}").as_bytes());
             strings.push(0);
         }
+        for name in self.host_functions.keys() {
+            strings.extend_from_slice(name.as_bytes());
+            strings.push(0);
+        }
         if sandcell_abi::boot::STRINGS + strings.len() as u64 > layout::BOOT_INFO_SIZE {
             return Err(Error::invalid_program(format!(
-                "arguments and environment take {} bytes; a micro-VM guest takes at most {}",
+                "arguments, environment and host function names take {} bytes; a micro-VM guest takes at most {}",
                 strings.len(),
                 layout::BOOT_INFO_SIZE - sandcell_abi::boot::STRINGS
             )));
         }
+        // As much stdin as fits the boot area goes in it: reading it then needs no exit.
+        let stdin = program.stdin_bytes();
+        let room = (layout::BOOT_INFO_SIZE - sandcell_abi::boot::STRINGS) as usize - strings.len();
+        let inline = if wasm { 0 } else { stdin.len().min(room) };
         let fields = [
             sandcell_abi::MAGIC as u64,
             sandcell_abi::VERSION as u64,
@@ -242,10 +284,14 @@ impl MicroVmSandbox {
             argc,
             env.len() as u64,
             strings.len() as u64,
+            self.host_functions.len() as u64,
+            inline as u64,
+            u64::from(inline < stdin.len()),
         ];
         let mut boot: Vec<u8> = fields.iter().flat_map(|f| f.to_le_bytes()).collect();
         boot.extend_from_slice(&strings);
-        Ok(boot)
+        boot.extend_from_slice(&stdin[..inline]);
+        Ok((boot, inline))
     }
 
     fn run_inner(&self, program: &Program, options: RunOptions, started: Instant) -> Result<Outcome> {
@@ -271,7 +317,7 @@ impl MicroVmSandbox {
             }
             skipped.insert("fuel".into(), reason.into());
         }
-        let boot = self.boot_info(&image, program)?;
+        let (boot, stdin_inline) = self.boot_info(&image, program, wasm)?;
 
         let control = RunControl::new();
         let _sandbox_attachment = self.interrupt.attach(&control);
@@ -310,7 +356,7 @@ impl MicroVmSandbox {
             sink: &sink,
             control: &control,
             stdin: program.stdin_bytes(),
-            stdin_at: 0,
+            stdin_at: stdin_inline,
             host_functions: &self.host_functions,
             wasi: wasi.as_mut(),
             status: None,
@@ -321,8 +367,7 @@ impl MicroVmSandbox {
 
         drop(timers);
         control.disarm();
-        let peak = resident_bytes(&vm.memory);
-        let cpu = vm.finish();
+        let (cpu, peak) = vm.finish();
         let status = match (control.reason(), status) {
             (Some(reason), _) => reason.status(),
             (None, Some(s)) => s,
@@ -343,7 +388,7 @@ impl MicroVmSandbox {
         &self,
         control: &Arc<RunControl>,
         started: Instant,
-        clocks: Vec<libc::clockid_t>,
+        clocks: Vec<(libc::clockid_t, Duration)>,
     ) -> Vec<watchdog::TimerGuard> {
         let mut timers = Vec::new();
         if let Some(timeout) = self.policy.timeout {
@@ -360,25 +405,51 @@ impl MicroVmSandbox {
         // stay valid whenever it reads them.
         if let Some(limit) = self.policy.cpu_time {
             timers.push(watchdog::cpu_budget(control, limit, Duration::from_millis(1), move || {
-                clocks.iter().filter_map(|k| clock_time(*k)).sum()
+                clocks.iter().filter_map(|(k, base)| clock_time(*k).map(|t| t.saturating_sub(*base))).sum()
             }));
         }
         timers
     }
 }
 
-/// Pages of guest RAM the guest touched (resident in the private mapping).
-fn resident_bytes(memory: &vm_memory::GuestMemoryMmap) -> u64 {
-    let Ok(base) = memory.get_host_address(GuestAddress(0)) else { return 0 };
-    let len = memory.last_addr().0 as usize + 1;
-    let pages = len.div_ceil(4096);
-    let mut vec = vec![0u8; pages];
-    // SAFETY: `base..base+len` is the guest RAM mapping, alive while `memory` is; `vec` has one
-    // byte per page.
-    if unsafe { libc::mincore(base.cast(), len, vec.as_mut_ptr()) } != 0 {
-        return 0;
+/// A program file whose image is cached: its identity when read, the image's key, whether it is
+/// a wasm module.
+type KnownFile = (FileId, [u8; 32], bool);
+
+/// Who a program file is: unchanged identity means unchanged contents, so a cached image is used
+/// without reading and hashing the file again (≈ 25 µs of a run for a small program, more for a
+/// wasm module, which is also validated). The change time moves on every write and cannot be set
+/// by users; but it has the kernel's clock-tick granularity, so a file written within the same
+/// tick could look unchanged. An identity is therefore only recorded for a file whose last change
+/// is over a second old (`settled`), as git does for its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    fn of(path: &std::path::Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
     }
-    vec.iter().filter(|b| **b & 1 != 0).count() as u64 * 4096
+
+    /// Whether the file's last change is more than a second in the past.
+    fn settled(&self) -> bool {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let changed = Duration::new(self.ctime.0.max(0) as u64, self.ctime.1.clamp(0, 999_999_999) as u32);
+        now.saturating_sub(changed) > Duration::from_secs(1)
+    }
 }
 
 /// Serving one VM's events until it ends.
@@ -494,8 +565,14 @@ impl Session<'_> {
 
     fn serve_request(&mut self, request: Request) -> std::result::Result<(i64, u64), String> {
         Ok(match request {
-            Request::Exit { code, fuel_used } => {
+            Request::Exit { code, fuel_used, output } => {
                 self.fuel = fuel_used;
+                if output.len > 0 {
+                    let bytes = self.read(output)?;
+                    if !self.sink.capture.lock().push(Stream::Stdout, &bytes) {
+                        self.control.stop(StopReason::OutputLimit);
+                    }
+                }
                 self.status = Some(Status::Exited(code));
                 (0, 0)
             }

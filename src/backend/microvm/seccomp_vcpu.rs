@@ -1,6 +1,6 @@
 //! The seccomp filter of vCPU threads (compiled with seccompiler): a vCPU thread may run its vCPU
-//! and read its registers, wait on and wake futexes (its channels), manage memory for them, and
-//! exit. Anything else fails with `EPERM` — a failing call surfaces as a host error, where a kill
+//! and read its registers, wait on and wake futexes (its channels), manage memory for them, set
+//! its own CPU affinity, and exit. Anything else fails with `EPERM` — a failing call surfaces as a host error, where a kill
 //! would take the embedding process down with it.
 
 use std::collections::BTreeMap;
@@ -45,6 +45,12 @@ pub(crate) fn filter() -> Arc<Vec<seccompiler::sock_filter>> {
                     .expect("valid rule")
             };
             rules.insert(libc::SYS_ioctl, vec![ioctl(KVM_RUN), ioctl(KVM_GET_REGS), ioctl(KVM_GET_SREGS)]);
+            // Its own CPU affinity only (pid 0): it lets go of a pin after each run.
+            rules.insert(
+                libc::SYS_sched_setaffinity,
+                vec![SeccompRule::new(vec![SeccompCondition::new(0, Len::Qword, Op::Eq, 0).expect("valid condition")])
+                    .expect("valid rule")],
+            );
             let filter = SeccompFilter::new(
                 rules,
                 SeccompAction::Errno(libc::EPERM as u32),

@@ -9,7 +9,7 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use sandcell_guest::abi::{layout, op};
-use sandcell_guest::{args, cpu_id, host_call, hypercall, println, vcpu_count, write_stdout};
+use sandcell_guest::{args, cpu_id, host_call, hypercall, println, read_stdin, vcpu_count, write_stdout};
 
 sandcell_guest::entry!(main);
 
@@ -63,7 +63,9 @@ fn main() -> i32 {
             "int3" => asm!("int3"),
             "ud2" => asm!("ud2"),
             "syscall" => asm!("syscall", out("rcx") _, out("r11") _),
-            "div0" => asm!("xor edx, edx", "xor eax, eax", "xor ecx, ecx", "div ecx", out("eax") _, out("edx") _, out("ecx") _),
+            "div0" => {
+                asm!("xor edx, edx", "xor eax, eax", "xor ecx, ecx", "div ecx", out("eax") _, out("edx") _, out("ecx") _)
+            }
             "in" => asm!("in al, 0x60", out("al") _),
             "out" => asm!("out 0x80, al", in("al") 1u8),
             "out_neighbour" => asm!("out dx, al", in("dx") 0x5c1u16, in("al") 1u8),
@@ -80,6 +82,10 @@ fn main() -> i32 {
             }
             "hc_huge" => {
                 hypercall(op::WRITE, &[1, layout::IMAGE, u64::MAX / 2]);
+            }
+            "hc_exit_outside" => {
+                // An exit whose last output lies outside guest memory.
+                hypercall(op::EXIT, &[0, u64::MAX, 0xffff_0000_0000, 100]);
             }
             "hc_unknown" => {
                 hypercall(999, &[]);
@@ -109,9 +115,27 @@ fn main() -> i32 {
                 println!("{:?}", host_call("missing", b"", &mut small));
                 let mut msg = [0u8; 64];
                 match host_call("fail", b"", &mut msg) {
-                    Err(sandcell_guest::HostCallError::Failed(n)) => println!("failed: {}", core::str::from_utf8(&msg[..n]).unwrap_or("?")),
+                    Err(sandcell_guest::HostCallError::Failed(n)) => {
+                        println!("failed: {}", core::str::from_utf8(&msg[..n]).unwrap_or("?"))
+                    }
                     other => println!("{other:?}"),
                 }
+            }
+            "stdin" => {
+                // Reads all of stdin in odd-sized pieces; prints its length and FNV-1a hash.
+                let mut buf = [0u8; 1000];
+                let (mut total, mut hash) = (0usize, 0xcbf2_9ce4_8422_2325u64);
+                loop {
+                    let n = read_stdin(&mut buf);
+                    if n == 0 {
+                        break;
+                    }
+                    for b in &buf[..n] {
+                        hash = (hash ^ *b as u64).wrapping_mul(0x100_0000_01b3);
+                    }
+                    total += n;
+                }
+                println!("stdin {total} bytes, fnv {hash:016x}");
             }
             "cpus" => {
                 let want = vcpu_count() - 1;
