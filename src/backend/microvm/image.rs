@@ -213,8 +213,12 @@ pub(crate) struct GuestImage {
     pub(crate) program: (u64, u64),
     pub(crate) heap_start: u64,
     /// Guest-physical ranges `[start, end)` with contents (the VM's structures, the program, a
-    /// data program); the rest of guest RAM starts zeroed and is mapped anonymous.
-    pub(crate) content: Vec<(u64, u64)>,
+    /// data program), and whether a run may map the range shared (see `Vm::start`); the rest
+    /// of guest RAM starts zeroed and is mapped anonymous.
+    pub(crate) content: Vec<(u64, u64, Sharing)>,
+    /// For each page of the image area: whether the guest may write it. The host writes into
+    /// guest memory for the guest only where the guest could write itself.
+    image_writable: Vec<bool>,
     /// Guest-physical ranges `[start, end)` a run is expected to touch, populated writable in
     /// the run's memory before the guest starts (see [`super::vm::Vm::start`]).
     pub(crate) hot: Vec<(u64, u64)>,
@@ -243,10 +247,42 @@ impl Writer<'_> {
     }
 }
 
-/// Bounds of what a run populates ahead of the guest (see [`GuestImage::hot`]).
-const HOT_IMAGE_PAGES: usize = 256;
+/// How a run maps a range of the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sharing {
+    /// Copy-on-write: the run may change it (writable program pages, the VM's structures).
+    Private,
+    /// The image's own pages: the guest cannot write them (its page tables say so) and the host
+    /// writes nowhere the guest cannot (`GuestImage::writable`).
+    Shared,
+}
+
+impl GuestImage {
+    /// Whether the guest may write every byte of `[addr, addr + len)`: in its image, stacks or
+    /// heap, and not a read-only or unmapped page of its program.
+    pub(crate) fn writable(&self, addr: u64, len: u64) -> bool {
+        let Some(end) = addr.checked_add(len) else { return false };
+        if len == 0 {
+            return true;
+        }
+        if addr < layout::IMAGE || end > self.ram {
+            return false;
+        }
+        let first = addr.max(layout::IMAGE);
+        let last = end.min(layout::IMAGE_END);
+        (first..last)
+            .step_by(PAGE as usize)
+            .chain((first < last).then_some(last - 1))
+            .all(|a| self.image_writable.get(((a - layout::IMAGE) / PAGE) as usize).copied().unwrap_or(false))
+    }
+}
+
+/// What a run populates ahead of the guest (see [`GuestImage::hot`]) besides the whole program:
+/// the top of each stack, and the start of the heap — more for the wasm runtime, which builds
+/// its module and linear memory there.
 const HOT_STACK: u64 = 4 * PAGE;
 const HOT_HEAP: u64 = 4 * PAGE;
+const HOT_HEAP_WASM: u64 = 64 * PAGE;
 
 /// Exceptions for which the CPU pushes an error code.
 const HAS_ERROR_CODE: [u8; 8] = [8, 10, 11, 12, 13, 14, 17, 21];
@@ -371,14 +407,12 @@ pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Resul
             pte(page, P | W | U | NX).map_err(setup("page tables"))?;
         }
     }
-    // What a run touches: its mailboxes, the boot information, the program's pages (up to a
-    // bound: a large program is populated as it runs), the top of each stack, the start of the
+    // What a run touches: its mailboxes, the boot information, the program's pages (the
+    // read-only ones are shared, which costs no copy), the top of each stack, the start of the
     // heap.
     let mut hot = vec![(layout::MAILBOX, layout::BOOT_INFO + PAGE)];
-    let mut budget = HOT_IMAGE_PAGES;
     for (i, perm) in loaded.pages.iter().enumerate() {
-        if perm.is_some() && budget > 0 {
-            budget -= 1;
+        if perm.is_some() {
             let page = layout::IMAGE + i as u64 * PAGE;
             match hot.last_mut() {
                 Some((_, end)) if *end == page => *end += PAGE,
@@ -389,18 +423,27 @@ pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Resul
     for cpu in 0..vcpus {
         hot.push((layout::stack_top(cpu) - HOT_STACK, layout::stack_top(cpu)));
     }
-    hot.push((heap_start, (heap_start + HOT_HEAP).min(ram)));
+    let hot_heap = if data.is_empty() { HOT_HEAP } else { HOT_HEAP_WASM };
+    hot.push((heap_start, (heap_start + hot_heap).min(ram)));
     // The VM's structures end with its page tables; the program with its last mapped page.
     let tables_end = pt + small_tables * PAGE;
-    let mut content = vec![(0, tables_end)];
-    if let Some(last) = loaded.pages.iter().rposition(Option::is_some) {
-        content.push((layout::IMAGE, layout::IMAGE + (last as u64 + 1) * PAGE));
+    let mut content = vec![(0, tables_end, Sharing::Private)];
+    for (i, perm) in loaded.pages.iter().enumerate() {
+        let Some(perm) = perm else { continue };
+        let page = layout::IMAGE + i as u64 * PAGE;
+        let sharing = if perm.write { Sharing::Private } else { Sharing::Shared };
+        match content.last_mut() {
+            Some((_, end, s)) if *end == page && *s == sharing => *end += PAGE,
+            _ => content.push((page, page + PAGE, sharing)),
+        }
     }
     if heap_start > program_at {
-        content.push((program_at, heap_start));
+        content.push((program_at, heap_start, Sharing::Private));
     }
+    let image_writable = loaded.pages.iter().map(|p| p.is_some_and(|p| p.write)).collect();
     Ok(Arc::new(GuestImage {
         content,
+        image_writable,
         hot,
         memfd: file,
         ram,

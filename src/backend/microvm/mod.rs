@@ -217,7 +217,14 @@ impl MicroVmSandbox {
         };
         let vcpus = if wasm { 1 } else { self.vcpus };
         let mut h = Sha256::new();
-        h.update(elf);
+        h.update([u8::from(wasm)]);
+        if wasm {
+            // The runtime is 1.6 MB: its digest is computed once, not per run (≈ 1 ms).
+            static RUNTIME_DIGEST: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+            h.update(RUNTIME_DIGEST.get_or_init(|| Sha256::digest(RUNTIME).into()));
+        } else {
+            h.update(elf);
+        }
         h.update(&data);
         h.update(self.ram.to_le_bytes());
         h.update(vcpus.to_le_bytes());
@@ -352,7 +359,7 @@ impl MicroVmSandbox {
 
         let mut session = Session {
             vm: &vm,
-            ram: image.ram,
+            image: &image,
             sink: &sink,
             control: &control,
             stdin: program.stdin_bytes(),
@@ -455,7 +462,7 @@ impl FileId {
 /// Serving one VM's events until it ends.
 struct Session<'a> {
     vm: &'a Vm,
-    ram: u64,
+    image: &'a GuestImage,
     sink: &'a Arc<Sink>,
     control: &'a Arc<RunControl>,
     stdin: &'a [u8],
@@ -500,21 +507,33 @@ impl Session<'_> {
 
     /// Checks that a span lies in guest RAM above the VM's own structures (the guest's image,
     /// stacks and heap).
-    fn check(&self, span: Span) -> std::result::Result<(), String> {
+    fn check_inside(&self, span: Span) -> std::result::Result<(), String> {
         // An empty buffer touches nothing (an empty slice's address is dangling, e.g. 0x1).
-        if span.len > 0 && (span.addr < layout::IMAGE || span.end() > self.ram) {
+        if span.len > 0 && (span.addr < layout::IMAGE || span.end() > self.image.ram) {
             return Err(format!("buffer {:#x}+{:#x} is outside the guest's memory", span.addr, span.len));
         }
         Ok(())
     }
 
-    /// Like `check`, also allowing the (read-only) boot area, where the guest's arguments live.
+    /// Checks that the guest could write the span itself: the host writes for the guest only
+    /// there (never over its code or read-only data, which would undo its W^X protection and,
+    /// the image's read-only pages being shared, reach other runs).
+    fn check(&self, span: Span) -> std::result::Result<(), String> {
+        self.check_inside(span)?;
+        if !self.image.writable(span.addr, span.len) {
+            return Err(format!("buffer {:#x}+{:#x} is not writable by the guest", span.addr, span.len));
+        }
+        Ok(())
+    }
+
+    /// Checks that the guest could read the span: its image, stacks, heap, or the (read-only)
+    /// boot area, where its arguments live.
     fn check_readable(&self, span: Span) -> std::result::Result<(), String> {
         let boot = layout::BOOT_INFO..layout::BOOT_INFO + layout::BOOT_INFO_SIZE;
         if boot.contains(&span.addr) && span.end() <= boot.end {
             return Ok(());
         }
-        self.check(span)
+        self.check_inside(span)
     }
 
     fn read(&self, span: Span) -> std::result::Result<Vec<u8>, String> {
@@ -638,7 +657,7 @@ impl Session<'_> {
         let instruction = |rip: u64| -> &'static str {
             let mut b = [0u8; 2];
             if rip < layout::IMAGE
-                || rip + 2 > self.ram
+                || rip + 2 > self.image.ram
                 || self.vm.memory.read_slice(&mut b, GuestAddress(rip)).is_err()
             {
                 return "";

@@ -17,7 +17,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use sandcell_abi::{layout, EXCEPTION_PORT, HYPERCALL_PORT, MAGIC};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
-use super::image::GuestImage;
+use super::image::{GuestImage, Sharing};
 use crate::{BackendKind, Error, Result};
 
 /// The process's handle on `/dev/kvm`, opened once, with its keeper VM.
@@ -169,7 +169,17 @@ impl Vm {
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
         )
         .map_err(|e| Error::setup("map guest memory", std::io::Error::other(e.to_string())))?;
-        for (start, end) in &image.content {
+        // The program's read-only pages are mapped shared, straight from the image: KVM maps a
+        // guest page (and prefetches its neighbours) only where the host mapping is present and
+        // writable, which for a private mapping means a copy of every page; shared, the image's
+        // pages serve every run without a copy. Neither the guest (its page tables) nor the host
+        // (`GuestImage::writable`, checked on every write the host makes for the guest) writes
+        // them.
+        for (start, end, sharing) in &image.content {
+            let flags = match sharing {
+                Sharing::Private => libc::MAP_PRIVATE,
+                Sharing::Shared => libc::MAP_SHARED,
+            };
             // SAFETY: the range lies inside the mapping just made, which `region` owns and
             // unmaps as a whole; the file is the image, at least `ram` bytes long.
             let at = unsafe {
@@ -177,7 +187,7 @@ impl Vm {
                     region.as_ptr().add(*start as usize).cast(),
                     (end - start) as usize,
                     libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                    flags | libc::MAP_FIXED | libc::MAP_NORESERVE,
                     std::os::fd::AsRawFd::as_raw_fd(&image.memfd),
                     *start as libc::off_t,
                 )

@@ -83,6 +83,16 @@ fn main() -> i32 {
             "hc_huge" => {
                 hypercall(op::WRITE, &[1, layout::IMAGE, u64::MAX / 2]);
             }
+            "hc_read_into_code" => {
+                // Asks the host to write stdin over this program's own code: the host must not
+                // write where the guest itself may not.
+                hypercall(op::READ, &[main as *const () as u64, 16]);
+            }
+            "hc_write_from_code" => {
+                // Reading its own code out through the host is allowed (the guest can read it).
+                let (n, _) = hypercall(op::WRITE, &[1, main as *const () as u64, 4]);
+                println!("wrote {n}");
+            }
             "hc_exit_outside" => {
                 // An exit whose last output lies outside guest memory.
                 hypercall(op::EXIT, &[0, u64::MAX, 0xffff_0000_0000, 100]);
