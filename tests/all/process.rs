@@ -394,3 +394,38 @@ fn the_suites_pass_as_an_unprivileged_user() {
     assert!(out.status.success(), "the unprivileged run failed:\n{log}");
     assert!(log.contains("test result: ok"), "{log}");
 }
+
+#[test]
+fn programs_start_with_no_signal_ignored_or_blocked() {
+    // The host (this test binary, as any Rust program) ignores SIGPIPE; the sandboxed program
+    // must not inherit that, nor any blocked signal.
+    prerequisites!();
+    let sb = sandbox(base());
+    let out = sb.run(&Program::path("/bin/grep").args(["-E", "^Sig(Ign|Blk)", "/proc/self/status"])).unwrap();
+    assert_eq!(text(&out.stdout), "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n", "{}", text(&out.stderr));
+}
+
+#[test]
+fn each_run_has_a_network_namespace_of_its_own_that_it_cannot_reconfigure() {
+    prerequisites!();
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    for network in [Network::None, Network::Loopback] {
+        let sb = sandbox(Policy { network, ..base() });
+        let ns = |sb: &dyn Sandbox| {
+            let out = sb.run(&Program::path("/bin/readlink").arg("/proc/self/ns/net")).unwrap();
+            assert_eq!(out.status, Status::Exited(0), "{}", text(&out.stderr));
+            text(&out.stdout).trim().to_owned()
+        };
+        let (a, b) = (ns(&*sb), ns(&*sb));
+        assert!(a.starts_with("net:["), "{a}");
+        assert_ne!(a, b, "two runs shared a network namespace");
+        assert_ne!(Path::new(&a), host, "a run used the host's network namespace");
+        // Taking the loopback interface down (or any interface change) is refused.
+        let script = "import fcntl,socket,struct\n\
+                      s=socket.socket(socket.AF_UNIX)\n\
+                      try:\n fcntl.ioctl(s, 0x8914, struct.pack('16sh', b'lo', 0)); print('changed')\n\
+                      except OSError as e: print('refused', e.errno)";
+        let out = sb.run(&Program::path("python3").args(["-c", script])).unwrap();
+        assert_eq!(text(&out.stdout), format!("refused {}\n", libc::EPERM), "{}", text(&out.stderr));
+    }
+}

@@ -167,6 +167,8 @@ pub(super) struct Launch<'a> {
     pub(super) error: RawFd,
     /// Stack memory for starting pid 2 (owned by the parent, copied into the child).
     pub(super) stack: *mut u8,
+    /// The network namespace was made ready by the pool (loopback already up where asked).
+    pub(super) network_ready: bool,
 }
 
 const STAGING_ROOT: &CStr = c"/tmp";
@@ -207,6 +209,9 @@ extern "C" fn exec_trampoline(arg: *mut libc::c_void) -> libc::c_int {
 /// pid 2: connect stdio, close everything else at exec, and execute the first candidate that
 /// exists (ENOENT moves on to the next; any other error is final).
 fn exec_program(l: &Launch) -> ! {
+    // The program starts with no signal blocked and none ignored, whatever the host's threads
+    // had (Rust ignores SIGPIPE, and the parent blocks every signal while it clones).
+    sys::reset_signals();
     for (target, fd) in l.stdio.iter().enumerate() {
         if let Err(e) = sys::dup2(*fd, target as RawFd) {
             fail(l.error, Step::Stdio, e);
@@ -350,7 +355,7 @@ fn setup(l: &Launch) -> Result<(), (Step, i32)> {
 
     // 12. Identity and network inside the namespaces.
     sys::sethostname(b"sandcell").map_err(at(Step::Hostname))?;
-    if plan.loopback {
+    if plan.loopback && !l.network_ready {
         sys::loopback_up().map_err(at(Step::Loopback))?;
     }
     sys::chdir(l.cwd).map_err(at(Step::WorkingDirectory))?;
@@ -382,15 +387,12 @@ fn setup(l: &Launch) -> Result<(), (Step, i32)> {
     sys::prctl(libc::PR_SET_DUMPABLE, 0).map_err(at(Step::NoNewPrivileges))?;
 
     // 16. seccomp last (it would forbid the steps above); it covers this init and the program.
-    //     The final filter carries the user-notification listener, which goes to the host.
-    let count = plan.seccomp.filters.len();
-    for (i, filter) in plan.seccomp.filters.iter().enumerate() {
-        let listener =
-            sys::seccomp_install(super::seccomp::as_libc(filter), i + 1 == count).map_err(at(Step::Seccomp))?;
-        if let Some(fd) = listener {
-            sys::send_fds(l.sync, b"L", &[fd]).map_err(at(Step::SendListener))?;
-            sys::close(fd);
-        }
+    //     The filter comes with its user-notification listener, which goes to the host.
+    let listener =
+        sys::seccomp_install(super::seccomp::as_libc(&plan.seccomp.filter), true).map_err(at(Step::Seccomp))?;
+    if let Some(fd) = listener {
+        sys::send_fds(l.sync, b"L", &[fd]).map_err(at(Step::SendListener))?;
+        sys::close(fd);
     }
     Ok(())
 }

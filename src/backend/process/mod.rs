@@ -16,6 +16,7 @@
 
 mod cgroup;
 mod jail;
+mod netns;
 pub(crate) mod seccomp;
 mod sys;
 
@@ -136,6 +137,9 @@ impl ProcessSandbox {
 
         // SAFETY: geteuid has no preconditions.
         let as_root = unsafe { libc::geteuid() } == 0;
+        if as_root {
+            netns::prime(policy.network == Network::Loopback);
+        }
         let cgroups = if as_root { cgroup::detect(&host.cgroups) } else { None };
 
         // Resource limits.
@@ -451,6 +455,8 @@ impl ProcessSandbox {
             None => None,
         };
 
+        // A network namespace made ahead by the pool (as root), else one made by clone3.
+        let netns = if self.as_root { netns::take(self.plan.loopback) } else { None };
         let mut stack = vec![0u8; sys::SPAWN_STACK];
         let launch = Launch {
             plan: &self.plan,
@@ -462,22 +468,43 @@ impl ProcessSandbox {
             sync: sync_child.as_raw_fd(),
             error: error_w.as_raw_fd(),
             stack: stack.as_mut_ptr(),
+            network_ready: netns.is_some(),
         };
-        let flags = (libc::CLONE_NEWUSER
+        let mut flags = (libc::CLONE_NEWUSER
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWNS
-            | libc::CLONE_NEWNET
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS
             | libc::CLONE_NEWCGROUP) as u64;
+        let away = match &netns {
+            Some(ns) => Some(netns::Away::enter(ns).map_err(setup_err("enter the run's network namespace"))?),
+            None => {
+                flags |= libc::CLONE_NEWNET as u64;
+                None
+            }
+        };
         let v2_fd = cgroup.as_ref().and_then(|c| c.v2_fd.as_ref()).map(|fd| fd.as_raw_fd());
         // SAFETY: the child runs `jail::child`, which only makes system calls on data prepared
         // above and never returns.
-        let cloned = match unsafe { sys::clone_jail(flags, v2_fd) } {
+        let cloned = unsafe { sys::clone_jail(flags, v2_fd) };
+        let cloned = match cloned {
             Ok(None) => jail::child(&launch),
             Ok(Some(c)) => c,
-            Err(e) => return Err(Error::setup("create the sandbox's namespaces (clone3)", e)),
+            Err(e) => {
+                if let Some(away) = away {
+                    away.leave().map_err(setup_err("return to the host's network namespace"))?;
+                }
+                return Err(Error::setup("create the sandbox's namespaces (clone3)", e));
+            }
         };
+        drop(netns);
+        if let Some(away) = away {
+            if let Err(e) = away.leave() {
+                let _ = sys::pidfd_kill(cloned.pidfd.as_raw_fd(), libc::SIGKILL);
+                let _ = sys::wait(cloned.pid);
+                return Err(Error::setup("return to the host's network namespace", e));
+            }
+        }
         let child = Child { pid: cloned.pid, pidfd: Arc::new(cloned.pidfd) };
         drop((stdin_r, stdout_w, stderr_w, error_w, sync_child));
 

@@ -461,6 +461,34 @@ pub(super) fn loopback_up() -> Result<(), i32> {
     }
 }
 
+/// Sets every ignored signal back to its default action and unblocks all signals (handled ones
+/// return to their default at `execve` anyway). Raw `rt_sigaction`: the C library refuses to
+/// touch the signals it reserves for itself (32 and 33), which can arrive ignored too.
+/// Async-signal-safe.
+pub(super) fn reset_signals() {
+    /// The kernel's `struct sigaction` for x86-64.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    // SAFETY: rt_sigaction and rt_sigprocmask with valid structs of the sizes the kernel expects.
+    unsafe {
+        for sig in 1..=64 {
+            let mut old = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+            let queried = libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<KernelSigaction>(), &mut old, 8);
+            if queried == 0 && old.handler == libc::SIG_IGN {
+                let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+                libc::syscall(libc::SYS_rt_sigaction, sig, &dfl, std::ptr::null_mut::<KernelSigaction>(), 8);
+            }
+        }
+        let none: u64 = 0;
+        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &none, std::ptr::null_mut::<u64>(), 8);
+    }
+}
+
 pub(super) fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> Result<(), i32> {
     let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
     // SAFETY: valid rlimit struct; prlimit64 on ourselves (pid 0).
