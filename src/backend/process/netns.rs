@@ -119,7 +119,7 @@ pub(super) struct Away {
 impl Away {
     /// Moves the calling thread into `ns`.
     pub(super) fn enter(ns: &OwnedFd) -> std::io::Result<Away> {
-        // SAFETY (both): sigset_t is plain data; filled by sigfillset / pthread_sigmask.
+        // SAFETY: sigset_t is plain data; filled by sigfillset / pthread_sigmask.
         let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         let mut mask: libc::sigset_t = unsafe { std::mem::zeroed() };
