@@ -429,3 +429,71 @@ fn each_run_has_a_network_namespace_of_its_own_that_it_cannot_reconfigure() {
         assert_eq!(text(&out.stdout), format!("refused {}\n", libc::EPERM), "{}", text(&out.stderr));
     }
 }
+
+#[test]
+fn the_program_cannot_reach_its_init_which_shares_the_hosts_memory() {
+    // The run's init (pid 1) shares the host's address space: the program must not be able to
+    // read it (/proc/1/mem, maps, environ), take its descriptors (pidfd_getfd), or trace it.
+    prerequisites!();
+    let sb = sandbox(base());
+    let script = r#"
+for f in ["/proc/1/mem", "/proc/1/maps", "/proc/1/environ", "/proc/1/exe", "/proc/1/cwd/.", "/proc/1/fd/0",
+          "/proc/1/root/."]:
+    try:
+        open(f, "rb").read(1); print(f, "open")
+    except OSError as e:
+        print(f, "refused")
+"#;
+    let out = sb.run(&Program::path("python3").args(["-c", script])).unwrap();
+    let s = text(&out.stdout);
+    assert_eq!(out.status, Status::Exited(0), "{s}\n{}", text(&out.stderr));
+    assert_eq!(s.matches("refused").count(), 7, "{s}\n{}", text(&out.stderr));
+    // Taking init's descriptors, or tracing it, ends the run as a denied call.
+    for (call, script) in [
+        ("pidfd_getfd", "import ctypes\nl = ctypes.CDLL(None)\nl.syscall(438, l.syscall(434, 1, 0), 3, 0)"),
+        ("ptrace", "import ctypes\nctypes.CDLL(None).syscall(101, 16, 1, 0, 0)"),
+        ("process_vm_readv", "import ctypes\nctypes.CDLL(None).syscall(310, 1, 0, 0, 0, 0, 0)"),
+    ] {
+        let out = sb.run(&Program::path("python3").args(["-c", script])).unwrap();
+        assert_eq!(out.status, Status::SyscallDenied(Some(call.into())), "{}", text(&out.stderr));
+    }
+    // And the host's own process keeps its settings: still dumpable once its runs have started
+    // (other tests' runs start in parallel, so a quiet moment is waited for).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // SAFETY: PR_GET_DUMPABLE takes no pointer.
+    while unsafe { libc::prctl(libc::PR_GET_DUMPABLE) } != 1 {
+        assert!(Instant::now() < deadline, "the host process was left not dumpable");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+#[test]
+fn an_out_of_memory_kill_in_the_run_never_takes_the_host_even_a_larger_one() {
+    // The OOM killer kills every process that shares the victim's memory. The run's init shares
+    // the host's; it must never be the victim, even when the host is far larger than the
+    // program that ran out of memory (here: 512 MiB touched by the host, a 64 MiB limit).
+    prerequisites!();
+    let mut ballast = vec![0u8; 512 << 20];
+    for page in ballast.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    let guest = common::native_guest().unwrap();
+    let sb = SandboxBuilder::new(BackendKind::Process)
+        .policy(Policy {
+            memory: Some(64 << 20),
+            mounts: vec![Mount::read_only(guest.parent().unwrap(), "/opt/sandcell-guest")],
+            ..base()
+        })
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let out = sb.run(&Program::path("/opt/sandcell-guest/testguest").args(["alloc", "1024"])).unwrap();
+        if !out.enforced["memory"].contains("cgroup") {
+            // Unprivileged: an address-space limit, which fails allocations instead (no OOM kill).
+            eprintln!("no memory cgroup here ({}): no OOM kill to survive", out.enforced["memory"]);
+            return;
+        }
+        assert_eq!(out.status, Status::MemoryLimit, "{}", text(&out.stderr));
+    }
+    assert_eq!(std::hint::black_box(&ballast)[4096 * 7], 1);
+}

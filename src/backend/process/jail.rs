@@ -1,13 +1,14 @@
 //! The jail: what the child does between `clone` and `execve`, as one linear sequence.
 //!
 //! Everything the child needs is computed by the parent beforehand ([`Plan`] per sandbox,
-//! [`Launch`] per run). The child runs on a copy of the parent's memory made by a raw `clone`
-//! (no C-library fork handlers), so from here on nothing allocates, locks or panics: each step is
-//! a system call through [`sys`], and the first failure is reported to the parent as
-//! `(step, errno)` over a close-on-exec pipe, which `execve` closes on success.
+//! [`Launch`] per run). The child shares the parent's memory (`CLONE_VM`, on a stack of its own;
+//! see `sys::clone_jail`), so from here on nothing allocates, locks, panics or touches
+//! thread-local state: each step is a direct system call through [`sys`], the child writes only
+//! to its stack, and the first failure is reported to the parent as `(step, errno)` over a
+//! close-on-exec pipe, which `execve` closes on success.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 
 use super::seccomp::Profile;
 use super::sys;
@@ -169,6 +170,13 @@ pub(super) struct Launch<'a> {
     pub(super) stack: *mut u8,
     /// The network namespace was made ready by the pool (loopback already up where asked).
     pub(super) network_ready: bool,
+    /// The child shares the host's memory (`CLONE_VM`); then it must not change what belongs
+    /// to that memory, such as whether it is dumpable.
+    pub(super) shares_memory: bool,
+    /// Where to say "init runs" (`vforker::STARTED`, with a futex wake), or null.
+    pub(super) started: *const std::sync::atomic::AtomicU32,
+    /// The CPUs the host's thread may run on (init's, once it has started).
+    pub(super) cpus: libc::cpu_set_t,
 }
 
 const STAGING_ROOT: &CStr = c"/tmp";
@@ -181,6 +189,20 @@ fn fail(error: RawFd, step: Step, errno: i32) -> ! {
     sys::exit(127)
 }
 
+/// The child's entry point (`sys::clone_jail`): `arg` is the parent's `Launch`.
+pub(super) extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: the parent passes its `Launch`, which it keeps alive until this process is reaped.
+    let launch = unsafe { &*(arg as *const Launch) };
+    // SAFETY: when set, `started` points at the start's state, which outlives this process.
+    if let Some(started) = unsafe { launch.started.as_ref() } {
+        started.store(super::vforker::STARTED, std::sync::atomic::Ordering::Release);
+        sys::futex_wake(started);
+        // Started pinned to one CPU (see `vforker::start`): back to all the CPUs the host may use.
+        let _ = sys::set_affinity(&launch.cpus);
+    }
+    child(launch)
+}
+
 /// The child's side: pid 1 of the run's pid namespace. It sets up the jail, then forks the
 /// program as pid 2 and stays as a minimal init: it reaps orphans and, when the program exits,
 /// hands its exact wait status to the host and exits, which ends every process left in the
@@ -188,30 +210,47 @@ fn fail(error: RawFd, step: Step, errno: i32) -> ! {
 /// even `kill -SEGV $$`.) Never returns.
 pub(super) fn child(launch: &Launch) -> ! {
     let err = launch.error;
-    if let Err((step, errno)) = setup(launch) {
-        fail(err, step, errno)
-    }
+    let ruleset = match setup(launch) {
+        Ok(ruleset) => ruleset,
+        Err((step, errno)) => fail(err, step, errno),
+    };
     // pid 2 shares this process's memory until it executes the program (CLONE_VM|CLONE_VFORK:
     // no page-table copy, and this init waits until the exec), on the stack the parent set aside.
-    let program = sys::spawn_vfork(launch.stack, exec_trampoline, launch as *const Launch as *mut libc::c_void);
-    if program < 0 {
-        fail(err, Step::Exec, sys::errno());
+    let program = Program { launch, landlock: ruleset.as_ref().map_or(-1, sys::Fd::raw) };
+    match sys::spawn_vfork(launch.stack, exec_trampoline, &program as *const Program as *mut libc::c_void) {
+        Ok(pid) => init(launch, pid),
+        Err(errno) => fail(err, Step::Exec, errno),
     }
-    init(launch, program)
+}
+
+/// What pid 2 needs: the launch, and the Landlock ruleset to apply once more (or -1).
+struct Program<'a> {
+    launch: &'a Launch<'a>,
+    landlock: RawFd,
 }
 
 extern "C" fn exec_trampoline(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the `Launch` of `child`, which is suspended (CLONE_VFORK) and keeps it
+    // SAFETY: `arg` is the `Program` of `child`, which is suspended (CLONE_VFORK) and keeps it
     // alive until this process executes the program or exits.
-    exec_program(unsafe { &*(arg as *const Launch) })
+    exec_program(unsafe { &*(arg as *const Program) })
 }
 
 /// pid 2: connect stdio, close everything else at exec, and execute the first candidate that
 /// exists (ENOENT moves on to the next; any other error is final).
-fn exec_program(l: &Launch) -> ! {
+fn exec_program(p: &Program) -> ! {
+    let l = p.launch;
     // The program starts with no signal blocked and none ignored, whatever the host's threads
-    // had (Rust ignores SIGPIPE, and the parent blocks every signal while it clones).
+    // had (Rust ignores SIGPIPE, and init blocks every signal).
     sys::reset_signals();
+    // A Landlock domain of its own, nested in init's with the same rules: Landlock lets a
+    // process inspect or trace (ptrace, /proc/PID/mem, pidfd_getfd...) only processes in its
+    // own domain or below, so the program cannot reach init — which, sharing the host's memory
+    // (see `sys::clone_jail`), must be out of its reach.
+    if p.landlock >= 0 {
+        if let Err(e) = sys::landlock_restrict(p.landlock) {
+            fail(l.error, Step::Landlock, e);
+        }
+    }
     for (target, fd) in l.stdio.iter().enumerate() {
         if let Err(e) = sys::dup2(*fd, target as RawFd) {
             fail(l.error, Step::Stdio, e);
@@ -228,16 +267,19 @@ fn exec_program(l: &Launch) -> ! {
     fail(l.error, Step::Exec, last)
 }
 
-/// pid 1 after the fork: holds no descriptor but its control socket (being a copy of the host
-/// process that never executes anything, it would otherwise keep the host's descriptors open,
+/// pid 1 after the fork: holds no descriptor but its control socket (it started with a copy of
+/// the host's descriptors and never executes anything, so it would otherwise keep them open,
 /// among them the write end of this run's stdin and other runs' pipes), reaps every child, and
-/// reports the program's status.
+/// reports the program's status. Its signals stay blocked: it shares the host's memory, and no
+/// handler of the host may run in it.
 fn init(l: &Launch, program: libc::pid_t) -> ! {
     sys::close_all_but(l.sync);
     loop {
-        let mut status = 0;
-        // SAFETY: valid out-pointer; reaps any child of ours.
-        let pid = unsafe { libc::wait4(-1, &mut status, libc::__WALL, std::ptr::null_mut()) };
+        let (pid, status) = match sys::wait_any() {
+            Ok(reaped) => reaped,
+            Err(libc::EINTR) => continue,
+            Err(_) => sys::exit(0),
+        };
         if pid == program {
             let mut msg = [0u8; 5];
             msg[0] = b'S';
@@ -245,13 +287,11 @@ fn init(l: &Launch, program: libc::pid_t) -> ! {
             let _ = sys::send_fds(l.sync, &msg, &[]);
             sys::exit(0);
         }
-        if pid < 0 && sys::errno() != libc::EINTR {
-            sys::exit(0);
-        }
     }
 }
 
-fn setup(l: &Launch) -> Result<(), (Step, i32)> {
+/// Sets the jail up; returns the Landlock ruleset it applied, if any (pid 2 applies it again).
+fn setup(l: &Launch) -> Result<Option<sys::Fd>, (Step, i32)> {
     let plan = l.plan;
     let at = |step: Step| move |errno: i32| (step, errno);
 
@@ -287,8 +327,8 @@ fn setup(l: &Launch) -> Result<(), (Step, i32)> {
             Some(fd) => fd,
             None => {
                 let fd = sys::open_tree_clone(&bind.source).map_err(at(Step::OpenMountSource))?;
-                sys::mount_setattr(fd.as_raw_fd(), bind.attrs, None).map_err(at(Step::OpenMountSource))?;
-                into_raw(fd)
+                sys::mount_setattr(fd.raw(), bind.attrs, None).map_err(at(Step::OpenMountSource))?;
+                fd.into_raw()
             }
         };
         sources[i] = fd;
@@ -304,7 +344,7 @@ fn setup(l: &Launch) -> Result<(), (Step, i32)> {
     let root =
         sys::new_fs(c"tmpfs", &[(c"mode", c"0755"), (c"size", c"4m")], sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV)
             .map_err(at(Step::MountRoot))?;
-    sys::move_mount(root.as_raw_fd(), STAGING_ROOT).map_err(at(Step::MountRoot))?;
+    sys::move_mount(root.raw(), STAGING_ROOT).map_err(at(Step::MountRoot))?;
 
     // 8. Its skeleton: directories, mount-point files, symlinks (`/bin -> usr/bin`), and the
     //    synthetic `/etc/passwd` and `/etc/group`.
@@ -326,14 +366,14 @@ fn setup(l: &Launch) -> Result<(), (Step, i32)> {
         sys::move_mount(sources[i], &bind.target).map_err(at(Step::BindMount))?;
         sys::close(sources[i]);
     }
-    sys::move_mount(proc.as_raw_fd(), c"/tmp/proc").map_err(at(Step::MountProc))?;
+    sys::move_mount(proc.raw(), c"/tmp/proc").map_err(at(Step::MountProc))?;
     let tmp = sys::new_fs(
         c"tmpfs",
         &[(c"mode", c"1777"), (c"size", &plan.tmp_size)],
         sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
     )
     .map_err(at(Step::MountTmp))?;
-    sys::move_mount(tmp.as_raw_fd(), c"/tmp/tmp").map_err(at(Step::MountTmp))?;
+    sys::move_mount(tmp.raw(), c"/tmp/tmp").map_err(at(Step::MountTmp))?;
     drop((proc, root, tmp));
 
     // 10. Switch roots: pivot_root(".", ".") stacks the old root under the new one, and the lazy
@@ -373,18 +413,24 @@ fn setup(l: &Launch) -> Result<(), (Step, i32)> {
     // 14. No new privileges (setuid bits and file capabilities are ignored from now on), then
     //     Landlock, then no capabilities at all.
     sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(at(Step::NoNewPrivileges))?;
+    let mut landlock = None;
     if let Some(ll) = &plan.landlock {
         let ruleset =
             sys::landlock_ruleset(ll.handled_fs, ll.handled_net, ll.scoped, ll.abi).map_err(at(Step::Landlock))?;
         for (path, access) in &ll.rules {
-            sys::landlock_allow(ruleset.as_raw_fd(), path, *access).map_err(at(Step::Landlock))?;
+            sys::landlock_allow(ruleset.raw(), path, *access).map_err(at(Step::Landlock))?;
         }
-        sys::landlock_restrict(ruleset.as_raw_fd()).map_err(at(Step::Landlock))?;
+        sys::landlock_restrict(ruleset.raw()).map_err(at(Step::Landlock))?;
+        landlock = Some(ruleset);
     }
     sys::drop_capabilities().map_err(at(Step::DropCapabilities))?;
 
-    // 15. Not dumpable: the guest cannot open this init's /proc/1/mem or similar.
-    sys::prctl(libc::PR_SET_DUMPABLE, 0).map_err(at(Step::NoNewPrivileges))?;
+    // 15. Init out of the guest's reach (/proc/1/mem and the like). With its own copy of the
+    //     host's memory: not dumpable. Sharing the host's memory, that flag would be the host's
+    //     own; then the program's nested Landlock domain keeps it away (see `exec_program`).
+    if !l.shares_memory {
+        sys::prctl(libc::PR_SET_DUMPABLE, 0).map_err(at(Step::NoNewPrivileges))?;
+    }
 
     // 16. seccomp last (it would forbid the steps above); it covers this init and the program.
     //     The filter comes with its user-notification listener, which goes to the host.
@@ -394,10 +440,5 @@ fn setup(l: &Launch) -> Result<(), (Step, i32)> {
         sys::send_fds(l.sync, b"L", &[fd]).map_err(at(Step::SendListener))?;
         sys::close(fd);
     }
-    Ok(())
-}
-
-fn into_raw(fd: OwnedFd) -> RawFd {
-    use std::os::fd::IntoRawFd;
-    fd.into_raw_fd()
+    Ok(landlock)
 }

@@ -18,7 +18,9 @@ mod cgroup;
 mod jail;
 mod netns;
 pub(crate) mod seccomp;
+mod stacks;
 mod sys;
+mod vforker;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -140,6 +142,7 @@ impl ProcessSandbox {
         if as_root {
             netns::prime(policy.network == Network::Loopback);
         }
+        host_dumpable();
         let cgroups = if as_root { cgroup::detect(&host.cgroups) } else { None };
 
         // Resource limits.
@@ -340,6 +343,28 @@ impl ProcessSandbox {
     }
 }
 
+/// Whether this process was dumpable before any jail's init shared its memory (read when the
+/// first process sandbox is built).
+static HOST_DUMPABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn host_dumpable() -> bool {
+    // SAFETY: PR_GET_DUMPABLE takes no pointer.
+    *HOST_DUMPABLE.get_or_init(|| unsafe { libc::prctl(libc::PR_GET_DUMPABLE) } == 1)
+}
+
+/// Puts back this process's "dumpable" flag. A jail's init that shares this process's memory
+/// switches to the sandbox's user, and the kernel then clears the flag of that memory — of this
+/// process, that is (fs.suid_dumpable). Init needs no such protection (the program's nested
+/// Landlock domain keeps it out of reach), so once init has switched, the host gets its flag
+/// back; while a run is starting it may read as cleared.
+fn restore_dumpable() {
+    // SAFETY: PR_GET_DUMPABLE / PR_SET_DUMPABLE take integers only.
+    if host_dumpable() && unsafe { libc::prctl(libc::PR_GET_DUMPABLE) } != 1 {
+        // SAFETY: as above.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
+    }
+}
+
 /// A guest path under the staging root the child builds the new root at.
 fn staged(guest: &Path) -> CString {
     let mut bytes = b"/tmp".to_vec();
@@ -457,7 +482,12 @@ impl ProcessSandbox {
 
         // A network namespace made ahead by the pool (as root), else one made by clone3.
         let netns = if self.as_root { netns::take(self.plan.loopback) } else { None };
-        let mut stack = vec![0u8; sys::SPAWN_STACK];
+        let stacks = stacks::take().map_err(setup_err("map the jail's stacks"))?;
+        // With Landlock (always, unless the policy is best-effort on a kernel without it), init
+        // shares the host's memory and is started by a vfork thread; else it gets a copy of it.
+        // See `sys::clone_jail` and `vforker`.
+        let shares_memory = self.plan.landlock.is_some();
+        let job = vforker::Job::new(netns.as_ref());
         let launch = Launch {
             plan: &self.plan,
             exec: &exec,
@@ -467,8 +497,11 @@ impl ProcessSandbox {
             stdio: [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()],
             sync: sync_child.as_raw_fd(),
             error: error_w.as_raw_fd(),
-            stack: stack.as_mut_ptr(),
+            stack: stacks.program.bottom(),
             network_ready: netns.is_some(),
+            shares_memory,
+            started: if shares_memory { &job.state } else { std::ptr::null() },
+            cpus: sys::affinity(),
         };
         let mut flags = (libc::CLONE_NEWUSER
             | libc::CLONE_NEWPID
@@ -476,36 +509,40 @@ impl ProcessSandbox {
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS
             | libc::CLONE_NEWCGROUP) as u64;
-        let away = match &netns {
-            Some(ns) => Some(netns::Away::enter(ns).map_err(setup_err("enter the run's network namespace"))?),
-            None => {
-                flags |= libc::CLONE_NEWNET as u64;
-                None
-            }
-        };
+        if netns.is_none() {
+            flags |= libc::CLONE_NEWNET as u64;
+        }
         let v2_fd = cgroup.as_ref().and_then(|c| c.v2_fd.as_ref()).map(|fd| fd.as_raw_fd());
-        // SAFETY: the child runs `jail::child`, which only makes system calls on data prepared
-        // above and never returns.
-        let cloned = unsafe { sys::clone_jail(flags, v2_fd) };
-        let cloned = match cloned {
-            Ok(None) => jail::child(&launch),
-            Ok(Some(c)) => c,
-            Err(e) => {
-                if let Some(away) = away {
-                    away.leave().map_err(setup_err("return to the host's network namespace"))?;
-                }
-                return Err(Error::setup("create the sandbox's namespaces (clone3)", e));
-            }
-        };
-        drop(netns);
-        if let Some(away) = away {
-            if let Err(e) = away.leave() {
+        let arg = &launch as *const Launch as *mut libc::c_void;
+        let (pid, pidfd) = if shares_memory {
+            // SAFETY: init runs `jail::entry` on its own stack, says it runs first thing, and
+            // only makes system calls on data prepared above, which (with the stacks) `_lease`
+            // below keeps alive until it is reaped.
+            unsafe { vforker::start(&job, flags, v2_fd, &stacks.init, jail::entry, arg) }
+                .map_err(setup_err("create the sandbox's namespaces (clone3)"))?
+        } else {
+            // The child starts with every signal blocked (no handler of the host may run in it
+            // before it executes the program); pid 2 unblocks them for the program.
+            let blocked = sys::SignalsBlocked::new();
+            let away = match &netns {
+                Some(ns) => Some(netns::Away::enter(ns).map_err(setup_err("enter the run's network namespace"))?),
+                None => None,
+            };
+            // SAFETY: as above; the child has its own copy of this process's memory.
+            let cloned = unsafe { sys::clone_jail(flags, v2_fd, &stacks.init, jail::entry, arg) };
+            let left = away.map(netns::Away::leave);
+            drop(blocked);
+            let cloned = cloned.map_err(setup_err("create the sandbox's namespaces (clone3)"))?;
+            if let Some(Err(e)) = left {
                 let _ = sys::pidfd_kill(cloned.pidfd.as_raw_fd(), libc::SIGKILL);
                 let _ = sys::wait(cloned.pid);
                 return Err(Error::setup("return to the host's network namespace", e));
             }
-        }
-        let child = Child { pid: cloned.pid, pidfd: Arc::new(cloned.pidfd) };
+            (cloned.pid, cloned.pidfd)
+        };
+        let child = Child { pid, pidfd: Arc::new(pidfd) };
+        let _lease = stacks::Lease { stacks: Some(stacks), child: child.pidfd.clone() };
+        drop(netns);
         drop((stdin_r, stdout_w, stderr_w, error_w, sync_child));
 
         // From here on the child exists: every exit path must kill and reap it.
@@ -578,7 +615,8 @@ impl ProcessSandbox {
                     | sys::MOUNT_ATTR_NODEV
                     | if *read_only { sys::MOUNT_ATTR_RDONLY } else { 0 };
                 let tree = sys::open_tree_clone(path)
-                    .map_err(|e| Error::setup("open a mount source", io::Error::from_raw_os_error(e)))?;
+                    .map_err(|e| Error::setup("open a mount source", io::Error::from_raw_os_error(e)))?
+                    .into_owned();
                 sys::mount_setattr(tree.as_raw_fd(), attrs, Some(userns.as_raw_fd())).map_err(|e| {
                     Error::setup(
                         format!("id-map the mount of {}", path.to_string_lossy()),
@@ -604,6 +642,9 @@ impl ProcessSandbox {
                 Ok(n) => got += n,
                 Err(e) => return Err(Error::setup("read the sandbox's start-up status", e)),
             }
+        }
+        if self.plan.landlock.is_some() {
+            restore_dumpable();
         }
         if got == 8 {
             let step = u32::from_ne_bytes(record[..4].try_into().expect("4 bytes"));

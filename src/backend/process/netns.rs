@@ -109,62 +109,34 @@ fn make(loopback: bool, home: RawFd) -> std::io::Result<OwnedFd> {
 }
 
 /// The calling thread, temporarily in another network namespace: the process it clones while
-/// there starts in that namespace. Signals are blocked for as long as the thread is away, so no
-/// handler runs there; `leave` goes back and restores them.
+/// there starts in that namespace. The caller blocks signals for as long as the thread is away,
+/// so that no handler runs there.
 pub(super) struct Away {
     home: OwnedFd,
-    mask: libc::sigset_t,
 }
 
 impl Away {
     /// Moves the calling thread into `ns`.
     pub(super) fn enter(ns: &OwnedFd) -> std::io::Result<Away> {
-        // SAFETY: sigset_t is plain data; filled by sigfillset / pthread_sigmask.
-        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut mask: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: valid sigset pointers.
-        unsafe {
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut mask);
-        }
-        let restore = |mask: &libc::sigset_t| {
-            // SAFETY: restores the mask saved above.
-            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
-        };
-        let home = match std::fs::File::open("/proc/thread-self/ns/net") {
-            Ok(f) => OwnedFd::from(f),
-            Err(e) => {
-                restore(&mask);
-                return Err(e);
-            }
-        };
+        let home = OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net")?);
         // SAFETY: setns of the network namespace affects only this thread.
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-            let e = std::io::Error::last_os_error();
-            restore(&mask);
-            return Err(e);
+            return Err(std::io::Error::last_os_error());
         }
-        Ok(Away { home, mask })
+        Ok(Away { home })
     }
 
-    /// Returns the thread to its own namespace and signal mask. Going back can only fail if the
-    /// kernel cannot allocate a few bytes; it is tried a few times, and a failure is reported.
+    /// Returns the thread to its own namespace. Going back can only fail if the kernel cannot
+    /// allocate a few bytes; it is tried a few times, and a failure is reported.
     pub(super) fn leave(self) -> std::io::Result<()> {
         let mut result = Ok(());
         for _ in 0..3 {
             // SAFETY: `home` is this thread's own network namespace.
-            result = if unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            };
-            if result.is_ok() {
-                break;
+            if unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
+                return Ok(());
             }
+            result = Err(std::io::Error::last_os_error());
         }
-        // SAFETY: restores the mask saved by `enter`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.mask, std::ptr::null_mut()) };
         result
     }
 }
