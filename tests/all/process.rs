@@ -285,7 +285,9 @@ fn proc_and_fd_tricks_stay_inside() {
 fn system_directories_are_read_only_and_tmp_is_private() {
     prerequisites!();
     let sb = sandbox(base());
-    for path in ["/usr/sandcell-test", "/etc/passwd", "/sandcell-test", "/opt/hostile/x"] {
+    for path in
+        ["/usr/sandcell-test", "/etc/passwd", "/sandcell-test", "/opt/hostile/x", "/dev/sandcell-test", "/dev/null2"]
+    {
         assert!(text(&run(&*sb, &["write", path]).stdout).starts_with("open_for_write: err"), "{path}");
     }
     assert!(text(&run(&*sb, &["write", "/tmp/scratch"]).stdout).starts_with("open_for_write: ok"));
@@ -496,4 +498,30 @@ fn an_out_of_memory_kill_in_the_run_never_takes_the_host_even_a_larger_one() {
         assert_eq!(out.status, Status::MemoryLimit, "{}", text(&out.stderr));
     }
     assert_eq!(std::hint::black_box(&ballast)[4096 * 7], 1);
+}
+
+#[test]
+fn the_devices_work_and_the_shared_root_template_cannot_be_changed() {
+    prerequisites!();
+    let sb = SandboxBuilder::new(BackendKind::Process).policy(base()).build().unwrap();
+    let script = "echo x > /dev/null && head -c 5 /dev/zero | wc -c && head -c 5 /dev/urandom | wc -c; \
+                  chmod 777 /dev/null /etc 2>&1; ln -s x /dev/y 2>&1; rm /etc/passwd 2>&1; \
+                  mount -o remount,rw / 2>&1; true";
+    for _ in 0..2 {
+        let out = sb.run(&Program::path("/bin/sh").args(["-c", script])).unwrap();
+        let s = text(&out.stdout);
+        assert!(s.starts_with("5\n5\n"), "{s}\n{}", text(&out.stderr));
+        assert!(!s.contains("rw"), "{s}");
+        // Nothing changed for the next run either (the loop's second pass).
+        assert_eq!(
+            text(
+                &sb.run(
+                    &Program::path("/bin/sh").args(["-c", "ls -l /dev/null /etc/passwd | cut -c1-10; ls /dev | wc -l"])
+                )
+                .unwrap()
+                .stdout
+            ),
+            "crw-rw-rw-\n-rw-r--r--\n10\n"
+        );
+    }
 }

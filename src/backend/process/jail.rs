@@ -140,6 +140,10 @@ pub(super) struct Plan {
     pub(super) rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
     pub(super) landlock: Option<LandlockPlan>,
     pub(super) seccomp: Profile,
+    /// The root comes ready from the sandbox's template (see `template`): the parent sends a
+    /// copy first in its message, and `dirs`, `files`, `contents`, `symlinks` and the device
+    /// nodes are in it already.
+    pub(super) template: bool,
 }
 
 /// Landlock rights for this kernel's ABI and the rules, by path inside the new root.
@@ -302,12 +306,14 @@ fn setup(l: &Launch) -> Result<Option<sys::Fd>, (Step, i32)> {
     // 2. Wait until the parent has written our uid/gid maps (and joined us to our cgroups). The
     //    message carries the id-mapped mounts the parent prepared, if any. EOF: the parent died.
     let mut msg = [0u8; 1];
-    let mut idmapped = [-1 as RawFd; MAX_BINDS];
-    match sys::recv_fds(l.sync, &mut msg, &mut idmapped) {
+    let mut received = [-1 as RawFd; MAX_BINDS + 1];
+    match sys::recv_fds(l.sync, &mut msg, &mut received) {
         Ok((1, _)) => {}
         Ok(_) => return Err((Step::WaitForParent, libc::EPIPE)),
         Err(e) => return Err((Step::WaitForParent, e)),
     }
+    // With a template, its copy comes first.
+    let (root_copy, idmapped) = if plan.template { (received[0], &received[1..]) } else { (-1, &received[..]) };
 
     // 3. Become the sandbox's root inside the user namespace. Outside, that is the unprivileged
     //    uid the parent mapped (never the host's root).
@@ -341,13 +347,25 @@ fn setup(l: &Launch) -> Result<Option<sys::Fd>, (Step, i32)> {
 
     // 7. The new root: a small tmpfs, attached over /tmp of this (private) namespace while it is
     //    being built.
-    let root =
-        sys::new_fs(c"tmpfs", &[(c"mode", c"0755"), (c"size", c"4m")], sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV)
-            .map_err(at(Step::MountRoot))?;
-    sys::move_mount(root.raw(), STAGING_ROOT).map_err(at(Step::MountRoot))?;
+    //    (Or the copy of the sandbox's read-only template, with the skeleton of step 8 in it.)
+    if plan.template {
+        if root_copy < 0 {
+            return Err((Step::MountRoot, libc::EBADF));
+        }
+        sys::move_mount(root_copy, STAGING_ROOT).map_err(at(Step::MountRoot))?;
+        sys::close(root_copy);
+    } else {
+        let root = sys::new_fs(
+            c"tmpfs",
+            &[(c"mode", c"0755"), (c"size", c"4m")],
+            sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        )
+        .map_err(at(Step::MountRoot))?;
+        sys::move_mount(root.raw(), STAGING_ROOT).map_err(at(Step::MountRoot))?;
+    }
 
     // 8. Its skeleton: directories, mount-point files, symlinks (`/bin -> usr/bin`), and the
-    //    synthetic `/etc/passwd` and `/etc/group`.
+    //    synthetic `/etc/passwd` and `/etc/group` (none with a template: it has them).
     for dir in &plan.dirs {
         sys::mkdir(dir, 0o755).map_err(at(Step::BuildRoot))?;
     }
@@ -374,7 +392,7 @@ fn setup(l: &Launch) -> Result<Option<sys::Fd>, (Step, i32)> {
     )
     .map_err(at(Step::MountTmp))?;
     sys::move_mount(tmp.raw(), c"/tmp/tmp").map_err(at(Step::MountTmp))?;
-    drop((proc, root, tmp));
+    drop((proc, tmp));
 
     // 10. Switch roots: pivot_root(".", ".") stacks the old root under the new one, and the lazy
     //     unmount detaches the whole host tree from this namespace.
@@ -383,15 +401,18 @@ fn setup(l: &Launch) -> Result<Option<sys::Fd>, (Step, i32)> {
     sys::umount_detach(c".").map_err(at(Step::PivotRoot))?;
     sys::chdir(c"/").map_err(at(Step::PivotRoot))?;
 
-    // 11. The root itself is read-only; only /tmp and read-write mounts can be written.
-    sys::mount(
-        None,
-        c"/",
-        None,
-        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-        None,
-    )
-    .map_err(at(Step::ReadOnlyRoot))?;
+    // 11. The root itself is read-only; only /tmp and read-write mounts can be written. (A
+    //     template's copy is read-only already, and holds the device nodes: not nodev.)
+    if !plan.template {
+        sys::mount(
+            None,
+            c"/",
+            None,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            None,
+        )
+        .map_err(at(Step::ReadOnlyRoot))?;
+    }
 
     // 12. Identity and network inside the namespaces.
     sys::sethostname(b"sandcell").map_err(at(Step::Hostname))?;

@@ -20,6 +20,7 @@ mod netns;
 pub(crate) mod seccomp;
 mod stacks;
 mod sys;
+mod template;
 mod vforker;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -90,6 +91,8 @@ pub struct ProcessSandbox {
     as_root: bool,
     /// Policy mounts to id-map when running as root: (host path, read-only), by index.
     idmapped: Vec<(CString, bool)>,
+    /// The root template (as root), copied for each run.
+    template: Option<OwnedFd>,
     interrupt: InterruptHandle,
     enforced: BTreeMap<String, String>,
     skipped: BTreeMap<String, String>,
@@ -249,8 +252,12 @@ impl ProcessSandbox {
                 tree.bind(dir, dir, meta.is_dir(), ro, None);
             }
         }
-        for dev in DEVICES {
-            tree.bind(Path::new(dev), Path::new(dev), false, sys::MOUNT_ATTR_NOSUID, None);
+        // As root, the skeleton and the device nodes go into a read-only template built once
+        // (see `template`, below); else the jail builds them, devices bind-mounted, per run.
+        if !as_root {
+            for dev in DEVICES {
+                tree.bind(Path::new(dev), Path::new(dev), false, sys::MOUNT_ATTR_NOSUID, None);
+            }
         }
         let mut idmapped = Vec::new();
         let mut landlock_rules: Vec<(PathBuf, u64)> = Vec::new();
@@ -314,6 +321,25 @@ impl ProcessSandbox {
         });
 
         let tmp_size = policy.memory.unwrap_or(256 << 20);
+        let template = if as_root {
+            let template = build_template(&tree);
+            if template.is_none() {
+                // Could not build it: the jail builds the root per run, as without root.
+                for dev in DEVICES {
+                    tree.bind(Path::new(dev), Path::new(dev), false, sys::MOUNT_ATTR_NOSUID, None);
+                }
+            }
+            template
+        } else {
+            None
+        };
+        if template.is_some() {
+            // It has the whole skeleton.
+            tree.dirs.clear();
+            tree.files.clear();
+            tree.contents.clear();
+            tree.symlinks.clear();
+        }
         let plan = Plan {
             dirs: tree.dirs.iter().map(|d| staged(d)).collect(),
             files: tree.files.iter().map(|f| staged(f)).collect(),
@@ -326,6 +352,7 @@ impl ProcessSandbox {
             rlimits,
             landlock,
             seccomp: seccomp::profile(&policy.deny_syscalls, policy.network, policy.cpus.is_some())?,
+            template: template.is_some(),
         };
         // pids +1: the run's init.
         let limits = cgroup::Limits { memory: policy.memory, pids: policy.max_processes.map(|n| n + 1) };
@@ -336,6 +363,7 @@ impl ProcessSandbox {
             cgroups,
             as_root,
             idmapped,
+            template,
             interrupt: InterruptHandle::for_sandbox(),
             enforced,
             skipped,
@@ -363,6 +391,25 @@ fn restore_dumpable() {
         // SAFETY: as above.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
     }
+}
+
+/// The sandbox's root template from its tree (skeleton and device nodes), or `None` if it cannot
+/// be built (the jail then builds the root per run).
+fn build_template(tree: &Tree) -> Option<OwnedFd> {
+    let dirs: Vec<CString> = tree.dirs.iter().map(|d| cstr(d.as_os_str().as_bytes())).collect();
+    let files: Vec<CString> = tree.files.iter().map(|f| cstr(f.as_os_str().as_bytes())).collect();
+    let contents: Vec<(CString, &[u8])> =
+        tree.contents.iter().map(|(p, c)| (cstr(p.as_os_str().as_bytes()), c.as_slice())).collect();
+    let symlinks: Vec<(CString, CString)> =
+        tree.symlinks.iter().map(|(t, l)| (cstr(t.as_os_str().as_bytes()), cstr(l.as_os_str().as_bytes()))).collect();
+    let skeleton = template::Skeleton {
+        dirs: dirs.iter().map(CString::as_c_str).collect(),
+        files: files.iter().map(CString::as_c_str).collect(),
+        contents: contents.iter().map(|(p, c)| (p.as_c_str(), *c)).collect(),
+        symlinks: symlinks.iter().map(|(t, l)| (t.as_c_str(), l.as_c_str())).collect(),
+        devices: DEVICES,
+    };
+    template::build(&skeleton).ok()
 }
 
 /// A guest path under the staging root the child builds the new root at.
@@ -626,10 +673,15 @@ impl ProcessSandbox {
                 idmapped.push(tree);
             }
         }
-        let raw: Vec<RawFd> = idmapped.iter().map(|f| f.as_raw_fd()).collect();
+        // The run's copy of the root template comes first.
+        let root = match &self.template {
+            Some(t) => Some(template::copy(t).map_err(|e| Error::setup("copy the root template", e))?),
+            None => None,
+        };
+        let raw: Vec<RawFd> = root.iter().chain(idmapped.iter()).map(|f| f.as_raw_fd()).collect();
         sys::send_fds(io.sync.as_raw_fd(), b"G", &raw)
             .map_err(|e| Error::setup("start the sandboxed process", io::Error::from_raw_os_error(e)))?;
-        drop(idmapped);
+        drop((idmapped, root));
 
         let timers = self.start_timers(control, cgroup, started);
 

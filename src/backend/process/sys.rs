@@ -527,6 +527,15 @@ pub(super) fn open_tree_clone(path: &CStr) -> Result<Fd, i32> {
     Ok(Fd(fd as RawFd))
 }
 
+/// `open_tree(fd, "", OPEN_TREE_CLONE)`: a detached copy of the (detached) mount `fd`.
+pub(super) fn open_tree_copy(fd: RawFd) -> Result<Fd, i32> {
+    const OPEN_TREE_CLONE: usize = 1;
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as usize | libc::AT_EMPTY_PATH as usize;
+    // SAFETY: "" with AT_EMPTY_PATH names `fd`.
+    let copy = ck(unsafe { sc(libc::SYS_open_tree, [fd as usize, a(c"".as_ptr()), flags, 0, 0, 0]) })?;
+    Ok(Fd(copy as RawFd))
+}
+
 #[repr(C)]
 struct MountAttr {
     attr_set: u64,
