@@ -243,9 +243,9 @@ extern "C" fn exec_trampoline(arg: *mut libc::c_void) -> libc::c_int {
 /// exists (ENOENT moves on to the next; any other error is final).
 fn exec_program(p: &Program) -> ! {
     let l = p.launch;
-    // The program starts with no signal blocked and none ignored, whatever the host's threads
-    // had (Rust ignores SIGPIPE, and init blocks every signal).
-    sys::reset_signals();
+    // The program starts with no signal blocked (init blocks them all) and, as init reset them
+    // (`setup`), none ignored.
+    sys::unblock_signals();
     // A Landlock domain of its own, nested in init's with the same rules: Landlock lets a
     // process inspect or trace (ptrace, /proc/PID/mem, pidfd_getfd...) only processes in its
     // own domain or below, so the program cannot reach init — which, sharing the host's memory
@@ -302,6 +302,11 @@ fn setup(l: &Launch) -> Result<Option<sys::Fd>, (Step, i32)> {
     // 1. Die with the host: if the parent thread goes, so does this process, and with it (as
     //    pid 1 of its namespace) every process of the run.
     sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong).map_err(at(Step::WaitForParent))?;
+
+    //    Every signal back to its default action (the host's ignore SIGPIPE, for one; the
+    //    program inherits these), while the parent is busy anyway. The mask stays full: no
+    //    handler of the host may run here, and init ignores default-action signals anyway.
+    sys::reset_signals();
 
     // 2. Wait until the parent has written our uid/gid maps (and joined us to our cgroups). The
     //    message carries the id-mapped mounts the parent prepared, if any. EOF: the parent died.

@@ -307,9 +307,8 @@ impl ProcessSandbox {
             let handled_fs = landlock_fs_rights(abi);
             let file_rights = (LL_EXECUTE | LL_READ_FILE | LL_WRITE_FILE | LL_TRUNCATE | LL_IOCTL_DEV) & handled_fs;
             let mut rules = vec![(cstr("/"), LL_EXECUTE | LL_READ_FILE | LL_READ_DIR), (cstr("/tmp"), handled_fs)];
-            for dev in DEVICES {
-                rules.push((cstr(dev), (LL_READ_FILE | LL_WRITE_FILE | LL_IOCTL_DEV) & handled_fs));
-            }
+            // The device nodes: one rule for /dev, which holds nothing else (and is read-only).
+            rules.push((cstr("/dev"), (LL_READ_FILE | LL_WRITE_FILE | LL_IOCTL_DEV) & handled_fs));
             for (guest, access) in &landlock_rules {
                 let access = if *access == u64::MAX { handled_fs } else { access & file_rights };
                 rules.push((cstr(guest.as_os_str().as_bytes()), access));

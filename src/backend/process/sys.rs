@@ -696,10 +696,9 @@ pub(super) fn loopback_up() -> Result<(), i32> {
     }
 }
 
-/// Sets every ignored signal back to its default action and unblocks all signals (handled ones
-/// return to their default at `execve` anyway). Raw `rt_sigaction`: the C library refuses to
-/// touch the signals it reserves for itself (32 and 33), which can arrive ignored too.
-/// Async-signal-safe.
+/// Sets every signal's action back to the default (ignored ones stay ignored across `execve`,
+/// handled ones would not matter). Raw `rt_sigaction`: the C library refuses to touch the
+/// signals it reserves for itself (32 and 33), which can arrive ignored too. Async-signal-safe.
 pub(super) fn reset_signals() {
     /// The kernel's `struct sigaction` for x86-64.
     #[repr(C)]
@@ -709,19 +708,20 @@ pub(super) fn reset_signals() {
         restorer: usize,
         mask: u64,
     }
-    // SAFETY: rt_sigaction and rt_sigprocmask with valid structs of the sizes the kernel expects.
-    unsafe {
-        for sig in 1..=64 {
-            let mut old = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
-            let queried = sc(libc::SYS_rt_sigaction, [sig, 0, am(&mut old), 8, 0, 0]);
-            if queried == 0 && old.handler == libc::SIG_IGN {
-                let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
-                sc(libc::SYS_rt_sigaction, [sig, a(&dfl), 0, 8, 0, 0]);
-            }
+    let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    for sig in 1..=64usize {
+        if sig != libc::SIGKILL as usize && sig != libc::SIGSTOP as usize {
+            // SAFETY: rt_sigaction with a valid struct of the size the kernel expects.
+            unsafe { sc(libc::SYS_rt_sigaction, [sig, a(&dfl), 0, 8, 0, 0]) };
         }
-        let none: u64 = 0;
-        sc(libc::SYS_rt_sigprocmask, [libc::SIG_SETMASK as usize, a(&none), 0, 8, 0, 0]);
     }
+}
+
+/// Unblocks every signal.
+pub(super) fn unblock_signals() {
+    let none: u64 = 0;
+    // SAFETY: rt_sigprocmask with a valid 8-byte set.
+    unsafe { sc(libc::SYS_rt_sigprocmask, [libc::SIG_SETMASK as usize, a(&none), 0, 8, 0, 0]) };
 }
 
 pub(super) fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> Result<(), i32> {
