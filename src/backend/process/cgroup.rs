@@ -58,6 +58,7 @@ pub(super) fn detect(host: &Cgroups) -> Option<Setup> {
         if ["memory", "pids"].iter().all(|c| host.v2_controllers.iter().any(|h| h == c)) {
             // Runs go in a "sandcell" child of the v2 root's subtree: processes may not live in
             // a cgroup that delegates controllers to children, so sandcell never uses its own.
+            collect_stale(std::iter::once(mount));
             let parent = mount.join(format!("sandcell-{}", std::process::id()));
             if fs::create_dir_all(&parent).is_ok() {
                 let subtree = mount.join("cgroup.subtree_control");
@@ -77,7 +78,36 @@ pub(super) fn detect(host: &Cgroups) -> Option<Setup> {
     };
     let memory = v1("memory")?;
     let pids = v1("pids")?;
-    Some(Setup::V1 { memory, pids, cpuacct: v1("cpuacct") })
+    let cpuacct = v1("cpuacct");
+    collect_stale(std::iter::once(&memory).chain(Some(&pids)).chain(cpuacct.as_ref()));
+    Some(Setup::V1 { memory, pids, cpuacct })
+}
+
+/// Removes the run cgroups that processes now gone left in `dirs` (`sandcell-PID-N`: a process
+/// that exits without dropping its sandboxes leaves its pool of empty cgroups behind). One
+/// attempt each, on the background thread; a cgroup still in use is left alone.
+fn collect_stale<'a>(dirs: impl Iterator<Item = &'a PathBuf>) {
+    let mut stale = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("sandcell-")).and_then(|r| r.split('-').next())
+            else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                // A v2 parent (`sandcell-PID`) holds its runs' cgroups: those go first.
+                if let Ok(children) = fs::read_dir(entry.path()) {
+                    stale.extend(children.flatten().filter(|c| c.path().is_dir()).map(|c| c.path()));
+                }
+                stale.push(entry.path());
+            }
+        }
+    }
+    if !stale.is_empty() {
+        let _ = reaper().send(Job::Collect(stale));
+    }
 }
 
 /// Limits of one run's cgroup.
@@ -101,6 +131,10 @@ pub(super) struct RunCgroup {
     cpu_base: Duration,
 }
 
+/// Memory a finished run may leave charged to its cgroup without it being reclaimed before the
+/// cgroup is reused (the next run then has this much less headroom, and its peak may include it).
+const LEFT_OVER: u64 = 1 << 20;
+
 /// A sandbox's idle run cgroups. Creating a cgroup, moving a process in and removing it again
 /// costs about 0.4 ms per run (removal waits for RCU grace periods), so a finished run's cgroup —
 /// empty, since its pid namespace is gone — is reclaimed on a background thread and reused by a
@@ -113,6 +147,15 @@ pub(super) struct Pool {
     idle: Arc<Mutex<Vec<RunCgroup>>>,
 }
 
+impl Drop for Pool {
+    /// The idle cgroups go with the sandbox (leased ones are removed when their run ends).
+    fn drop(&mut self) {
+        for cg in self.idle.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            drop(cg);
+        }
+    }
+}
+
 impl Pool {
     pub(super) fn new(setup: Setup, limits: Limits) -> Self {
         Pool { setup, limits, idle: Arc::default() }
@@ -121,11 +164,15 @@ impl Pool {
     /// A cgroup for one run, fresh counters, returned to the pool when the lease is dropped.
     pub(super) fn take(&self) -> io::Result<Lease> {
         let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut cg = match reused {
+        // A reused cgroup's counters were reset when it was recycled, off the run's path.
+        let cg = match reused {
             Some(cg) => cg,
-            None => RunCgroup::create(&self.setup, &self.limits)?,
+            None => {
+                let mut cg = RunCgroup::create(&self.setup, &self.limits)?;
+                cg.begin();
+                cg
+            }
         };
-        cg.begin();
         Ok(Lease { cg: Some(cg), idle: Arc::downgrade(&self.idle) })
     }
 }
@@ -244,17 +291,26 @@ impl RunCgroup {
         CpuProbe { dir: self.cpu.clone()?, v2: self.v2, base: Duration::ZERO }.read()
     }
 
-    /// Whether the cgroup holds no process (so it can be reused), and reclaims its memory
-    /// (page cache a run left charged to it).
-    fn recycle(&self) -> bool {
+    /// Whether the cgroup holds no process (so it can be reused). If so, reclaims the memory a
+    /// run left charged to it (page cache) when that is more than a little — reclaiming costs
+    /// CPU time, taken from the runs in progress — and resets its counters for the next run.
+    fn recycle(&mut self) -> bool {
         let empty =
             self.dirs.iter().all(|d| fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty()));
         if empty {
-            if self.v2 {
-                let _ = fs::write(self.memory.join("memory.reclaim"), "1G");
-            } else {
-                let _ = fs::write(self.memory.join("memory.force_empty"), "0");
+            let usage = if self.v2 { "memory.current" } else { "memory.usage_in_bytes" };
+            let left: u64 = fs::read_to_string(self.memory.join(usage))
+                .ok()
+                .and_then(|u| u.trim().parse().ok())
+                .unwrap_or(u64::MAX);
+            if left > LEFT_OVER {
+                if self.v2 {
+                    let _ = fs::write(self.memory.join("memory.reclaim"), "1G");
+                } else {
+                    let _ = fs::write(self.memory.join("memory.force_empty"), "0");
+                }
             }
+            self.begin();
         }
         empty
     }
@@ -307,6 +363,8 @@ impl Drop for RunCgroup {
 /// Work for the background cgroup thread.
 enum Job {
     Remove(Vec<PathBuf>),
+    /// Stale cgroups of processes now gone: one attempt each.
+    Collect(Vec<PathBuf>),
     Recycle(RunCgroup, Weak<Mutex<Vec<RunCgroup>>>),
 }
 
@@ -332,7 +390,12 @@ fn reaper() -> &'static std::sync::mpsc::Sender<Job> {
                 for job in rx {
                     match job {
                         Job::Remove(dirs) => remove_dirs(dirs),
-                        Job::Recycle(cg, idle) => match idle.upgrade() {
+                        Job::Collect(dirs) => {
+                            for dir in dirs {
+                                let _ = fs::remove_dir(dir);
+                            }
+                        }
+                        Job::Recycle(mut cg, idle) => match idle.upgrade() {
                             Some(idle) if cg.recycle() => idle.lock().unwrap_or_else(|e| e.into_inner()).push(cg),
                             _ => drop(cg),
                         },
