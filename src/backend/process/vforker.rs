@@ -7,7 +7,7 @@
 //! process sharing the victim's memory, the host included — and the kernel never picks a vfork
 //! child that still shares its parent's memory (`in_vfork` in `oom_badness`). So init is a vfork
 //! child, and its parent is one of these threads, suspended in `clone3` until init exits (when
-//! the kernel lets it go). The caller is told as soon as init runs.
+//! the kernel lets it go). The caller goes on as soon as the kernel has made init.
 //!
 //! A thread serves one run at a time and waits for the next; as many exist as runs have been in
 //! progress at once. They block every signal (init inherits that mask: no handler of the host
@@ -51,7 +51,7 @@ static IDLE: Mutex<Vec<Thread>> = Mutex::new(Vec::new());
 
 /// Starts init: `entry(arg)` on `stack`, in a new process with `flags` (namespaces), sharing
 /// this process's memory, optionally in cgroup v2 directory `cgroup` (and in the network
-/// namespace the job names). Returns once init runs, with its pid and pidfd.
+/// namespace the job names). Returns once the kernel has made init, with its pid and pidfd.
 ///
 /// # Safety
 /// As `sys::clone_jail`; besides, `entry` must set `job.state` to `STARTED` (with a futex wake)
