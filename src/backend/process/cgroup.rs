@@ -363,6 +363,8 @@ impl Drop for RunCgroup {
 /// Work for the background cgroup thread.
 enum Job {
     Remove(Vec<PathBuf>),
+    /// Something whose release takes a while, released here instead of on a run's path.
+    Release(Box<dyn Send>),
     /// Stale cgroups of processes now gone: one attempt each.
     Collect(Vec<PathBuf>),
     Recycle(RunCgroup, Weak<Mutex<Vec<RunCgroup>>>),
@@ -380,6 +382,13 @@ fn remove_dirs(dirs: Vec<PathBuf>) {
     }
 }
 
+/// Releases `thing` on the background thread.
+pub(super) fn release_later(thing: impl Send + 'static) {
+    if let Err(std::sync::mpsc::SendError(Job::Release(thing))) = reaper().send(Job::Release(Box::new(thing))) {
+        drop(thing);
+    }
+}
+
 fn reaper() -> &'static std::sync::mpsc::Sender<Job> {
     static REAPER: std::sync::OnceLock<std::sync::mpsc::Sender<Job>> = std::sync::OnceLock::new();
     REAPER.get_or_init(|| {
@@ -390,6 +399,7 @@ fn reaper() -> &'static std::sync::mpsc::Sender<Job> {
                 for job in rx {
                     match job {
                         Job::Remove(dirs) => remove_dirs(dirs),
+                        Job::Release(thing) => drop(thing),
                         Job::Collect(dirs) => {
                             for dir in dirs {
                                 let _ = fs::remove_dir(dir);

@@ -370,6 +370,17 @@ impl ProcessSandbox {
     }
 }
 
+/// Holds something until dropped, then has the background thread release it.
+struct ReleaseLater<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> Drop for ReleaseLater<T> {
+    fn drop(&mut self) {
+        if let Some(thing) = self.0.take() {
+            cgroup::release_later(thing);
+        }
+    }
+}
+
 /// Whether this process was dumpable before any jail's init shared its memory (read when the
 /// first process sandbox is built).
 static HOST_DUMPABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -677,6 +688,10 @@ impl ProcessSandbox {
             Some(t) => Some(template::copy(t).map_err(|e| Error::setup("copy the root template", e))?),
             None => None,
         };
+        // A hold on the run's mount namespace, released after the run on a background thread:
+        // tearing down a mount namespace waits for an RCU grace period, which init's exit
+        // would otherwise do while the run's result waits for it.
+        let _mount_ns = ReleaseLater(std::fs::File::open(proc_dir.join("ns/mnt")).ok());
         let raw: Vec<RawFd> = root.iter().chain(idmapped.iter()).map(|f| f.as_raw_fd()).collect();
         sys::send_fds(io.sync.as_raw_fd(), b"G", &raw)
             .map_err(|e| Error::setup("start the sandboxed process", io::Error::from_raw_os_error(e)))?;
