@@ -148,13 +148,13 @@ fn spawn() -> std::io::Result<Thread> {
     let me = jobs.clone();
     let (tid_tx, tid_rx) = channel();
     std::thread::Builder::new().name("sandcell-jail".into()).spawn(move || {
-        // SAFETY: gettid has no preconditions.
-        let _ = tid_tx.send(unsafe { libc::gettid() });
         // Every signal blocked, for good: init inherits this mask.
         let _blocked = sys::SignalsBlocked::new();
+        // A thread that cannot serve says nothing: the caller then knows at once.
         let Ok(home) = std::fs::File::open("/proc/thread-self/ns/net") else { return };
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
+        let _ = tid_tx.send(tid);
         for job in inbox {
             run(&job, home.as_raw_fd());
             // The caller has its answer (init ran and has exited now, or clone3 failed).
@@ -190,5 +190,9 @@ fn run(job: &Job, home: RawFd) {
     }
     if rc < 0 {
         fail(-rc as i32);
+    } else if job.state.compare_exchange(PENDING, STARTED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        // Init has come and gone without saying it ran (killed at once): the caller, if it is
+        // still waiting, has the kernel's pid and pidfd all the same.
+        sys::futex_wake(&job.state);
     }
 }
