@@ -98,3 +98,35 @@ pub(crate) fn clock_time(clock: libc::clockid_t) -> Option<Duration> {
     let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
+
+/// The CPUs the calling thread may run on (all of them if that cannot be read).
+pub(crate) fn allowed_cpus() -> libc::cpu_set_t {
+    // SAFETY: an all-zero cpu_set_t is valid; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            // SAFETY: `cpu` is below CPU_SETSIZE.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+    }
+    set
+}
+
+/// Runs thread `tid` (of this process) on the CPU the calling thread is on now, if that CPU is
+/// in `allowed`. Best effort: a failure only costs speed.
+pub(crate) fn pin_to_current_cpu(tid: libc::pid_t, allowed: &libc::cpu_set_t) {
+    // SAFETY: sched_getcpu has no preconditions.
+    let Ok(here) = usize::try_from(unsafe { libc::sched_getcpu() }) else { return };
+    // SAFETY: `here` is checked against CPU_SETSIZE first.
+    if here >= libc::CPU_SETSIZE as usize || !unsafe { libc::CPU_ISSET(here, allowed) } {
+        return;
+    }
+    // SAFETY: an all-zero cpu_set_t is valid; `here` is below CPU_SETSIZE; `tid` is a thread of
+    // this process (a stale one only makes the call fail).
+    unsafe {
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(here, &mut one);
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &one);
+    }
+}

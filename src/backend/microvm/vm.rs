@@ -537,40 +537,11 @@ mod pool {
 
     static IDLE: Mutex<Vec<Worker>> = Mutex::new(Vec::new());
 
-    /// The CPUs the calling thread may run on.
-    fn allowed_cpus() -> libc::cpu_set_t {
-        // SAFETY: an all-zero cpu_set_t is valid; sched_getaffinity fills it.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid cpu_set_t of the size passed.
-        if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
-            for cpu in 0..libc::CPU_SETSIZE as usize {
-                // SAFETY: `cpu` is below CPU_SETSIZE.
-                unsafe { libc::CPU_SET(cpu, &mut set) };
-            }
-        }
-        set
-    }
-
     impl Worker {
         /// Pins the (waiting) worker to the CPU the calling thread is on, if that CPU is one it
         /// may use; it unpins itself when its job ends. Best effort: a failure only costs speed.
         pub(super) fn pin_here(&self) {
-            // SAFETY: sched_getcpu has no preconditions.
-            let here = unsafe { libc::sched_getcpu() };
-            let Ok(here) = usize::try_from(here) else { return };
-            if here >= libc::CPU_SETSIZE as usize {
-                return;
-            }
-            // SAFETY: `here` is below CPU_SETSIZE.
-            if !unsafe { libc::CPU_ISSET(here, &self.cpus) } {
-                return;
-            }
-            // SAFETY: an all-zero cpu_set_t is valid.
-            let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-            // SAFETY: as above.
-            unsafe { libc::CPU_SET(here, &mut one) };
-            // SAFETY: `tid` is a live thread of this process (see `Send`); `one` is a valid set.
-            unsafe { libc::sched_setaffinity(self.tid, std::mem::size_of::<libc::cpu_set_t>(), &one) };
+            crate::sys::pin_to_current_cpu(self.tid, &self.cpus);
         }
 
         /// Hands the worker its job (it has been taken from the idle list, so it is waiting).
@@ -618,7 +589,7 @@ mod pool {
                     clock: crate::sys::current_thread_cpu_clock(),
                     // SAFETY: gettid has no preconditions.
                     tid: unsafe { libc::gettid() },
-                    cpus: allowed_cpus(),
+                    cpus: crate::sys::allowed_cpus(),
                 };
                 // From here this thread may only run vCPUs and talk to supervisors.
                 if let Err(e) = super::super::seccomp_vcpu::apply(&seccomp) {

@@ -558,7 +558,8 @@ impl ProcessSandbox {
             network_ready: netns.is_some(),
             shares_memory,
             started: if shares_memory { &job.state } else { std::ptr::null() },
-            cpus: sys::affinity(),
+            // SAFETY: an all-zero cpu_set_t is valid (and unused without a shared memory).
+            cpus: if shares_memory { crate::sys::allowed_cpus() } else { unsafe { std::mem::zeroed() } },
         };
         let mut flags = (libc::CLONE_NEWUSER
             | libc::CLONE_NEWPID
@@ -575,7 +576,7 @@ impl ProcessSandbox {
             // SAFETY: init runs `jail::entry` on its own stack, says it runs first thing, and
             // only makes system calls on data prepared above, which (with the stacks) `_lease`
             // below keeps alive until it is reaped.
-            unsafe { vforker::start(&job, flags, v2_fd, &stacks.init, jail::entry, arg) }
+            unsafe { vforker::start(&job, flags, v2_fd, &stacks.init, &launch.cpus, jail::entry, arg) }
                 .map_err(setup_err("create the sandbox's namespaces (clone3)"))?
         } else {
             // The child starts with every signal blocked (no handler of the host may run in it

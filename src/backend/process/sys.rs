@@ -769,21 +769,6 @@ pub(super) fn set_affinity(cpus: &libc::cpu_set_t) -> Result<(), i32> {
     ck(unsafe { sc(libc::SYS_sched_setaffinity, [0, size, a(cpus), 0, 0, 0]) }).map(|_| ())
 }
 
-/// The CPUs the calling thread may run on.
-pub(super) fn affinity() -> libc::cpu_set_t {
-    // SAFETY: an all-zero cpu_set_t is valid; sched_getaffinity fills it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: as above.
-    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
-        for cpu in 0..libc::CPU_SETSIZE as usize {
-            // SAFETY: `cpu` is below CPU_SETSIZE.
-            unsafe { libc::CPU_SET(cpu, &mut set) };
-        }
-    }
-    set
-}
-
 /// Drops every capability: effective, permitted, inheritable, ambient and the bounding set.
 pub(super) fn drop_capabilities() -> Result<(), i32> {
     for cap in 0..=63 {

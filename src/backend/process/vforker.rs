@@ -51,7 +51,8 @@ static IDLE: Mutex<Vec<Thread>> = Mutex::new(Vec::new());
 
 /// Starts init: `entry(arg)` on `stack`, in a new process with `flags` (namespaces), sharing
 /// this process's memory, optionally in cgroup v2 directory `cgroup` (and in the network
-/// namespace the job names). Returns once the kernel has made init, with its pid and pidfd.
+/// namespace the job names); the thread runs on this CPU if it is in `cpus` (the CPUs init
+/// widens to). Returns once the kernel has made init, with its pid and pidfd.
 ///
 /// # Safety
 /// As `sys::clone_jail`; besides, `entry` must set `job.state` to `STARTED` (with a futex wake)
@@ -61,6 +62,7 @@ pub(super) unsafe fn start(
     flags: u64,
     cgroup: Option<RawFd>,
     stack: &sys::Stack,
+    cpus: &libc::cpu_set_t,
     entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
     arg: *mut libc::c_void,
 ) -> std::io::Result<(libc::pid_t, OwnedFd)> {
@@ -90,7 +92,7 @@ pub(super) unsafe fn start(
     // The thread (and so init, until it widens its CPUs again: see `jail::entry`) runs on this
     // thread's CPU: this thread waits while init sets up, and another CPU may be busy (making
     // the next network namespace, for one), which measured ≈ 0.3 ms slower.
-    pin_to_current_cpu(thread.tid);
+    crate::sys::pin_to_current_cpu(thread.tid, cpus);
     if thread.jobs.send(job.clone()).is_err() {
         return Err(std::io::Error::other("a jail-starting thread ended"));
     }
@@ -125,21 +127,6 @@ impl Job {
             errno: AtomicI32::new(0),
             netns: netns.map(|n| n.as_raw_fd()),
         })
-    }
-}
-
-/// Runs thread `tid` on the calling thread's current CPU (best effort).
-fn pin_to_current_cpu(tid: libc::pid_t) {
-    // SAFETY: sched_getcpu has no preconditions.
-    let Ok(cpu) = usize::try_from(unsafe { libc::sched_getcpu() }) else { return };
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return;
-    }
-    // SAFETY: an all-zero cpu_set_t is valid; `cpu` is below CPU_SETSIZE.
-    unsafe {
-        let mut one: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut one);
-        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &one);
     }
 }
 
