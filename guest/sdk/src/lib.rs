@@ -158,7 +158,8 @@ pub fn read_stdin(buf: &mut [u8]) -> usize {
     n.max(0) as usize
 }
 
-/// Ends the VM with this exit code. Buffered output goes with the exit, in the same hypercall.
+/// Ends the VM with this exit code. This vCPU's buffered output goes with the exit, in the same
+/// hypercall; other vCPUs' buffered output is lost unless they [`flush`] first.
 pub fn exit(code: i32) -> ! {
     let (buf, len) = slot();
     let (at, n) = (buf.as_ptr() as u64, *len as u64);

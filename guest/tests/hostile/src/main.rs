@@ -9,7 +9,7 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use sandcell_guest::abi::{layout, op};
-use sandcell_guest::{args, cpu_id, host_call, hypercall, println, read_stdin, vcpu_count, write_stdout};
+use sandcell_guest::{args, cpu_id, flush, host_call, hypercall, println, read_stdin, vcpu_count, write_stdout};
 
 sandcell_guest::entry!(main);
 
@@ -30,6 +30,9 @@ fn main() -> i32 {
     if cpu_id() != 0 {
         // Secondary vCPUs: announce themselves and stop.
         println!("cpu {} of {}", cpu_id(), vcpu_count());
+        // Out before arriving: vCPU 0 ends the VM once all have arrived, and its exit carries
+        // only its own buffered output.
+        flush();
         ARRIVED.fetch_add(1, Ordering::SeqCst);
         return 0;
     }
