@@ -21,6 +21,10 @@ use kvm_ioctls::{Kvm, VcpuExit};
 use sandcell::{BackendKind, Policy, Program, SandboxBuilder, Status};
 
 fn kvm_floor(kvm: &Kvm, mem: *mut u8) {
+    drop(kvm_floor_keep(kvm, mem));
+}
+
+fn kvm_floor_keep(kvm: &Kvm, mem: *mut u8) -> (kvm_ioctls::VmFd, kvm_ioctls::VcpuFd) {
     let vm = kvm.create_vm().unwrap();
     let region = kvm_userspace_memory_region {
         slot: 0,
@@ -42,6 +46,7 @@ fn kvm_floor(kvm: &Kvm, mem: *mut u8) {
         VcpuExit::IoOut(0x10, _) => {}
         other => panic!("unexpected exit {other:?}"),
     }
+    (vm, vcpu)
 }
 
 fn benches(c: &mut Criterion) {
@@ -72,6 +77,13 @@ fn benches(c: &mut Criterion) {
         .build()
         .unwrap();
     c.bench_function("microvm/kvm_floor", |b| b.iter(|| kvm_floor(&kvm, mem)));
+    let (tx, rx) = std::sync::mpsc::channel::<(kvm_ioctls::VmFd, kvm_ioctls::VcpuFd)>();
+    std::thread::spawn(move || {
+        for x in rx {
+            drop(x)
+        }
+    });
+    c.bench_function("microvm/kvm_floor_deferred", |b| b.iter(|| tx.send(kvm_floor_keep(&kvm, mem)).unwrap()));
     let hello = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest/x86_64-unknown-none/release/hello");
     if hello.exists() {
         let program = Program::path(&hello);

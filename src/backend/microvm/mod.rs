@@ -21,6 +21,7 @@
 //! against the guest SDK (`guest/sdk`, crate `sandcell-guest`).
 
 pub(crate) mod image;
+mod reaper;
 pub(crate) mod seccomp_vcpu;
 pub(crate) mod vm;
 pub(crate) mod wasi;

@@ -18,7 +18,9 @@ use sandcell_abi::{layout, EXCEPTION_PORT, HYPERCALL_PORT, MAGIC};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 use super::image::{GuestImage, Sharing};
+use super::reaper;
 use crate::{BackendKind, Error, Result};
+use std::os::fd::AsRawFd;
 
 /// The process's handle on `/dev/kvm`, opened once, with its keeper VM.
 pub(crate) fn kvm() -> Result<&'static Kvm> {
@@ -314,21 +316,31 @@ impl Vm {
             }
         }
         let mut cpu = Duration::ZERO;
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for (done, _) in self.vcpus {
-            // The vCPU (and its `kvm_run` mapping) is dropped here, after every kick. The kick
+            // The vCPU (and its `kvm_run` mapping) is dropped below, after every kick. The kick
             // cannot reach the thread's next run: the signal was pending before `Quit` was sent,
             // so it is delivered before the thread can see `Quit` and hand the vCPU back.
             if let Ok((vcpu, used)) = done.recv() {
                 cpu += used;
-                drop(vcpu);
+                vcpus.push(vcpu);
             }
         }
         let Vm { memory, _vm: vm, .. } = self;
-        // The VM goes before its memory: unmapping memory a live VM maps makes KVM zap the
-        // guest's mappings page by page first (an MMU-notifier invalidation).
-        drop(vm);
         let peak = resident_bytes(&memory);
-        drop(memory);
+        let fds: Vec<_> = std::iter::once(vm.as_raw_fd()).chain(vcpus.iter().map(|v| v.as_raw_fd())).collect();
+        if reaper::hand_over(&fds) {
+            // The reaper destroys the VM; closing these copies is cheap.
+            drop(vcpus);
+            drop(vm);
+            drop(memory);
+        } else {
+            drop(vcpus);
+            // The VM goes before its memory: unmapping memory a live VM maps makes KVM zap the
+            // guest's mappings first (an MMU-notifier invalidation).
+            drop(vm);
+            drop(memory);
+        }
         (cpu, peak)
     }
 }
