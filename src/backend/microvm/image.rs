@@ -280,7 +280,13 @@ impl GuestImage {
 /// What a run populates ahead of the guest (see [`GuestImage::hot`]) besides the whole program:
 /// the top of each stack, and the start of the heap — more for the wasm runtime, which builds
 /// its module and linear memory there.
-const HOT_STACK: u64 = 4 * PAGE;
+///
+/// A VMM that shadows the guest's page tables (KVM without EPT/NPT, e.g. on PVM) maps, on a
+/// fault, the faulting page and its neighbours in the same aligned group of eight page-table
+/// entries — but only up to the first neighbour whose host page is not present yet. The top of
+/// a stack is therefore populated a whole group (32 KiB, stack tops are 1 MiB-aligned): with
+/// half a group, the first stack access mapped one page and the next page cost a second exit.
+const HOT_STACK: u64 = 8 * PAGE;
 const HOT_HEAP: u64 = 4 * PAGE;
 const HOT_HEAP_WASM: u64 = 64 * PAGE;
 

@@ -258,9 +258,11 @@ impl Vm {
             if image.vcpus == 1 {
                 // One vCPU and this thread take turns (one waits while the other runs), so they
                 // share this CPU: handing over then needs no wake-up of another CPU, which costs
-                // ≈ 25 µs each way on a virtualised host. The thread lets go of the pin when its
-                // part of the run ends. Several vCPUs run in parallel and are not pinned.
+                // ≈ 25 µs each way on a virtualised host. Several vCPUs run in parallel and are
+                // not pinned (a pin left from an earlier run is lifted).
                 worker.pin_here();
+            } else {
+                worker.unpin();
             }
             if let Some(clock) = worker.clock {
                 clocks.push((clock, crate::sys::clock_time(clock).unwrap_or_default()));
@@ -551,9 +553,16 @@ mod pool {
 
     impl Worker {
         /// Pins the (waiting) worker to the CPU the calling thread is on, if that CPU is one it
-        /// may use; it unpins itself when its job ends. Best effort: a failure only costs speed.
+        /// may use. The pin stays when the job ends (an idle thread uses no CPU); the next run
+        /// pins the thread again or lifts the pin. Best effort: a failure only costs speed.
         pub(super) fn pin_here(&self) {
             crate::sys::pin_to_current_cpu(self.tid, &self.cpus);
+        }
+
+        /// Lets the (waiting) worker run on any CPU it may use.
+        pub(super) fn unpin(&self) {
+            // SAFETY: `cpus` is a valid set and `tid` names a live thread of this process.
+            unsafe { libc::sched_setaffinity(self.tid, std::mem::size_of::<libc::cpu_set_t>(), &self.cpus) };
         }
 
         /// Hands the worker its job (it has been taken from the idle list, so it is waiting).
@@ -641,10 +650,8 @@ mod pool {
             let Job { cpu, vcpu, memory, events, replies, stop, exits, done } = job;
             let vcpu = vcpu_thread(cpu, vcpu, &memory, &events, &replies, &stop, &exits[cpu as usize]);
             let used = crate::sys::thread_cpu_time().saturating_sub(before);
-            // Let go of everything of this run (and of a pin) before taking the next.
+            // Let go of everything of this run before taking the next.
             drop((memory, events, replies, stop, exits));
-            // SAFETY: `cpus` is a valid set; 0 names this thread.
-            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &me.cpus) };
             IDLE.lock().push(me.clone());
             let _ = done.send((vcpu, used));
         }
