@@ -321,6 +321,23 @@ fn microvm_tests_need_kvm_where_it_exists() {
 }
 
 #[test]
+fn a_guest_finds_nothing_an_earlier_guest_left_in_memory() {
+    // Guest RAM is reused from run to run once cleaned (see src/backend/microvm/arena.rs): a
+    // run that leaves a marker in every page of its heap and stack must not be followed by one
+    // that finds any.
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(base());
+    let found = |out: &sandcell::Outcome| text(&out.stdout).trim().to_string();
+    let planted = sb.run(&Program::path(&guest).args(["find_secret", "plant"])).unwrap();
+    assert_eq!(found(&planted), format!("found {} secrets\nfind_secret: survived", 4096 + 63));
+    for _ in 0..3 {
+        assert_eq!(sb.run(&Program::path(&guest).arg("secret")).unwrap().status, Status::Exited(0));
+        let out = sb.run(&Program::path(&guest).arg("find_secret")).unwrap();
+        assert_eq!(found(&out), "found 0 secrets\nfind_secret: survived");
+    }
+}
+
+#[test]
 fn a_program_file_is_run_as_it_is_now_after_being_rewritten() {
     // Cached images are found by the program file's identity; a rewrite must change it.
     let guest = or_skip!(hostile(), "no micro-VM");

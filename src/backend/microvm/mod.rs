@@ -20,6 +20,7 @@
 //! (`guest/runtime`, wasmi) that sandcell's build embeds, and a freestanding x86-64 ELF built
 //! against the guest SDK (`guest/sdk`, crate `sandcell-guest`).
 
+mod arena;
 pub(crate) mod image;
 mod reaper;
 pub(crate) mod seccomp_vcpu;
@@ -71,6 +72,18 @@ pub struct MicroVmSandbox {
     interrupt: InterruptHandle,
     enforced: BTreeMap<String, String>,
     skipped: BTreeMap<String, String>,
+}
+
+/// Micro-VM sandboxes alive in this process: when the last one goes, so do the clean guest
+/// RAM arenas kept for reuse (see `arena.rs`).
+static LIVE_SANDBOXES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Drop for MicroVmSandbox {
+    fn drop(&mut self) {
+        if LIVE_SANDBOXES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            arena::release_free();
+        }
+    }
 }
 
 impl std::fmt::Debug for MicroVmSandbox {
@@ -154,6 +167,7 @@ impl MicroVmSandbox {
         if policy.cpu_time.is_some() {
             enforced.insert("cpu_time".into(), "vCPU threads' CPU clocks".into());
         }
+        LIVE_SANDBOXES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(MicroVmSandbox {
             policy,
             wasi,

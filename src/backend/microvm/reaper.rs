@@ -3,33 +3,43 @@
 //! Closing a VM's last file descriptor makes the kernel destroy it there and then: its debugfs
 //! entries, its vCPUs, its shadow MMU, an SRCU grace period — ≈ 0.2 ms on PVM, which every run
 //! paid after its result was known. A run now passes its VM and vCPU descriptors, in one
-//! `SCM_RIGHTS` message, to this process's reaper thread and closes its own copies at once. The
-//! reaper receives the message *without room for descriptors*: the kernel then drops the passed
-//! files itself, inside that `recv`, so the destruction runs on the reaper thread and the
-//! descriptors are never installed in the process's descriptor table — nothing of a finished
-//! run is visible there, even for an instant. The reaper thread is started by the first run and
-//! lives as long as the process; it runs no guest code and holds nothing between messages.
+//! `SCM_RIGHTS` message, to this process's reaper thread, closes its own copies, and only then
+//! lets the reaper take the message. The reaper receives it *without room for descriptors*: the
+//! kernel then drops the passed files itself, inside that `recv`, so the destruction runs on the
+//! reaper thread and the descriptors are never installed in the process's descriptor table —
+//! nothing of a finished run is visible there, even for an instant. The message also carries
+//! the run's guest RAM (see `arena.rs`), which the reaper cleans for reuse once the VM is gone.
+//! The reaper thread is started by the first run and lives as long as the process; it runs no
+//! guest code and holds nothing between messages.
 //!
 //! At most [`MAX_PENDING`] VMs wait for destruction: beyond that, or if the reaper cannot be
-//! started or reached, a run destroys its VM itself, as before. A run's guest memory is unmapped
-//! by the run itself, before it returns.
+//! started or reached, a run destroys its VM and cleans its arena itself.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::OnceLock;
+
+use super::arena::Arena;
 
 /// How many VMs may wait for the reaper at once.
 const MAX_PENDING: usize = 4;
 
 static PENDING: AtomicUsize = AtomicUsize::new(0);
 
-/// The sending end of the reaper's socket, or `None` if it could not be started.
-fn sender() -> Option<RawFd> {
-    static SENDER: OnceLock<Option<OwnedFd>> = OnceLock::new();
-    SENDER.get_or_init(start).as_ref().map(AsRawFd::as_raw_fd)
+/// The sending end of the reaper's socket, and the channel that tells it a message may be
+/// taken.
+struct Reaper {
+    sock: OwnedFd,
+    go: Sender<()>,
 }
 
-fn start() -> Option<OwnedFd> {
+fn reaper() -> Option<&'static Reaper> {
+    static REAPER: OnceLock<Option<Reaper>> = OnceLock::new();
+    REAPER.get_or_init(start).as_ref()
+}
+
+fn start() -> Option<Reaper> {
     let mut pair = [0; 2];
     // SAFETY: `pair` has room for the two descriptors.
     if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) } != 0
@@ -38,52 +48,74 @@ fn start() -> Option<OwnedFd> {
     }
     // SAFETY: socketpair returned two new descriptors that nothing else owns.
     let (send, recv) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
-    std::thread::Builder::new().name("sandcell-vm-reaper".into()).spawn(move || serve(recv)).ok()?;
-    Some(send)
+    let (go, wait) = channel();
+    std::thread::Builder::new().name("sandcell-vm-reaper".into()).spawn(move || serve(recv, wait)).ok()?;
+    Some(Reaper { sock: send, go })
 }
 
-fn serve(sock: OwnedFd) {
-    let mut byte = 0u8;
-    loop {
-        // No control buffer: the kernel releases the passed files inside this call (and with
-        // them the VM, if they held its last references), marking the message MSG_CTRUNC.
-        // SAFETY: `byte` is a valid one-byte buffer.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, 0) };
-        match n {
-            1 => {
-                PENDING.fetch_sub(1, Ordering::SeqCst);
+fn serve(sock: OwnedFd, go: Receiver<()>) {
+    // A message is taken only once its sender has closed its own descriptors (`Handed` is
+    // dropped after them): the message then holds the files' last references, and the VM is
+    // destroyed here, not in the sender's `close`.
+    while go.recv().is_ok() {
+        let mut raw = [0u64; 2];
+        loop {
+            // No control buffer: the kernel releases the passed files inside this call (and
+            // with them the VM), marking the message MSG_CTRUNC.
+            // SAFETY: `raw` is a valid 16-byte buffer.
+            let n = unsafe { libc::recv(sock.as_raw_fd(), raw.as_mut_ptr().cast(), 16, 0) };
+            if n == 16 {
+                // SAFETY: the sender put an arena it gave up (`into_raw`) in the message, once.
+                unsafe { Arena::from_raw(raw) }.recycle();
+                break;
             }
-            -1 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
-            // The sending end is gone (never, while the process lives) or the socket failed.
-            _ => return,
+            if n == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            // Cannot happen while the process lives (the sending end is never closed); the
+            // arena, if any, is left mapped rather than reused.
+            break;
         }
+        PENDING.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-/// Hands the descriptors of one finished VM (its VM and vCPU descriptors) to the reaper.
-/// Returns `false` if the caller must destroy the VM itself. On `true`, the caller closes its
-/// own descriptors as usual; that is cheap, since the message holds references to the files.
-pub(super) fn hand_over(fds: &[RawFd]) -> bool {
-    let Some(sock) = sender() else { return false };
+/// A VM handed to the reaper: drop it once the sender has closed its own copies of the VM's
+/// descriptors; the reaper then destroys the VM and recycles its arena.
+pub(super) struct Handed(&'static Reaper);
+
+impl Drop for Handed {
+    fn drop(&mut self) {
+        let _ = self.0.go.send(());
+    }
+}
+
+/// Hands the descriptors of one finished VM (its VM and vCPU descriptors) and its guest RAM to
+/// the reaper. On `Err`, the caller destroys the VM itself and gets the arena back. On `Ok`, the
+/// caller closes its own descriptors (cheap: the message holds references to the files), then
+/// drops the `Handed`.
+pub(super) fn hand_over(fds: &[RawFd], arena: Arena) -> Result<Handed, Arena> {
+    let Some(reaper) = reaper() else { return Err(arena) };
     if PENDING.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING {
         PENDING.fetch_sub(1, Ordering::SeqCst);
-        return false;
+        return Err(arena);
     }
-    if send_fds(sock, fds).is_err() {
+    let raw = arena.into_raw();
+    if send_fds(reaper.sock.as_raw_fd(), &raw, fds).is_err() {
         PENDING.fetch_sub(1, Ordering::SeqCst);
-        return false;
+        // SAFETY: `raw` came from `into_raw` just now and was not sent.
+        return Err(unsafe { Arena::from_raw(raw) });
     }
-    true
+    Ok(Handed(reaper))
 }
 
-/// Sends one byte with `fds` attached (at most 32 descriptors: a VM and 16 vCPUs fit).
-fn send_fds(sock: RawFd, fds: &[RawFd]) -> std::io::Result<()> {
+/// Sends `data` with `fds` attached (at most 32 descriptors: a VM and 16 vCPUs fit).
+fn send_fds(sock: RawFd, data: &[u64; 2], fds: &[RawFd]) -> std::io::Result<()> {
     if fds.is_empty() || fds.len() > 32 {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
     let mut control = [0u64; 24]; // CMSG_SPACE(32 * 4) = 144 bytes, 8-byte aligned
-    let byte = 0u8;
-    let mut iov = libc::iovec { iov_base: (&byte as *const u8).cast_mut().cast(), iov_len: 1 };
+    let mut iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: 16 };
     // SAFETY: msghdr is plain data; all-zero is valid.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -103,7 +135,7 @@ fn send_fds(sock: RawFd, fds: &[RawFd]) -> std::io::Result<()> {
         std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
     }
     // SAFETY: `msg` describes valid buffers for the duration of the call.
-    if unsafe { libc::sendmsg(sock, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) } == 1 {
+    if unsafe { libc::sendmsg(sock, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) } == 16 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
@@ -121,8 +153,9 @@ mod tests {
         assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         // SAFETY: new descriptors owned here.
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
-        assert!(hand_over(&[w.as_raw_fd()]));
+        let handed = hand_over(&[w.as_raw_fd()], Arena::take(2 << 20).unwrap()).unwrap();
         drop(w);
+        drop(handed);
         // The only other reference to the write end was in the message: once the reaper has
         // dropped it, the read end sees end-of-file.
         let mut pfd = libc::pollfd { fd: r.as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -135,7 +168,8 @@ mod tests {
 
     #[test]
     fn nothing_or_too_many_descriptors_are_refused() {
-        assert!(send_fds(sender().unwrap(), &[]).is_err());
-        assert!(send_fds(sender().unwrap(), &[0; 33]).is_err());
+        let sock = reaper().unwrap().sock.as_raw_fd();
+        assert!(send_fds(sock, &[0, 0], &[]).is_err());
+        assert!(send_fds(sock, &[0, 0], &[0; 33]).is_err());
     }
 }

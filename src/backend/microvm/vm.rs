@@ -17,6 +17,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use sandcell_abi::{layout, EXCEPTION_PORT, HYPERCALL_PORT, MAGIC};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
+use super::arena::Arena;
 use super::image::{GuestImage, Sharing};
 use super::reaper;
 use crate::{BackendKind, Error, Result};
@@ -111,6 +112,10 @@ pub(crate) enum Reply {
 /// A running VM.
 pub(crate) struct Vm {
     pub(crate) memory: GuestMemoryMmap,
+    /// The mapping behind `memory`.
+    arena: Arena,
+    /// Where the image's file mappings in the arena end.
+    content_end: usize,
     _vm: VmFd,
     /// Per vCPU: where its pooled thread hands the vCPU back when the run ends (so that the
     /// `kvm_run` mapping a `Stopper` writes to stays mapped until then), and the channel of
@@ -160,16 +165,22 @@ impl Vm {
         let vm = kvm.create_vm().map_err(kvm_err("create a KVM virtual machine"))?;
         vm.set_tss_address(0xfffb_d000).map_err(kvm_err("set the VM's TSS address"))?;
 
-        // Guest RAM: anonymous memory, with the image's contents mapped over it copy-on-write.
-        // Only the ranges with contents come from the image's file: where the rest is
-        // anonymous, reading the run's memory use (`mincore`) does not have to look up every
-        // page of a 64 MiB file, which cost ≈ 0.15 ms per run.
-        let region = MmapRegion::<()>::build(
-            None,
-            image.ram as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-        )
+        // Guest RAM: a clean arena of anonymous memory (see `arena.rs`), with the image's
+        // contents mapped over it. Only the ranges with contents come from the image's file:
+        // where the rest is anonymous, reading the run's memory use (`mincore`) does not have
+        // to look up every page of a 64 MiB file, which cost ≈ 0.15 ms per run.
+        let arena = Arena::take(image.ram as usize)?;
+        // SAFETY: the arena is a live anonymous mapping of `ram` bytes with these protections
+        // and flags; `Vm` keeps the arena (which unmaps it) until after the VM is closed, and
+        // the region does not unmap it.
+        let region = unsafe {
+            MmapRegion::<()>::build_raw(
+                arena.base(),
+                arena.len(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            )
+        }
         .map_err(|e| Error::setup("map guest memory", std::io::Error::other(e.to_string())))?;
         // The program's read-only pages are mapped shared, straight from the image: KVM maps a
         // guest page (and prefetches its neighbours) only where the host mapping is present and
@@ -182,8 +193,8 @@ impl Vm {
                 Sharing::Private => libc::MAP_PRIVATE,
                 Sharing::Shared => libc::MAP_SHARED,
             };
-            // SAFETY: the range lies inside the mapping just made, which `region` owns and
-            // unmaps as a whole; the file is the image, at least `ram` bytes long.
+            // SAFETY: the range lies inside the arena, which only this run uses and which is
+            // unmapped or reset as a whole; the file is the image, at least `ram` bytes long.
             let at = unsafe {
                 libc::mmap(
                     region.as_ptr().add(*start as usize).cast(),
@@ -280,7 +291,20 @@ impl Vm {
             handles.push((done_rx, reply_tx));
         }
         let quit_sent = handles.iter().map(|_| AtomicBool::new(false)).collect();
-        Ok(Vm { memory, _vm: vm, vcpus: handles, immediate_exit, pthreads, clocks, quit_sent, stop, events })
+        let content_end = image.content.iter().map(|(_, end, _)| *end).max().unwrap_or(0) as usize;
+        Ok(Vm {
+            memory,
+            arena,
+            content_end,
+            _vm: vm,
+            vcpus: handles,
+            immediate_exit,
+            pthreads,
+            clocks,
+            quit_sent,
+            stop,
+            events,
+        })
     }
 
     /// A handle that stops this VM's vCPUs from any thread (valid until `finish`).
@@ -328,20 +352,30 @@ impl Vm {
                 vcpus.push(vcpu);
             }
         }
-        let Vm { memory, _vm: vm, .. } = self;
+        let Vm { memory, arena, content_end, _vm: vm, .. } = self;
         let peak = resident_bytes(&memory);
+        drop(memory);
+        // Before returning, the arena becomes one plain anonymous mapping again (no image file
+        // mapped into it, nothing new in this process's memory map).
+        let clean = arena.reset_front(content_end);
         let fds: Vec<_> = std::iter::once(vm.as_raw_fd()).chain(vcpus.iter().map(|v| v.as_raw_fd())).collect();
-        if reaper::hand_over(&fds) {
-            // The reaper destroys the VM; closing these copies is cheap.
-            drop(vcpus);
-            drop(vm);
-            drop(memory);
-        } else {
-            drop(vcpus);
-            // The VM goes before its memory: unmapping memory a live VM maps makes KVM zap the
-            // guest's mappings first (an MMU-notifier invalidation).
-            drop(vm);
-            drop(memory);
+        match if clean { reaper::hand_over(&fds, arena) } else { Err(arena) } {
+            Ok(handed) => {
+                // The reaper destroys the VM and recycles the arena once these copies are
+                // closed; closing them is cheap.
+                drop(vcpus);
+                drop(vm);
+                drop(handed);
+            }
+            Err(arena) => {
+                // The VM goes before its memory: unmapping or discarding memory a live VM maps
+                // makes KVM zap the guest's mappings first (an MMU-notifier invalidation).
+                drop(vcpus);
+                drop(vm);
+                if clean {
+                    arena.recycle();
+                }
+            }
         }
         (cpu, peak)
     }

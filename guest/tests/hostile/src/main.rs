@@ -15,6 +15,7 @@ sandcell_guest::entry!(main);
 
 static DATA: [u8; 16] = [0xc3; 16]; // `ret` instructions, in a non-executable data page
 static ARRIVED: AtomicU32 = AtomicU32::new(0);
+const SECRET: u64 = 0x5ec2_e7ed_ba5e_ba11;
 
 #[inline(never)]
 #[allow(unconditional_recursion)]
@@ -22,6 +23,20 @@ fn recurse(n: u64) -> u64 {
     let buf = [n; 64];
     core::hint::black_box(&buf);
     recurse(n + 1) + buf[3]
+}
+
+#[inline(never)]
+fn plant_secret() {
+    let (_, end) = sandcell_guest::heap();
+    let sp: u64;
+    // SAFETY: reads the stack pointer.
+    unsafe { asm!("mov {}, rsp", out(reg) sp) };
+    let heap = (end - (16 << 20)..end).step_by(4096);
+    let stack = ((sp & !4095) - (256 << 10)..(sp & !4095) - 4096).step_by(4096);
+    for page in heap.chain(stack) {
+        // SAFETY: the top of the heap and pages well below this frame, all mapped read-write.
+        unsafe { core::ptr::write_volatile(page as *mut u64, SECRET) };
+    }
 }
 
 fn main() -> i32 {
@@ -156,6 +171,29 @@ fn main() -> i32 {
                     core::hint::spin_loop();
                 }
                 println!("cpu 0 of {}: {} others arrived", vcpu_count(), want);
+            }
+            // Leaves a marker in every page of the top 16 MiB of the heap and of 256 KiB of
+            // stack below the stack pointer; `find_secret` (a later run) looks for it.
+            "secret" => plant_secret(),
+            // Counts the markers a previous run left in this VM's heap and stack.
+            // With `plant`, plants them first (the test that the search finds them).
+            "find_secret" => {
+                if arg == "plant" {
+                    plant_secret();
+                }
+                let (start, end) = sandcell_guest::heap();
+                let sp: u64;
+                asm!("mov {}, rsp", out(reg) sp);
+                let bottom = layout::stack_top(0) - layout::STACK_STRIDE + 4096;
+                let mut found = 0;
+                for range in [start..end, bottom..(sp & !4095)] {
+                    for page in range.step_by(4096) {
+                        if core::ptr::read_volatile(page as *const u64) == SECRET {
+                            found += 1;
+                        }
+                    }
+                }
+                println!("found {found} secrets");
             }
             "alloc" => {
                 let mib: usize = arg.parse().unwrap_or(1);
