@@ -91,11 +91,35 @@ fn nothing_outlives_the_run_not_even_a_double_forked_setsid_daemon() {
     let sb = sandbox(Policy { mounts: vec![Mount::read_write(dir.path(), "/out")], ..base() });
     let out = run(&*sb, &["daemon", "/out/marker"]);
     assert_eq!(text(&out.stdout), "daemon started\n");
-    std::thread::sleep(Duration::from_millis(300));
+    // Gone when the run returns: not a moment later.
     let size = || std::fs::metadata(dir.join("marker")).map(|m| m.len()).unwrap_or(0);
     let before = size();
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(size(), before, "a process of the run kept writing after the run ended");
+}
+
+#[test]
+fn usage_counts_the_programs_tree_not_the_host() {
+    prerequisites!();
+    // The host holds 256 MiB; the run's peak memory is its own (a few MiB).
+    let mut held = vec![0u8; 256 << 20];
+    for page in held.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    let out = sandbox(base()).run(&Program::path("/bin/true")).unwrap();
+    std::hint::black_box(&held);
+    assert_eq!(out.status, Status::Exited(0));
+    assert!(out.usage.peak_memory_bytes > 0, "{:?}", out.usage);
+    assert!(out.usage.cpu > Duration::ZERO && out.usage.cpu < Duration::from_secs(1), "{:?}", out.usage);
+    if out.enforced.get("memory").is_none_or(|m| m.starts_with("RLIMIT")) {
+        // Without a cgroup the peak is the kernel's maxrss of the reaped tree, which counts the
+        // host's resident set once more: the program is started from a process that shares
+        // the host's memory, and the kernel carries that memory's peak over the exec. Known
+        // limitation (docs/THREAT_MODEL.md, "Usage without cgroups").
+        eprintln!("not checked without a cgroup: {}", out.enforced.get("memory").map_or("", String::as_str));
+        return;
+    }
+    assert!(out.usage.peak_memory_bytes < 64 << 20, "{:?} {:?}", out.usage, out.enforced);
 }
 
 #[test]

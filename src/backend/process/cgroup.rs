@@ -5,9 +5,11 @@
 //! from it afterwards and removes it. Where no cgroup is writable (an unprivileged user without
 //! a delegated subtree), the backend falls back to rlimits and says so in the outcome.
 
+use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -126,6 +128,8 @@ pub(super) struct RunCgroup {
     cpu: Option<PathBuf>,
     /// For v2: the directory, opened, for `CLONE_INTO_CGROUP`.
     pub(super) v2_fd: Option<OwnedFd>,
+    /// For v1: each directory's `tasks` file (see `tasks_files`).
+    tasks: Vec<CString>,
     /// Counters at the start of the current run (cgroups are reused; see [`Pool`]).
     oom_base: u64,
     cpu_base: Duration,
@@ -220,6 +224,7 @@ impl RunCgroup {
                     memory: dir.clone(),
                     cpu: Some(dir.clone()),
                     v2_fd: None,
+                    tasks: Vec::new(),
                     oom_base: 0,
                     cpu_base: Duration::ZERO,
                 };
@@ -240,6 +245,7 @@ impl RunCgroup {
                     memory: memory.join(&name),
                     cpu: None,
                     v2_fd: None,
+                    tasks: Vec::new(),
                     oom_base: 0,
                     cpu_base: Duration::ZERO,
                 };
@@ -262,6 +268,12 @@ impl RunCgroup {
                     cg.dirs.push(c.clone());
                     cg.cpu = Some(c);
                 }
+                cg.tasks = cg
+                    .dirs
+                    .iter()
+                    .map(|d| CString::new(d.join("tasks").into_os_string().into_vec()))
+                    .collect::<Result<_, _>>()
+                    .map_err(io::Error::other)?;
                 Ok(cg)
             }
         }
@@ -315,15 +327,10 @@ impl RunCgroup {
         empty
     }
 
-    /// Moves `pid` into the run's cgroups (v1; v2 uses `CLONE_INTO_CGROUP`).
-    pub(super) fn attach(&self, pid: libc::pid_t) -> io::Result<()> {
-        if self.v2 {
-            return Ok(());
-        }
-        for dir in &self.dirs {
-            write(dir, "cgroup.procs", &pid.to_string())?;
-        }
-        Ok(())
+    /// The `tasks` files the run's init writes "0" to, joining its cgroups itself (v1; on v2
+    /// it is born in its cgroup, `CLONE_INTO_CGROUP`). See `jail::setup`, step 2b.
+    pub(super) fn tasks_files(&self) -> &[CString] {
+        &self.tasks
     }
 
     /// CPU time used by the run's processes.

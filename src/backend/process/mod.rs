@@ -352,6 +352,9 @@ impl ProcessSandbox {
             landlock,
             seccomp: seccomp::profile(&policy.deny_syscalls, policy.network, policy.cpus.is_some())?,
             template: template.is_some(),
+            // Init ends the run itself (see `jail::init`) unless the policy denies a system call
+            // it needs for that; the kernel then does it when init exits.
+            init_ends_run: !policy.deny_syscalls.iter().any(|d| matches!(d.as_str(), "kill" | "getrusage")),
         };
         // pids +1: the run's init.
         let limits = cgroup::Limits { memory: policy.memory, pids: policy.max_processes.map(|n| n + 1) };
@@ -367,17 +370,6 @@ impl ProcessSandbox {
             enforced,
             skipped,
         })
-    }
-}
-
-/// Holds something until dropped, then has the background thread release it.
-struct ReleaseLater<T: Send + 'static>(Option<T>);
-
-impl<T: Send + 'static> Drop for ReleaseLater<T> {
-    fn drop(&mut self) {
-        if let Some(thing) = self.0.take() {
-            cgroup::release_later(thing);
-        }
     }
 }
 
@@ -560,6 +552,7 @@ impl ProcessSandbox {
             started: if shares_memory { &job.state } else { std::ptr::null() },
             // SAFETY: an all-zero cpu_set_t is valid (and unused without a shared memory).
             cpus: if shares_memory { crate::sys::allowed_cpus() } else { unsafe { std::mem::zeroed() } },
+            cgroup_tasks: cgroup.as_ref().map_or(&[], |c| c.tasks_files()),
         };
         let mut flags = (libc::CLONE_NEWUSER
             | libc::CLONE_NEWPID
@@ -599,7 +592,7 @@ impl ProcessSandbox {
             (cloned.pid, cloned.pidfd)
         };
         let child = Child { pid, pidfd: Arc::new(pidfd) };
-        let _lease = stacks::Lease { stacks: Some(stacks), child: child.pidfd.clone() };
+        let lease = stacks::Lease { stacks: Some(stacks), child: child.pidfd.clone() };
         drop(netns);
         drop((stdin_r, stdout_w, stderr_w, error_w, sync_child));
 
@@ -619,7 +612,13 @@ impl ProcessSandbox {
         );
         control.disarm();
         match result {
-            Ok(outcome) => Ok(outcome),
+            Ok(outcome) => {
+                // Init may still be on its way out (see `supervise`): it is reaped, and only then
+                // are its stacks and the run's cgroup (which it is in until then) given back, on
+                // the background thread — in this order, the fields' drop order.
+                cgroup::release_later((lease, cgroup));
+                Ok(outcome)
+            }
             Err(e) => {
                 let _ = sys::pidfd_kill(child.pidfd.as_raw_fd(), libc::SIGKILL);
                 let _ = sys::wait(child.pid);
@@ -659,9 +658,6 @@ impl ProcessSandbox {
             .map_err(|e| Error::setup("write the uid map", e))?;
         std::fs::write(proc_dir.join("gid_map"), format!("0 {gid} 1"))
             .map_err(|e| Error::setup("write the gid map", e))?;
-        if let Some(cg) = cgroup {
-            cg.attach(child.pid).map_err(|e| Error::setup("move the program into its cgroup", e))?;
-        }
         // Id-mapped copies of the policy's mounts, so that the sandbox's root owns what the
         // host's root owns in them (only possible, and only needed, when running as root).
         let mut idmapped: Vec<OwnedFd> = Vec::new();
@@ -689,10 +685,6 @@ impl ProcessSandbox {
             Some(t) => Some(template::copy(t).map_err(|e| Error::setup("copy the root template", e))?),
             None => None,
         };
-        // A hold on the run's mount namespace, released after the run on a background thread:
-        // tearing down a mount namespace waits for an RCU grace period, which init's exit
-        // would otherwise do while the run's result waits for it.
-        let _mount_ns = ReleaseLater(std::fs::File::open(proc_dir.join("ns/mnt")).ok());
         let raw: Vec<RawFd> = root.iter().chain(idmapped.iter()).map(|f| f.as_raw_fd()).collect();
         sys::send_fds(io.sync.as_raw_fd(), b"G", &raw)
             .map_err(|e| Error::setup("start the sandboxed process", io::Error::from_raw_os_error(e)))?;
@@ -744,25 +736,37 @@ impl ProcessSandbox {
         let limit = self.policy.max_output;
         let mut capture = Capture::new(limit, options.on_output);
         let sync = io.sync.try_clone().map_err(|e| Error::setup("duplicate the control socket", e))?;
-        let denied = pump(child, control, io, listener.as_ref(), &mut capture, program.stdin_bytes());
-        let (init_status, rusage) =
-            sys::wait(child.pid).map_err(|e| Error::setup("wait for the sandboxed process", e))?;
-        // The init reports the program's own wait status before it exits; if the init was
+        let (denied, report) =
+            pump(child, control, io, sync.as_raw_fd(), listener.as_ref(), &mut capture, program.stdin_bytes());
+        // Init reports the program's own wait status when it exits (see `jail::init`). If it
+        // reported that the run has ended (every process of it dead and reaped), the result
+        // does not wait for init's own exit, which tears the namespaces down: init is reaped
+        // on a background thread (`run_inner`). Otherwise init is waited for here; if it was
         // killed (timeout, interrupt), its own status stands.
-        let mut msg = [0u8; 5];
-        let status = match sys::recv_fds(sync.as_raw_fd(), &mut msg, &mut []) {
-            Ok((5, _)) if msg[0] == b'S' => i32::from_ne_bytes(msg[1..].try_into().expect("4 bytes")),
-            _ => init_status,
+        let report = report.or_else(|| {
+            let mut msg = [0u8; jail::REPORT_LEN];
+            sys::set_nonblocking(&sync).ok()?;
+            match sys::recv_fds(sync.as_raw_fd(), &mut msg, &mut []) {
+                Ok((jail::REPORT_LEN, _)) => Report::parse(&msg),
+                _ => None,
+            }
+        });
+        let (status, tree_cpu, tree_peak) = match report {
+            Some(r) if r.ended => (r.status, r.cpu, r.peak),
+            _ => {
+                let (init_status, rusage) =
+                    sys::wait(child.pid).map_err(|e| Error::setup("wait for the sandboxed process", e))?;
+                let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+                let status = report.map_or(init_status, |r| r.status);
+                (status, tv(rusage.ru_utime) + tv(rusage.ru_stime), rusage.ru_maxrss as u64 * 1024)
+            }
         };
         drop(timers);
         let wall = started.elapsed();
 
         let oom = cgroup.is_some_and(|c| c.oom_killed());
-        let cpu = cgroup.and_then(|c| c.cpu_usage()).unwrap_or_else(|| {
-            Duration::new(rusage.ru_utime.tv_sec as u64, rusage.ru_utime.tv_usec as u32 * 1000)
-                + Duration::new(rusage.ru_stime.tv_sec as u64, rusage.ru_stime.tv_usec as u32 * 1000)
-        });
-        let peak = cgroup.and_then(|c| c.peak_memory()).unwrap_or(rusage.ru_maxrss as u64 * 1024);
+        let cpu = cgroup.and_then(|c| c.cpu_usage()).unwrap_or(tree_cpu);
+        let peak = cgroup.and_then(|c| c.peak_memory()).unwrap_or(tree_peak);
         let status = match (control.reason(), denied) {
             (Some(reason), _) => reason.status(),
             (None, Some(name)) => Status::SyscallDenied(Some(name)),
@@ -846,6 +850,31 @@ impl ProcessSandbox {
     }
 }
 
+/// Init's last word on a run (see `jail::init`).
+#[derive(Clone, Copy)]
+struct Report {
+    /// The program's wait status.
+    status: i32,
+    /// Every process of the run is dead and reaped (`S`); else only the program has exited
+    /// (`s`) and the kernel ends the rest when init exits.
+    ended: bool,
+    /// The program tree's CPU time and largest resident set (with `ended`).
+    cpu: Duration,
+    peak: u64,
+}
+
+impl Report {
+    fn parse(msg: &[u8; jail::REPORT_LEN]) -> Option<Report> {
+        let word = |at: usize| u64::from_ne_bytes(msg[at..at + 8].try_into().expect("8 bytes"));
+        let status = i32::from_ne_bytes(msg[1..5].try_into().expect("4 bytes"));
+        match msg[0] {
+            b'S' => Some(Report { status, ended: true, cpu: Duration::from_micros(word(5)), peak: word(13) }),
+            b's' => Some(Report { status, ended: false, cpu: Duration::ZERO, peak: 0 }),
+            _ => None,
+        }
+    }
+}
+
 /// The parent's ends of a run's pipes and socket.
 struct Io {
     stdin_w: OwnedFd,
@@ -856,21 +885,26 @@ struct Io {
 }
 
 /// Feeds stdin, drains stdout and stderr (both at once, so a guest flooding one while the other
-/// fills cannot deadlock), answers seccomp notifications, until the output pipes close and the
-/// init has exited. Returns the name of a denied system call, if one was made.
+/// fills cannot deadlock), answers seccomp notifications, until the output pipes close and
+/// either init has exited or it reported on `sync` that the run has ended. Returns the name of a
+/// denied system call, if one was made, and init's report, if it came.
 fn pump(
     child: &Child,
     control: &RunControl,
     io: Io,
+    sync: RawFd,
     listener: Option<&OwnedFd>,
     capture: &mut Capture,
     stdin: &[u8],
-) -> Option<String> {
+) -> (Option<String>, Option<Report>) {
     const STDOUT: usize = 0;
     const STDERR: usize = 1;
     const STDIN: usize = 2;
     const LISTENER: usize = 3;
     const EXIT: usize = 4;
+    const SYNC: usize = 5;
+    let mut report: Option<Report> = None;
+    let mut sync_open = true;
     let _ = sys::set_nonblocking(&io.stdout_r);
     let _ = sys::set_nonblocking(&io.stderr_r);
     // Our end of stdin; dropping it gives the guest end-of-file.
@@ -885,8 +919,8 @@ fn pump(
     let mut denied = None;
     let mut buf = vec![0u8; 64 * 1024];
     while open[STDOUT] || open[STDERR] || !exited {
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(5);
-        let mut slot = [usize::MAX; 5];
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(6);
+        let mut slot = [usize::MAX; 6];
         let mut watch = |which: usize, fd: RawFd, events: i16| {
             slot[which] = fds.len();
             fds.push(libc::pollfd { fd, events, revents: 0 });
@@ -905,6 +939,9 @@ fn pump(
         }
         if !exited {
             watch(EXIT, child.pidfd.as_raw_fd(), libc::POLLIN);
+            if sync_open && report.is_none() {
+                watch(SYNC, sync, libc::POLLIN);
+            }
         }
         if sys::poll(&mut fds, -1).is_err() {
             break;
@@ -951,12 +988,27 @@ fn pump(
                 let _ = sys::pidfd_kill(child.pidfd.as_raw_fd(), libc::SIGKILL);
             }
         }
+        if ready(SYNC) {
+            let mut msg = [0u8; jail::REPORT_LEN];
+            match sys::recv_fds(sync, &mut msg, &mut []) {
+                Ok((jail::REPORT_LEN, _)) => {
+                    report = Report::parse(&msg);
+                    // Everything of the run is gone: nothing more to wait for but the output
+                    // already in the pipes (their writers are gone too).
+                    if report.is_some_and(|r| r.ended) {
+                        exited = true;
+                        stdin_w = None;
+                    }
+                }
+                _ => sync_open = false,
+            }
+        }
         if ready(EXIT) {
             exited = true;
             stdin_w = None;
         }
     }
-    denied
+    (denied, report)
 }
 
 impl crate::Sandbox for ProcessSandbox {

@@ -518,6 +518,13 @@ impl Drop for Fd {
     }
 }
 
+/// `open(path, flags)` (child side: no allocation, no errno).
+pub(super) fn open(path: &CStr, flags: i32) -> Result<Fd, i32> {
+    // SAFETY: `path` is NUL-terminated.
+    let fd = ck(unsafe { sc(libc::SYS_openat, [libc::AT_FDCWD as usize, a(path.as_ptr()), flags as usize, 0, 0, 0]) })?;
+    Ok(Fd(fd as RawFd))
+}
+
 /// `open_tree(path, OPEN_TREE_CLONE | AT_RECURSIVE)`: a detached copy of the mount at `path`.
 pub(super) fn open_tree_clone(path: &CStr) -> Result<Fd, i32> {
     const OPEN_TREE_CLONE: usize = 1;
@@ -890,6 +897,25 @@ pub(super) fn wait_any() -> Result<(libc::pid_t, i32), i32> {
     // SAFETY: valid out-pointer; no rusage.
     let pid = ck(unsafe { sc(libc::SYS_wait4, [usize::MAX, am(&mut status), libc::__WALL as usize, 0, 0, 0]) })?;
     Ok((pid as libc::pid_t, status))
+}
+
+/// Sends SIGKILL to every process of the caller's pid namespace but itself (from its init).
+pub(super) fn kill_all_others() {
+    // SAFETY: kill(-1) has no memory-safety preconditions.
+    unsafe { sc(libc::SYS_kill, [-1isize as usize, libc::SIGKILL as usize, 0, 0, 0, 0]) };
+}
+
+/// The resources used by the caller's waited-for children and their descendants:
+/// (user + system CPU time, largest resident set in bytes).
+pub(super) fn children_usage() -> (std::time::Duration, u64) {
+    // SAFETY: rusage is plain data; all-zero is valid.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    if ck(unsafe { sc(libc::SYS_getrusage, [libc::RUSAGE_CHILDREN as usize, am(&mut u), 0, 0, 0, 0]) }).is_err() {
+        return (std::time::Duration::ZERO, 0);
+    }
+    let t = |tv: libc::timeval| std::time::Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000);
+    (t(u.ru_utime) + t(u.ru_stime), u.ru_maxrss as u64 * 1024)
 }
 
 /// Closes every descriptor except `keep`.
