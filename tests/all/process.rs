@@ -146,6 +146,23 @@ fn policy_deny_syscalls_tightens_the_profile() {
     let sb = sandbox(Policy { deny_syscalls: vec!["socket".into()], ..base() });
     let out = run(&*sb, &["socket_unix"]);
     assert_eq!(out.status, Status::SyscallDenied(Some("socket".into())));
+    // Denying what the run's init uses to end the run itself (kill, getrusage) leaves that to
+    // the kernel; runs still work, and still leave nothing behind.
+    let dir = TempDir::new("deny-kill");
+    let sb = sandbox(Policy {
+        deny_syscalls: vec!["kill".into(), "getrusage".into()],
+        mounts: vec![Mount::read_write(dir.path(), "/out")],
+        ..base()
+    });
+    assert_eq!(sb.run(&Program::path("/bin/true")).unwrap().status, Status::Exited(0));
+    let out = run(&*sb, &["daemon", "/out/marker"]);
+    assert_eq!(text(&out.stdout), "daemon started\n");
+    let size = || std::fs::metadata(dir.join("marker")).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(size(), before, "a process of the run kept writing after the run ended");
+    let out = run(&*sb, &["kill"]);
+    assert_eq!(out.status, Status::SyscallDenied(Some("kill".into())));
 }
 
 #[test]
