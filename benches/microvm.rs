@@ -5,10 +5,13 @@
 //!   down — measured while a micro-VM sandbox exists in the process, i.e. under the same
 //!   conditions as sandcell's runs (its keeper VM holds KVM's static keys; see
 //!   `src/backend/microvm/vm.rs`). Nothing sandcell does can be faster than this here.
+//! - `microvm/kvm_floor_deferred`: the same, with the VM and vCPU handed to another thread to
+//!   be closed there — as sandcell hands each finished VM to its reaper thread.
 //! - `microvm/kvm_floor_only_vm`: the same, measured first, while this VM is the only one on
 //!   the host (KVM then rewrites kernel code on every create and destroy).
 //! - `microvm/native_hello`: `Sandbox::run` of the native hello guest (`guest/examples/hello`):
-//!   a new VM from the cached image, run, captured output, teardown.
+//!   a new VM from the cached image, run, captured output; the VM is destroyed on sandcell's
+//!   reaper thread (in the loop, that competes with the next runs for the CPUs).
 //! - `microvm/wasi_hello`: the same for `examples/hello.wat` (the wasm runtime in the VM, WASI
 //!   served by the host).
 //!
