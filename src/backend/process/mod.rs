@@ -766,6 +766,9 @@ impl ProcessSandbox {
 
         let oom = cgroup.is_some_and(|c| c.oom_killed());
         let cpu = cgroup.and_then(|c| c.cpu_usage()).unwrap_or(tree_cpu);
+        // Without a cgroup, the kernel's peak of the reaped tree also counts the memory of the
+        // process the program was started from — the host's (see docs/THREAT_MODEL.md, "Usage
+        // without cgroups").
         let peak = cgroup.and_then(|c| c.peak_memory()).unwrap_or(tree_peak);
         let status = match (control.reason(), denied) {
             (Some(reason), _) => reason.status(),
