@@ -73,7 +73,6 @@ const STREAM_BUF: usize = 4096;
 /// in a static keeps the program's own data small, and puts the buffer next to the top of the
 /// stack, in pages every run touches anyway: on a host that shadows guest page tables each
 /// distinct group of pages a guest touches costs a VM exit (≈ 25 µs on PVM).
-#[doc(hidden)]
 pub const STREAM_RESERVE: usize = STREAM_BUF + 64;
 
 /// This vCPU's buffer and its length: `[top - STREAM_RESERVE, top - 64)` and `top - 64`.
@@ -341,6 +340,10 @@ macro_rules! eprintln {
 /// Declares the program's entry point: `fn main() -> i32`, called on every vCPU (see
 /// [`cpu_id`]); the VM ends when vCPU 0 returns (with the returned exit code) or any vCPU calls
 /// [`exit`]. Other vCPUs that return just stop.
+///
+/// The entry point first sets aside the top [`STREAM_RESERVE`] bytes of each vCPU's stack region
+/// for its stdout buffer; a program with an entry point of its own must do the same before it
+/// uses [`write_stdout`], [`print!`] or [`println!`].
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
