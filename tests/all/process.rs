@@ -62,6 +62,15 @@ fn base() -> Policy {
     Policy { timeout: Some(Duration::from_secs(20)), ..Policy::default() }
 }
 
+/// `bytes` of memory, every page touched (resident in this, the host, process).
+fn resident(bytes: usize) -> Vec<u8> {
+    let mut v = vec![0u8; bytes];
+    for page in v.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    v
+}
+
 fn run(sb: &dyn Sandbox, args: &[&str]) -> Outcome {
     sb.run(&Program::path(format!("{G}/hostile")).args(args.iter().copied())).unwrap()
 }
@@ -102,10 +111,7 @@ fn nothing_outlives_the_run_not_even_a_double_forked_setsid_daemon() {
 fn usage_counts_the_programs_tree_not_the_host() {
     prerequisites!();
     // The host holds 256 MiB; the run's peak memory is its own (a few MiB).
-    let mut held = vec![0u8; 256 << 20];
-    for page in held.chunks_mut(4096) {
-        page[0] = 1;
-    }
+    let held = resident(256 << 20);
     let out = sandbox(base()).run(&Program::path("/bin/true")).unwrap();
     std::hint::black_box(&held);
     assert_eq!(out.status, Status::Exited(0));
@@ -516,10 +522,7 @@ fn an_out_of_memory_kill_in_the_run_never_takes_the_host_even_a_larger_one() {
     // the host's; it must never be the victim, even when the host is far larger than the
     // program that ran out of memory (here: 512 MiB touched by the host, a 64 MiB limit).
     prerequisites!();
-    let mut ballast = vec![0u8; 512 << 20];
-    for page in ballast.chunks_mut(4096) {
-        page[0] = 1;
-    }
+    let ballast = resident(512 << 20);
     let guest = common::native_guest().unwrap();
     let sb = SandboxBuilder::new(BackendKind::Process)
         .policy(Policy {
