@@ -32,6 +32,10 @@ static PENDING: AtomicUsize = AtomicUsize::new(0);
 struct Reaper {
     sock: OwnedFd,
     go: Sender<()>,
+    /// Held from a message's send to its go-ahead, so that go-aheads come in the order of the
+    /// messages even when runs end at the same time on several threads (each go-ahead then
+    /// lets the reaper take the message whose sender has closed its descriptors).
+    handing: parking_lot::Mutex<()>,
 }
 
 fn reaper() -> Option<&'static Reaper> {
@@ -50,7 +54,7 @@ fn start() -> Option<Reaper> {
     let (send, recv) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
     let (go, wait) = channel();
     std::thread::Builder::new().name("sandcell-vm-reaper".into()).spawn(move || serve(recv, wait)).ok()?;
-    Some(Reaper { sock: send, go })
+    Some(Reaper { sock: send, go, handing: parking_lot::Mutex::new(()) })
 }
 
 fn serve(sock: OwnedFd, go: Receiver<()>) {
@@ -82,11 +86,14 @@ fn serve(sock: OwnedFd, go: Receiver<()>) {
 
 /// A VM handed to the reaper: drop it once the sender has closed its own copies of the VM's
 /// descriptors; the reaper then destroys the VM and recycles its arena.
-pub(super) struct Handed(&'static Reaper);
+pub(super) struct Handed {
+    reaper: &'static Reaper,
+    _turn: parking_lot::MutexGuard<'static, ()>,
+}
 
 impl Drop for Handed {
     fn drop(&mut self) {
-        let _ = self.0.go.send(());
+        let _ = self.reaper.go.send(());
     }
 }
 
@@ -100,13 +107,14 @@ pub(super) fn hand_over(fds: &[RawFd], arena: Arena) -> Result<Handed, Arena> {
         PENDING.fetch_sub(1, Ordering::SeqCst);
         return Err(arena);
     }
+    let turn = reaper.handing.lock();
     let raw = arena.into_raw();
     if send_fds(reaper.sock.as_raw_fd(), &raw, fds).is_err() {
         PENDING.fetch_sub(1, Ordering::SeqCst);
         // SAFETY: `raw` came from `into_raw` just now and was not sent.
         return Err(unsafe { Arena::from_raw(raw) });
     }
-    Ok(Handed(reaper))
+    Ok(Handed { reaper, _turn: turn })
 }
 
 /// Sends `data` with `fds` attached (at most 32 descriptors: a VM and 16 vCPUs fit).
