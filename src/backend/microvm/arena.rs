@@ -12,8 +12,9 @@
 //!
 //! At most [`MAX_FREE`] clean arenas wait for reuse; one idle longer than [`IDLE_LIFETIME`] is
 //! unmapped by the next run that looks for one, and when the process's last micro-VM sandbox is
-//! dropped they are all unmapped.
+//! dropped they are all unmapped (and so is an arena that comes back after that).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -90,13 +91,19 @@ impl Arena {
 
     /// Discards every page (they read as zeros next time) and offers the arena for reuse. The
     /// VM that used it must be gone. An arena that cannot be cleaned is unmapped instead.
+    /// Once no micro-VM sandbox is left, the arena is unmapped instead.
     pub(crate) fn recycle(self) {
-        // SAFETY: the whole arena, which nothing uses any more (its VM is destroyed).
-        if unsafe { libc::madvise(self.base as *mut libc::c_void, self.len, libc::MADV_DONTNEED) } != 0 {
+        if SANDBOXES.load(Ordering::SeqCst) == 0 {
             return; // dropped: unmapped
         }
+        // SAFETY: the whole arena, which nothing uses any more (its VM is destroyed).
+        if unsafe { libc::madvise(self.base as *mut libc::c_void, self.len, libc::MADV_DONTNEED) } != 0 {
+            return;
+        }
         let mut free = FREE.lock();
-        if free.len() < MAX_FREE {
+        // Checked again under the lock that `sandbox_dropped` takes after the count drops, so
+        // that an arena recycled while the last sandbox goes is not kept.
+        if free.len() < MAX_FREE && SANDBOXES.load(Ordering::SeqCst) > 0 {
             free.push((self, Instant::now()));
         }
     }
@@ -124,10 +131,20 @@ impl Drop for Arena {
     }
 }
 
-/// Unmaps every clean arena (when the last micro-VM sandbox is dropped).
-pub(crate) fn release_free() {
-    let free = std::mem::take(&mut *FREE.lock());
-    drop(free);
+/// Micro-VM sandboxes alive in this process: clean arenas are kept only while there are some.
+static SANDBOXES: AtomicUsize = AtomicUsize::new(0);
+
+/// A micro-VM sandbox was made.
+pub(crate) fn sandbox_created() {
+    SANDBOXES.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A micro-VM sandbox was dropped: with the last one, every clean arena is unmapped.
+pub(crate) fn sandbox_dropped() {
+    if SANDBOXES.fetch_sub(1, Ordering::SeqCst) == 1 {
+        let free = std::mem::take(&mut *FREE.lock());
+        drop(free);
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +153,7 @@ mod tests {
 
     #[test]
     fn a_recycled_arena_reads_as_zeros_and_is_reused() {
+        sandbox_created();
         let len = 4 << 20;
         let a = Arena::take(len).unwrap();
         // SAFETY: the arena is `len` bytes of read-write memory.
@@ -153,5 +171,6 @@ mod tests {
         assert!(b.reset_front(4096));
         // SAFETY: as above.
         assert_eq!(unsafe { b.base().read() }, 0);
+        sandbox_dropped();
     }
 }

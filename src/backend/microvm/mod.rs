@@ -74,15 +74,10 @@ pub struct MicroVmSandbox {
     skipped: BTreeMap<String, String>,
 }
 
-/// Micro-VM sandboxes alive in this process: when the last one goes, so do the clean guest
-/// RAM arenas kept for reuse (see `arena.rs`).
-static LIVE_SANDBOXES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 impl Drop for MicroVmSandbox {
+    /// With the last sandbox go the clean guest RAM arenas kept for reuse (see `arena.rs`).
     fn drop(&mut self) {
-        if LIVE_SANDBOXES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-            arena::release_free();
-        }
+        arena::sandbox_dropped();
     }
 }
 
@@ -167,7 +162,7 @@ impl MicroVmSandbox {
         if policy.cpu_time.is_some() {
             enforced.insert("cpu_time".into(), "vCPU threads' CPU clocks".into());
         }
-        LIVE_SANDBOXES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        arena::sandbox_created();
         Ok(MicroVmSandbox {
             policy,
             wasi,
