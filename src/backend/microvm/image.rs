@@ -216,6 +216,8 @@ pub(crate) struct GuestImage {
     /// data program), and whether a run may map the range shared (see `Vm::start`); the rest
     /// of guest RAM starts zeroed and is mapped anonymous.
     pub(crate) content: Vec<(u64, u64, Sharing)>,
+    /// Where the last of `content` ends.
+    pub(crate) content_end: u64,
     /// For each page of the image area: whether the guest may write it. The host writes into
     /// guest memory for the guest only where the guest could write itself.
     image_writable: Vec<bool>,
@@ -447,8 +449,10 @@ pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Resul
         content.push((program_at, heap_start, Sharing::Private));
     }
     let image_writable = loaded.pages.iter().map(|p| p.is_some_and(|p| p.write)).collect();
+    let content_end = content.iter().map(|(_, end, _)| *end).max().unwrap_or(0);
     Ok(Arc::new(GuestImage {
         content,
+        content_end,
         image_writable,
         hot,
         memfd: file,

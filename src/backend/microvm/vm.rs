@@ -7,6 +7,7 @@
 //! a thread resets `immediate_exit` before each entry only if no stop was asked, so a stop that
 //! races the entry into the guest is never lost.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, OnceLock};
@@ -21,7 +22,6 @@ use super::arena::Arena;
 use super::image::{GuestImage, Sharing};
 use super::reaper;
 use crate::{BackendKind, Error, Result};
-use std::os::fd::AsRawFd;
 
 /// The process's handle on `/dev/kvm`, opened once, with its keeper VM.
 pub(crate) fn kvm() -> Result<&'static Kvm> {
@@ -291,7 +291,7 @@ impl Vm {
             handles.push((done_rx, reply_tx));
         }
         let quit_sent = handles.iter().map(|_| AtomicBool::new(false)).collect();
-        let content_end = image.content.iter().map(|(_, end, _)| *end).max().unwrap_or(0) as usize;
+        let content_end = image.content_end as usize;
         Ok(Vm {
             memory,
             arena,
