@@ -65,6 +65,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// The WebAssembly module is over one of the compilation budgets of
+    /// [`Policy::compile`](crate::Policy::compile): it was refused before compiling, or its
+    /// compilation was stopped.
+    #[error("the module is over the compilation budget `compile.{}`: {reason}", limit.name())]
+    CompileBudget {
+        /// Which budget.
+        limit: CompileLimit,
+        /// The module's figure and the budget.
+        reason: String,
+    },
+
     /// A system resource needed to set up or run the sandbox could not be obtained.
     #[error("cannot {action}")]
     Setup {
@@ -92,6 +103,35 @@ pub enum Error {
     },
 }
 
+/// The compilation budgets of [`CompileLimits`](crate::CompileLimits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CompileLimit {
+    /// [`CompileLimits::max_module_size`](crate::CompileLimits::max_module_size).
+    ModuleSize,
+    /// [`CompileLimits::max_functions`](crate::CompileLimits::max_functions).
+    Functions,
+    /// [`CompileLimits::max_function_size`](crate::CompileLimits::max_function_size).
+    FunctionSize,
+    /// [`CompileLimits::time`](crate::CompileLimits::time).
+    Time,
+    /// [`CompileLimits::memory`](crate::CompileLimits::memory).
+    Memory,
+}
+
+impl CompileLimit {
+    /// The field's name in [`CompileLimits`](crate::CompileLimits) (`max_functions`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            CompileLimit::ModuleSize => "max_module_size",
+            CompileLimit::Functions => "max_functions",
+            CompileLimit::FunctionSize => "max_function_size",
+            CompileLimit::Time => "time",
+            CompileLimit::Memory => "memory",
+        }
+    }
+}
+
 /// A coarse classification of [`Error`], stable across versions; the C ABI and the Python
 /// package expose it so that callers can branch on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,7 +144,7 @@ pub enum ErrorKind {
     Unenforceable = 2,
     /// [`Error::BackendUnavailable`].
     BackendUnavailable = 3,
-    /// [`Error::ReadProgram`] and [`Error::InvalidProgram`].
+    /// [`Error::ReadProgram`], [`Error::InvalidProgram`] and [`Error::CompileBudget`].
     InvalidProgram = 4,
     /// [`Error::Setup`], [`Error::Cache`] and [`Error::Engine`].
     Host = 5,
@@ -130,7 +170,9 @@ impl Error {
             Error::InvalidPolicy { .. } => ErrorKind::InvalidPolicy,
             Error::Unenforceable { .. } => ErrorKind::Unenforceable,
             Error::BackendUnavailable { .. } => ErrorKind::BackendUnavailable,
-            Error::ReadProgram { .. } | Error::InvalidProgram { .. } => ErrorKind::InvalidProgram,
+            Error::ReadProgram { .. } | Error::InvalidProgram { .. } | Error::CompileBudget { .. } => {
+                ErrorKind::InvalidProgram
+            }
             Error::Setup { .. } | Error::Cache { .. } | Error::Engine { .. } => ErrorKind::Host,
         }
     }

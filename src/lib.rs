@@ -54,14 +54,17 @@ mod program;
 mod sandbox;
 mod sys;
 pub mod units;
+mod wasi;
+mod wasm_module;
 
 pub use backend::wasm::WasmSandbox;
 pub use control::{InterruptHandle, OutputCallback};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{CompileLimit, Error, ErrorKind, Result};
 pub use outcome::{signal_name, ArtifactSource, CpuBudget, Outcome, Status, Stream, Trap, TrapKind, Usage};
 pub use policy::{
-    Mount, Network, Policy, PolicyBuilder, DEFAULT_MAX_OPEN_FILES, DEFAULT_MAX_OUTPUT, DEFAULT_MAX_PROCESSES,
-    DEFAULT_MEMORY,
+    CompileLimits, Mount, Network, Policy, PolicyBuilder, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIME,
+    DEFAULT_MAX_FUNCTIONS, DEFAULT_MAX_FUNCTION_SIZE, DEFAULT_MAX_MODULE_SIZE, DEFAULT_MAX_OPEN_FILES,
+    DEFAULT_MAX_OUTPUT, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY,
 };
 pub use probe::{probe, BackendSupport, Cgroups, HostSupport, KvmFlavor, Probe};
 pub use program::{Artifact, Program};

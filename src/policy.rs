@@ -96,6 +96,13 @@ pub struct Policy {
     /// Network access. Default [`Network::None`].
     pub network: Network,
 
+    /// Whether a native program may create Unix-domain sockets with `socket()` (process
+    /// backend). `socketpair()` always works. Default `false`: Landlock cannot keep a program
+    /// from connecting to a host socket it can see in a mount (a container runtime's socket
+    /// under a mounted `/run`), so by default it gets no socket to connect with. The other
+    /// backends have no sockets at all and refuse `true`.
+    pub unix_sockets: bool,
+
     /// Environment variables given to every program (a [`Program`](crate::Program)'s own
     /// variables override these). Nothing from the host's environment is passed on.
     pub env: BTreeMap<String, String>,
@@ -105,9 +112,69 @@ pub struct Policy {
     /// all, so these hold there trivially.
     pub deny_syscalls: Vec<String>,
 
+    /// Budgets for compiling (and validating) an untrusted WebAssembly module, apart from the
+    /// run's own limits: a module is compiled before its run starts, and the work it costs the
+    /// host must be bounded even when the run's timeout and memory cap are small. See
+    /// [`CompileLimits`].
+    pub compile: CompileLimits,
+
     /// Run even when a backend cannot enforce some field; the [`Outcome`](crate::Outcome) then
     /// lists what was skipped. Default `false`: such a policy is refused.
     pub best_effort: bool,
+}
+
+/// Budgets for compiling an untrusted WebAssembly module ([`Policy::compile`]).
+///
+/// A module is refused with [`Error::CompileBudget`] before any compilation when it is larger,
+/// or has more functions or a larger function, than these allow, or when the compiler's memory
+/// for it, estimated from its contents, would exceed [`memory`](CompileLimits::memory); a
+/// compilation that takes longer than [`time`](CompileLimits::time) is stopped within one
+/// function's compilation and refused the same way. The defaults compile a 26 MB CPython for
+/// WASI (about 9,000 functions) and refuse a module of a million empty functions at once.
+/// The wasm backend compiles with Cranelift; the micro-VM backend only validates on the host
+/// (its guest compiles inside the VM, under the run's limits), and applies the size and count
+/// limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompileLimits {
+    /// Largest module accepted, in bytes (binary or WAT text). Default 128 MiB.
+    #[serde(with = "serde_units::size")]
+    pub max_module_size: u64,
+    /// Most functions a module may define. Default 100,000.
+    pub max_functions: u32,
+    /// Largest function body, in bytes. Default 1 MiB.
+    #[serde(with = "serde_units::size")]
+    pub max_function_size: u64,
+    /// Wall-clock time one compilation may take. Default 60 s.
+    #[serde(with = "serde_units::duration")]
+    pub time: Duration,
+    /// Memory the compiler may need for one module (estimated before compiling from the
+    /// module's functions and code size; see `docs/THREAT_MODEL.md`). Default 1 GiB.
+    #[serde(with = "serde_units::size")]
+    pub memory: u64,
+}
+
+/// Default [`CompileLimits::max_module_size`]: 128 MiB.
+pub const DEFAULT_MAX_MODULE_SIZE: u64 = 128 << 20;
+/// Default [`CompileLimits::max_functions`].
+pub const DEFAULT_MAX_FUNCTIONS: u32 = 100_000;
+/// Default [`CompileLimits::max_function_size`]: 1 MiB.
+pub const DEFAULT_MAX_FUNCTION_SIZE: u64 = 1 << 20;
+/// Default [`CompileLimits::time`]: 60 s.
+pub const DEFAULT_COMPILE_TIME: Duration = Duration::from_secs(60);
+/// Default [`CompileLimits::memory`]: 1 GiB.
+pub const DEFAULT_COMPILE_MEMORY: u64 = 1 << 30;
+
+impl Default for CompileLimits {
+    fn default() -> Self {
+        CompileLimits {
+            max_module_size: DEFAULT_MAX_MODULE_SIZE,
+            max_functions: DEFAULT_MAX_FUNCTIONS,
+            max_function_size: DEFAULT_MAX_FUNCTION_SIZE,
+            time: DEFAULT_COMPILE_TIME,
+            memory: DEFAULT_COMPILE_MEMORY,
+        }
+    }
 }
 
 impl Default for Policy {
@@ -125,8 +192,10 @@ impl Default for Policy {
             mounts: Vec::new(),
             system_dirs: None,
             network: Network::None,
+            unix_sockets: false,
             env: BTreeMap::new(),
             deny_syscalls: Vec::new(),
+            compile: CompileLimits::default(),
             best_effort: false,
         }
     }
@@ -262,6 +331,18 @@ impl Policy {
         for (key, value) in &self.env {
             check_env(key, value).map_err(|why| Error::invalid_policy(format!("env.{key}"), why))?;
         }
+        let c = &self.compile;
+        for (field, zero) in [
+            ("compile.max_module_size", c.max_module_size == 0),
+            ("compile.max_functions", c.max_functions == 0),
+            ("compile.max_function_size", c.max_function_size == 0),
+            ("compile.time", c.time.is_zero()),
+            ("compile.memory", c.memory == 0),
+        ] {
+            if zero {
+                return Err(Error::invalid_policy(field, "must be greater than 0"));
+            }
+        }
         for name in &self.deny_syscalls {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(Error::invalid_policy("deny_syscalls", format!("`{name}` is not a system call name")));
@@ -396,6 +477,16 @@ impl PolicyBuilder {
     /// Adds a system call to [`Policy::deny_syscalls`].
     pub fn deny_syscall(mut self, name: impl Into<String>) -> Self {
         self.policy.deny_syscalls.push(name.into());
+        self
+    }
+    /// Sets [`Policy::unix_sockets`].
+    pub fn unix_sockets(mut self, allowed: bool) -> Self {
+        self.policy.unix_sockets = allowed;
+        self
+    }
+    /// Sets [`Policy::compile`].
+    pub fn compile(mut self, limits: CompileLimits) -> Self {
+        self.policy.compile = limits;
         self
     }
     /// Sets [`Policy::best_effort`].

@@ -177,6 +177,16 @@ pub(crate) mod serde_units {
         }
     }
 
+    pub mod duration {
+        use super::*;
+        pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&super::super::format_duration(*v))
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+            d.deserialize_any(DurationVisitor)
+        }
+    }
+
     pub mod opt_duration {
         use super::*;
         pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {

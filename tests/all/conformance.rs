@@ -95,6 +95,18 @@ fn hello_passes_args_stdin_env_and_separates_streams() {
 }
 
 #[test]
+fn a_raised_signal_ends_the_run_with_that_signal_on_every_backend() {
+    for f in fixtures() {
+        let sb = f.sandbox(policy());
+        for sig in [9, 15] {
+            let out = sb.run(&f.guest("raise", &[&sig.to_string()])).unwrap();
+            assert_eq!(out.status, Status::Signaled(sig), "{}: {}", f.kind, text(&out.stdout));
+            assert!(!text(&out.stdout).contains("survived"), "{}", f.kind);
+        }
+    }
+}
+
+#[test]
 fn exit_codes_are_exact() {
     for f in fixtures() {
         let sb = f.sandbox(policy());

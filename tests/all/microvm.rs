@@ -91,6 +91,9 @@ fn hypercalls_with_bad_pointers_lengths_or_numbers_are_refused() {
         ("hc_unknown", "unknown hypercall 999"),
         ("hc_exit_outside", "outside the guest's memory"),
         ("hc_read_into_code", "not writable by the guest"),
+        ("hc_read_into_guard", "not writable by the guest"),
+        ("hc_read_into_absent_stack", "not writable by the guest"),
+        ("hc_read_across_guard", "not writable by the guest"),
         ("hc_bad_version", "bad magic"),
     ] {
         let out = sb.run(&Program::path(&guest).arg(mode)).unwrap();
@@ -359,4 +362,33 @@ fn a_program_file_is_run_as_it_is_now_after_being_rewritten() {
     assert_eq!(sb.run(&Program::path(&path)).unwrap().status, Status::Exited(9));
     std::fs::copy(&guest, &path).unwrap();
     assert_eq!(sb.run(&Program::path(&path).args(["exit", "6"])).unwrap().status, Status::Exited(6));
+}
+
+#[test]
+fn an_untrusted_module_is_refused_within_its_compilation_budgets_before_any_vm_starts() {
+    or_skip!(available(), "no micro-VM");
+    // A million empty functions: refused after reading the function section, not validated,
+    // not compiled, no VM created.
+    let n = 1_000_000usize;
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    let leb = |out: &mut Vec<u8>, mut v: usize| loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    };
+    let mut funcs = Vec::new();
+    leb(&mut funcs, n);
+    funcs.extend(std::iter::repeat_n(0u8, n));
+    m.extend_from_slice(&[1, 4, 1, 0x60, 0, 0, 3]);
+    leb(&mut m, funcs.len());
+    m.extend_from_slice(&funcs);
+    let sb = sandbox(Policy { memory: Some(32 << 20), timeout: Some(Duration::from_secs(1)), ..base() });
+    let started = Instant::now();
+    let e = sb.run(&Program::bytes(m)).unwrap_err();
+    assert!(matches!(e, sandcell::Error::CompileBudget { limit: sandcell::CompileLimit::Functions, .. }), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(2));
 }

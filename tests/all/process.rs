@@ -123,7 +123,7 @@ fn usage_counts_the_programs_tree_not_the_host() {
     assert_eq!(out.status, Status::Exited(0));
     assert!(out.usage.peak_memory_bytes > 0, "{:?}", out.usage);
     assert!(out.usage.cpu > Duration::ZERO && out.usage.cpu < Duration::from_secs(1), "{:?}", out.usage);
-    if out.enforced.get("memory").is_none_or(|m| m.starts_with("RLIMIT")) {
+    if out.enforced.get("memory").is_none_or(|m| m.contains("RLIMIT_AS")) {
         // Without a cgroup the peak is the kernel's maxrss of the reaped tree, which counts the
         // host's resident set once more: the program is started from a process that shares
         // the host's memory, and the kernel carries that memory's peak over the exec. Known
@@ -231,14 +231,171 @@ fn the_host_network_is_unreachable() {
 }
 
 #[test]
-fn only_unix_sockets_exist_without_network() {
+fn no_sockets_without_network_but_socketpairs() {
     prerequisites!();
     let sb = sandbox(base());
     assert_eq!(
         text(&run(&*sb, &["socket_inet"]).stdout),
         format!("socket: err {} Address family not supported by protocol\n", libc::EAFNOSUPPORT)
     );
+    assert_eq!(text(&run(&*sb, &["socket_unix"]).stdout), format!("socket: err {} Permission denied\n", libc::EACCES));
+    let sb = sandbox(Policy { unix_sockets: true, ..base() });
     assert!(text(&run(&*sb, &["socket_unix"]).stdout).starts_with("socket: ok"));
+    // socketpair (what pipes between a program's own processes use) always works.
+    let out = sb.run(&Program::path("/usr/bin/python3").args(["-c", "import socket; print(len(socket.socketpair()))"]));
+    if let Ok(out) = out {
+        assert_eq!(text(&out.stdout), "2\n", "{}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn a_host_unix_socket_in_a_read_only_mount_cannot_be_connected_to() {
+    // A container runtime's socket under a mounted /run: Landlock cannot stop a connect(2) to a
+    // pathname socket, so the guest gets no socket to connect with.
+    prerequisites!();
+    let dir = TempDir::new("host-socket");
+    let listener = std::os::unix::net::UnixListener::bind(dir.path().join("runtime.sock")).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mounted =
+        |unix_sockets| sandbox(Policy { unix_sockets, mounts: vec![Mount::read_only(dir.path(), "/run")], ..base() });
+    let out = run(&*mounted(false), &["unix_connect", "/run/runtime.sock"]);
+    assert_eq!(text(&out.stdout), format!("socket: err {} Permission denied\n", libc::EACCES));
+    assert!(listener.accept().is_err(), "the guest connected to the host's socket");
+    // Allowed by the policy, it is the policy's choice: the connection is made.
+    let out = run(&*mounted(true), &["unix_connect", "/run/runtime.sock"]);
+    assert!(text(&out.stdout).contains("connect: ok"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn files_a_guest_creates_in_a_mount_never_carry_privilege_on_the_host() {
+    // As root, the sandbox's root owns what it creates in an id-mapped read-write mount as the
+    // host's root: a setuid bit there would be host root for anyone who runs the file.
+    prerequisites!();
+    let dir = TempDir::new("privilege");
+    let sb = sandbox(Policy { mounts: vec![Mount::read_write(dir.path(), "/out")], ..base() });
+    let out = run(&*sb, &["privilege", "/out"]);
+    let log = text(&out.stdout);
+    assert_eq!(out.status, Status::Exited(0), "{log}");
+    assert!(log.contains("create_plain: ok"), "{log}");
+    for (what, errno) in [
+        ("fchmod_setuid", libc::EPERM),
+        ("fchmod_setgid", libc::EPERM),
+        ("chmod_setuid", libc::EPERM),
+        ("fchmodat_setuid", libc::EPERM),
+        ("fchmodat2_setuid", libc::ENOSYS),
+        ("setxattr_capability", libc::EPERM),
+        ("open_creat_setuid", libc::EPERM),
+        ("creat_setgid", libc::EPERM),
+        ("mknod_setuid", libc::EPERM),
+        ("mkdir_setgid", libc::EPERM),
+        ("openat_tmpfile_setuid", libc::EPERM),
+        ("openat2_setuid", libc::ENOSYS),
+    ] {
+        assert!(log.contains(&format!("{what}: err {errno} ")), "{what}: {log}");
+    }
+    // On the host: no file or directory with a privilege bit, none with file capabilities.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            meta.permissions().mode() & 0o6000,
+            0,
+            "{} has mode {:o}",
+            path.display(),
+            meta.permissions().mode()
+        );
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path and name; no buffer (size query).
+        let n = unsafe { libc::getxattr(c.as_ptr(), c"security.capability".as_ptr(), std::ptr::null_mut(), 0) };
+        assert!(n < 0, "{} carries file capabilities", path.display());
+    }
+}
+
+#[test]
+fn the_guest_sees_nothing_of_the_hosts_process_through_its_init() {
+    // The run's init shares this process's memory: /proc/1/cmdline would be this test
+    // binary's argument vector. It is not visible at all.
+    prerequisites!();
+    let sb = sandbox(base());
+    let out = run(&*sb, &["proc1"]);
+    let log = text(&out.stdout);
+    for file in ["/proc/1/cmdline", "/proc/1/environ", "/proc/1/status", "/proc/1/maps"] {
+        assert!(log.contains(&format!("{file}: err {}", libc::ENOENT)), "{file}: {log}");
+    }
+    let exe = std::env::current_exe().unwrap();
+    let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(!log.contains(&name), "the host's arguments leaked: {log}");
+    // The process list shows the program's own processes only (itself, pid 2).
+    let pids: Vec<&str> = log.lines().filter(|l| l.chars().all(|c| c.is_ascii_digit())).collect();
+    assert_eq!(pids, ["2"], "{log}");
+}
+
+#[test]
+fn memory_no_address_space_holds_is_bounded_too() {
+    // A memfd, System V shared memory or grown pipe buffers are memory RLIMIT_AS never counts:
+    // without a cgroup they are refused; with one, the cgroup's limit counts them.
+    prerequisites!();
+    let sb = sandbox(Policy { memory: Some(64 << 20), ..base() });
+    let out = run(&*sb, &["shared_memory", "256"]);
+    let log = text(&out.stdout);
+    let cgroup = out.enforced.get("memory").is_some_and(|m| !m.contains("RLIMIT_AS"));
+    if cgroup {
+        // The cgroup charges the memfd's pages: the writes fail at the limit, or the run ends.
+        let mib: u64 = log.lines().find_map(|l| l.strip_prefix("memfd_mib: ")).map_or(0, |n| n.parse().unwrap());
+        assert!(out.status == Status::MemoryLimit || mib < 64, "{:?} {log}", out.status);
+    } else {
+        assert_eq!(out.status, Status::Exited(0), "{log}");
+        for what in ["memfd_create", "shmget", "msgget"] {
+            assert!(log.contains(&format!("{what}: err {} ", libc::ENOSYS)), "{what}: {log}");
+        }
+        assert!(log.contains(&format!("setpipe_sz: err {} ", libc::EPERM)), "{log}");
+        let record = &out.enforced["memory"];
+        assert!(record.contains("per process, not for the whole run"), "{record}");
+        // /tmp, where POSIX shared memory goes, is capped at the memory limit.
+        let out = sb
+            .run(&Program::path("/bin/sh").args(["-c", "head -c 100M /dev/zero > /tmp/x; echo $?; wc -c < /tmp/x"]))
+            .unwrap();
+        let lines: Vec<u64> = text(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+        assert_eq!(lines.len(), 2, "{}", text(&out.stdout));
+        assert_ne!(lines[0], 0);
+        assert!(lines[1] <= 64 << 20, "{lines:?}");
+    }
+}
+
+#[test]
+fn a_burst_of_runs_from_many_threads_all_complete() {
+    // 150 runs at once from threads of one sandbox, the host holding many descriptors: none may
+    // fail for want of descriptors (a run's init starts with a copy of the host's table).
+    prerequisites!();
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    if limit.rlim_cur < 8192 && limit.rlim_max >= 8192 {
+        limit.rlim_cur = limit.rlim_max.min(20_000);
+        // SAFETY: valid pointer.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    }
+    let held: Vec<std::fs::File> = (0..1000).filter_map(|_| std::fs::File::open("/dev/null").ok()).collect();
+    let sb: std::sync::Arc<dyn Sandbox> = sandbox(Policy { max_open_files: Some(64), ..base() }).into();
+    let threads: Vec<_> = (0..150)
+        .map(|i| {
+            let sb = sb.clone();
+            std::thread::spawn(move || {
+                let out = sb.run(&Program::path("/bin/echo").arg(i.to_string())).map_err(|e| e.to_string())?;
+                if out.status != Status::Exited(0) || text(&out.stdout) != format!("{i}\n") {
+                    return Err(format!("run {i}: {:?} {}", out.status, text(&out.stderr)));
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let failures: Vec<String> = threads.into_iter().filter_map(|t| t.join().unwrap().err()).collect();
+    assert!(failures.is_empty(), "{} of 150 runs failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    // And no run sees another's (or the host's) descriptors.
+    let out = run(&*sb, &["fds"]);
+    assert_eq!(text(&out.stdout), "extra fds: 0\n");
+    drop(held);
 }
 
 #[test]
@@ -408,6 +565,56 @@ fn the_cli_runs_python_on_the_process_backend() {
     assert_eq!(v["status"]["signal"], 11);
 }
 
+/// The cgroup directories of the hierarchies this process is in whose names start `prefix`.
+fn cgroups_named(prefix: &str) -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut found = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+        let mount = match controllers {
+            "" => PathBuf::from("/sys/fs/cgroup/unified"),
+            c => PathBuf::from("/sys/fs/cgroup").join(c.split(',').next().unwrap_or(c)),
+        };
+        let mut dirs = vec![mount.join(path.trim_start_matches('/'))];
+        // On v2, runs go in a `sandcell-PID` child of the hierarchy's root.
+        dirs.push(mount.clone());
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(prefix) {
+                    found.push(e.path());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_cli_run_leaves_no_cgroup_behind() {
+    prerequisites!();
+    let probe = SandboxBuilder::new(BackendKind::Process).policy(base()).build().unwrap();
+    let uses_cgroups = probe.run(&Program::path("/bin/true")).unwrap().enforced["memory"].contains("cgroup v");
+    drop(probe);
+    if !uses_cgroups {
+        eprintln!("no cgroups here (not root, or none writable): nothing to leave behind");
+        return;
+    }
+    for _ in 0..10 {
+        let child = Command::new(env!("CARGO_BIN_EXE_sandcell"))
+            .args(["run", "--backend", "process", "--", "/bin/true"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let left = cgroups_named(&format!("sandcell-{pid}"));
+        assert!(left.is_empty(), "the CLI (pid {pid}) left {left:?}");
+    }
+}
+
 /// When the tests run as root, the process backend's tests (this module and the conformance
 /// suite) run again as the unprivileged user `nobody`, where cgroups are not writable and the
 /// backend falls back to rlimits.
@@ -472,7 +679,7 @@ fn each_run_has_a_network_namespace_of_its_own_that_it_cannot_reconfigure() {
         assert_ne!(Path::new(&a), host, "a run used the host's network namespace");
         // Taking the loopback interface down (or any interface change) is refused.
         let script = "import fcntl,socket,struct\n\
-                      s=socket.socket(socket.AF_UNIX)\n\
+                      s=socket.socketpair()[0]\n\
                       try:\n fcntl.ioctl(s, 0x8914, struct.pack('16sh', b'lo', 0)); print('changed')\n\
                       except OSError as e: print('refused', e.errno)";
         let out = sb.run(&Program::path("python3").args(["-c", script])).unwrap();

@@ -402,3 +402,158 @@ fn a_guest_cannot_name_the_stop_flag() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidProgram, "{err}");
 }
+
+/// A WASI command whose start function loops forever: instantiation runs it in wasmer.
+const START_LOOP: &str = r#"(module
+  (memory (export "memory") 1)
+  (func $spin (loop br 0))
+  (start $spin)
+  (func (export "_start")))"#;
+
+#[test]
+fn a_start_function_runs_under_the_runs_limits() {
+    let limited = |policy: Policy| stopped_within(&*sandbox(policy), &wat(START_LOOP), Duration::from_secs(5));
+    let timeout = Policy { timeout: Some(Duration::from_millis(200)), ..Policy::default() };
+    assert_eq!(limited(timeout), Status::Timeout);
+    let cpu = Policy { cpu_time: Some(Duration::from_millis(200)), ..Policy::default() };
+    assert_eq!(limited(cpu), Status::CpuLimit(CpuBudget::CpuTime));
+    let fuel = Policy { fuel: Some(1_000_000), ..Policy::default() };
+    assert_eq!(limited(fuel), Status::CpuLimit(CpuBudget::Fuel));
+    // Interrupted from another thread, too.
+    let sb = sandbox(Policy::default());
+    let handle = InterruptHandle::new();
+    let h = handle.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        h.interrupt();
+    });
+    let out = sb.run_with(&wat(START_LOOP), RunOptions::new().interrupt(handle)).unwrap();
+    t.join().unwrap();
+    assert_eq!(out.status, Status::Interrupted);
+    // A start function that traps is a trap, as in `_start`; one that ends runs `_start` next.
+    let out = sb.run(&wat(r#"(module (func $s unreachable) (start $s) (func (export "_start")))"#)).unwrap();
+    assert!(matches!(out.status, Status::Trap(ref t) if t.kind == TrapKind::Unreachable), "{:?}", out.status);
+    let out = sb
+        .run(&wat(r#"(module
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1)
+          (global $g (mut i32) (i32.const 0))
+          (func $s (global.set $g (i32.const 7))) (start $s)
+          (func (export "_start") (call $exit (global.get $g))))"#))
+        .unwrap();
+    assert_eq!(out.status, Status::Exited(7));
+}
+
+/// Waits on shared memory with no timeout: nobody will ever notify it.
+const WAIT_FOREVER: &str = r#"(module
+  (memory (export "memory") 1 1 shared)
+  (func (export "_start")
+    (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))"#;
+
+#[test]
+fn a_guest_blocked_in_an_atomic_wait_is_stopped_by_the_timeout_and_by_an_interrupt() {
+    let sb = sandbox(Policy { timeout: Some(Duration::from_millis(200)), ..Policy::default() });
+    assert_eq!(stopped_within(&*sb, &wat(WAIT_FOREVER), Duration::from_secs(5)), Status::Timeout);
+    let sb = sandbox(Policy::default());
+    let handle = sb.interrupt_handle();
+    let t = std::thread::spawn(move || {
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(20));
+            handle.interrupt();
+        }
+    });
+    let started = Instant::now();
+    let out = sb.run(&wat(WAIT_FOREVER)).unwrap();
+    assert_eq!(out.status, Status::Interrupted);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    t.join().unwrap();
+    // A wait with a timeout of its own still times out by itself.
+    let out = sb
+        .run(&wat(r#"(module
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1 1 shared)
+          (func (export "_start")
+            (call $exit (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const 1000000)))))"#))
+        .unwrap();
+    assert_eq!(out.status, Status::Exited(2));
+}
+
+#[test]
+fn compiling_an_untrusted_module_is_bounded_by_budgets_of_its_own() {
+    // The attack: a million empty functions (4 MB), under a 16 MiB memory cap and a 1 s timeout.
+    let n = 1_000_000usize;
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    let section = |m: &mut Vec<u8>, id: u8, body: &[u8]| {
+        m.push(id);
+        leb(m, body.len() as u64);
+        m.extend_from_slice(body);
+    };
+    section(&mut m, 1, &[1, 0x60, 0, 0]);
+    let mut funcs = Vec::new();
+    leb(&mut funcs, n as u64);
+    funcs.extend(std::iter::repeat_n(0u8, n));
+    section(&mut m, 3, &funcs);
+    let mut code = Vec::new();
+    leb(&mut code, n as u64);
+    for _ in 0..n {
+        code.extend_from_slice(&[2, 0, 0x0b]);
+    }
+    section(&mut m, 10, &code);
+    let policy = Policy { memory: Some(16 << 20), timeout: Some(Duration::from_secs(1)), ..Policy::default() };
+    let sb = sandbox(policy.clone());
+    let started = Instant::now();
+    let e = sb.run(&Program::bytes(m.clone())).unwrap_err();
+    assert!(matches!(e, Error::CompileBudget { limit: sandcell::CompileLimit::Functions, .. }), "{e}");
+    assert_eq!(e.kind(), ErrorKind::InvalidProgram);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+
+    // Within the count, the time budget stops a compilation that runs over.
+    let mut wat_text = String::from("(module\n");
+    for i in 0..20_000 {
+        wat_text.push_str(&format!("(func (export \"f{i}\") (result i32) (i32.add (i32.const {i}) (i32.const 1)))\n"));
+    }
+    wat_text.push_str("(func (export \"_start\")))");
+    let tight = sandcell::CompileLimits { time: Duration::from_millis(20), ..Default::default() };
+    let sb = sandbox(Policy { compile: tight, ..policy.clone() });
+    let started = Instant::now();
+    let e = sb.run(&wat(&wat_text)).unwrap_err();
+    assert!(matches!(e, Error::CompileBudget { limit: sandcell::CompileLimit::Time, .. }), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    // With its default budgets, the same module compiles and runs.
+    let out = sandbox(policy).run(&wat(&wat_text)).unwrap();
+    assert_eq!(out.status, Status::Exited(0));
+}
+
+fn leb(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+#[test]
+fn raising_a_signal_ends_the_run_with_that_signal() {
+    let raise = |sig: i32| {
+        wat(&format!(
+            r#"(module
+          (import "wasi_snapshot_preview1" "proc_raise" (func $raise (param i32) (result i32)))
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1)
+          (func (export "_start") (call $exit (call $raise (i32.const {sig})))))"#
+        ))
+    };
+    let sb = sandbox(Policy::default());
+    assert_eq!(sb.run(&raise(9)).unwrap().status, Status::Signaled(libc::SIGKILL));
+    assert_eq!(sb.run(&raise(15)).unwrap().status, Status::Signaled(libc::SIGTERM));
+    // WASI's 16-30 are Linux's 17-31.
+    assert_eq!(sb.run(&raise(30)).unwrap().status, Status::Signaled(libc::SIGSYS));
+    // Ignored by default (SIGCHLD, WASI 16): proc_raise returns 0 and the guest goes on.
+    assert_eq!(sb.run(&raise(16)).unwrap().status, Status::Exited(0));
+    // Not a signal: EINVAL (28).
+    assert_eq!(sb.run(&raise(99)).unwrap().status, Status::Exited(28));
+}

@@ -18,6 +18,10 @@
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
+#include <sys/mman.h>
+#include <sys/shm.h>
+#include <sys/msg.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <termios.h>
@@ -104,6 +108,94 @@ static int connect_abstract(const char *name) {
     int rc = connect(s, (struct sockaddr *)&a, offsetof(struct sockaddr_un, sun_path) + 1 + len);
     report("connect", rc);
     return 0;
+}
+
+/* Tries every way to leave a file with privilege bits in DIR (a read-write mount). */
+static int privilege(const char *dir) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/plain", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0755);
+    report("create_plain", fd);
+    if (fd >= 0) {
+        static const char elf[] = "\x7f" "ELF not really";
+        report("write", write(fd, elf, sizeof elf));
+        report("fchmod_setuid", fchmod(fd, 04755));
+        report("fchmod_setgid", fchmod(fd, 02755));
+        close(fd);
+    }
+    report("chmod_setuid", chmod(path, 06755));
+    report("fchmodat_setuid", fchmodat(AT_FDCWD, path, 04755, 0));
+    report("fchmodat2_setuid", syscall(452, AT_FDCWD, path, 04755, 0));
+    char cap[20] = {0};
+    cap[0] = 1; /* magic_etc, little-endian: VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE */
+    cap[3] = 2;
+    cap[4] = 0xff; /* every permitted capability of the first word */
+    report("setxattr_capability", setxattr(path, "security.capability", cap, sizeof cap, 0));
+    snprintf(path, sizeof path, "%s/created_setuid", dir);
+    report("open_creat_setuid", open(path, O_WRONLY | O_CREAT, 04755));
+    snprintf(path, sizeof path, "%s/creat_setgid", dir);
+    report("creat_setgid", creat(path, 02755));
+    snprintf(path, sizeof path, "%s/mknod_setuid", dir);
+    report("mknod_setuid", mknod(path, S_IFREG | 04755, 0));
+    snprintf(path, sizeof path, "%s/dir_setgid", dir);
+    report("mkdir_setgid", mkdir(path, 02755));
+    report("openat_tmpfile_setuid", open(dir, O_TMPFILE | O_WRONLY, 04755));
+    struct { unsigned long long flags, mode, resolve; } how = {O_WRONLY | O_CREAT, 04755, 0};
+    snprintf(path, sizeof path, "%s/openat2_setuid", dir);
+    report("openat2_setuid", syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how));
+    return 0;
+}
+
+/* Memory outside any address space: N MiB in a memfd, in System V shared memory, and pipes
+ * grown past their default size. */
+static int shared_memory(const char *arg) {
+    size_t mib = (size_t)atoi(arg);
+    static char chunk[1 << 20];
+    memset(chunk, 'm', sizeof chunk);
+    int fd = memfd_create("hoard", 0);
+    report("memfd_create", fd);
+    if (fd >= 0) {
+        size_t done = 0;
+        for (; done < mib; done++)
+            if (write(fd, chunk, sizeof chunk) != (ssize_t)sizeof chunk) break;
+        printf("memfd_mib: %zu\n", done);
+    }
+    int shm = shmget(IPC_PRIVATE, mib << 20, IPC_CREAT | 0600);
+    report("shmget", shm);
+    report("msgget", msgget(IPC_PRIVATE, IPC_CREAT | 0600));
+    int p[2];
+    if (pipe(p) == 0) report("setpipe_sz", fcntl(p[1], F_SETPIPE_SZ, 1 << 20));
+    return 0;
+}
+
+/* Connects to the Unix socket at PATH and says what it read. */
+static int unix_connect(const char *path) {
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    report("socket", s);
+    if (s < 0) return 0;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    strncpy(a.sun_path, path, sizeof a.sun_path - 1);
+    report("connect", connect(s, (struct sockaddr *)&a, sizeof a));
+    return 0;
+}
+
+/* What the sandbox shows of its own init (pid 1) and of the process list. */
+static int proc_one(void) {
+    const char *files[] = {"/proc/1/cmdline", "/proc/1/environ", "/proc/1/status", "/proc/1/maps"};
+    for (int i = 0; i < 4; i++) {
+        int fd = open(files[i], O_RDONLY);
+        if (fd < 0) { printf("%s: err %d\n", files[i], errno); continue; }
+        char buf[4096];
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        if (n < 0) { printf("%s: read err %d\n", files[i], errno); close(fd); continue; }
+        for (ssize_t k = 0; k < n; k++) if (buf[k] == 0) buf[k] = ' ';
+        buf[n] = 0;
+        printf("%s: %s\n", files[i], buf);
+        close(fd);
+    }
+    fflush(stdout);
+    execl("/bin/ls", "ls", "/proc", (char *)NULL);
+    return 1;
 }
 
 int main(int argc, char **argv) {
@@ -194,6 +286,10 @@ int main(int argc, char **argv) {
         report("open_for_write", fd);
         return 0;
     }
+    if (!strcmp(mode, "privilege")) return privilege(arg);
+    if (!strcmp(mode, "shared_memory")) return shared_memory(arg);
+    if (!strcmp(mode, "unix_connect")) return unix_connect(arg);
+    if (!strcmp(mode, "proc1")) return proc_one();
     if (!strcmp(mode, "fdescape")) {
         /* Reach the host through /proc/self/fd of a directory descriptor, then `..`. */
         int d = open("/", O_RDONLY | O_DIRECTORY);

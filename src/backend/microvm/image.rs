@@ -262,6 +262,11 @@ pub(crate) enum Sharing {
 impl GuestImage {
     /// Whether the guest may write every byte of `[addr, addr + len)`: in its image, stacks or
     /// heap, and not a read-only or unmapped page of its program.
+    ///
+    /// This follows the guest's page tables exactly (see [`build`]): below [`layout::IMAGE`]
+    /// nothing is the guest's to write; in the image area, the program's writable pages; in the
+    /// stack area, each existing vCPU's stack but its lowest page (the guard page, unmapped) and
+    /// nothing of the strides of vCPUs that do not exist; the heap up to the end of guest RAM.
     pub(crate) fn writable(&self, addr: u64, len: u64) -> bool {
         let Some(end) = addr.checked_add(len) else { return false };
         if len == 0 {
@@ -270,12 +275,24 @@ impl GuestImage {
         if addr < layout::IMAGE || end > self.ram {
             return false;
         }
-        let first = addr.max(layout::IMAGE);
-        let last = end.min(layout::IMAGE_END);
-        (first..last)
-            .step_by(PAGE as usize)
-            .chain((first < last).then_some(last - 1))
-            .all(|a| self.image_writable.get(((a - layout::IMAGE) / PAGE) as usize).copied().unwrap_or(false))
+        let first = addr & !(PAGE - 1);
+        (first..end).step_by(PAGE as usize).all(|page| self.page_writable(page))
+    }
+
+    /// Whether the guest's page tables let it write the page at `page` (page-aligned).
+    fn page_writable(&self, page: u64) -> bool {
+        if page < layout::IMAGE {
+            false
+        } else if page < layout::IMAGE_END {
+            self.image_writable.get(((page - layout::IMAGE) / PAGE) as usize).copied().unwrap_or(false)
+        } else if page < layout::HEAP {
+            let cpu = (page - layout::STACKS) / layout::STACK_STRIDE;
+            let guard = layout::STACKS + cpu * layout::STACK_STRIDE;
+            cpu < u64::from(self.vcpus) && page != guard
+        } else {
+            // The heap is mapped in 2 MiB pages up to the last whole one below the end of RAM.
+            page < self.ram / LARGE * LARGE
+        }
     }
 }
 
@@ -514,6 +531,59 @@ mod tests {
         assert_eq!(l.pages[1], Some(Perm { write: false, exec: true }));
         assert_eq!(l.pages[2], Some(Perm { write: true, exec: false }));
         assert_eq!(l.pages[0], None);
+    }
+
+    /// Walks the guest page tables in the image: whether user mode may write `addr`.
+    fn user_writable_in_tables(img: &GuestImage, addr: u64) -> bool {
+        use std::os::unix::fs::FileExt;
+        let read = |at: u64| {
+            let mut b = [0u8; 8];
+            img.memfd.read_exact_at(&mut b, at).unwrap();
+            u64::from_le_bytes(b)
+        };
+        let frame = |e: u64| e & 0x000f_ffff_ffff_f000;
+        let mut entry = read(layout::PAGE_TABLES + ((addr >> 39) & 511) * 8);
+        let mut allowed = entry & P != 0 && entry & W != 0 && entry & U != 0;
+        for shift in [30u64, 21, 12] {
+            if !allowed {
+                return false;
+            }
+            entry = read(frame(entry) + ((addr >> shift) & 511) * 8);
+            allowed = entry & P != 0 && entry & W != 0 && entry & U != 0;
+            if entry & PS != 0 {
+                break;
+            }
+        }
+        allowed
+    }
+
+    #[test]
+    fn the_host_writes_exactly_where_the_guest_page_tables_allow() {
+        let loaded = load_elf(&tiny_elf()).unwrap();
+        for vcpus in [1, 3] {
+            let ram = 64 << 20;
+            let img = build(&loaded, b"", ram, vcpus).unwrap();
+            let pages = (0..layout::HEAP).step_by(PAGE as usize).chain((layout::HEAP..ram).step_by(LARGE as usize));
+            for page in pages {
+                if page == layout::MAILBOX {
+                    // The guest writes its mailboxes; the host writes them only to answer a
+                    // hypercall, never as a buffer the guest names.
+                    assert!(user_writable_in_tables(&img, page) && !img.writable(page, 8));
+                    continue;
+                }
+                assert_eq!(
+                    img.writable(page, 8),
+                    user_writable_in_tables(&img, page),
+                    "page {page:#x} with {vcpus} vCPUs"
+                );
+            }
+            // Spans that cross from a writable page into one that is not.
+            let guard1 = layout::stack_top(1) - layout::STACK_STRIDE;
+            assert!(!img.writable(guard1 - 8, 16));
+            assert!(img.writable(layout::stack_top(0) - 16, 16));
+            assert!(!img.writable(ram - 8, 16));
+            assert!(!img.writable(u64::MAX - 4, 8));
+        }
     }
 
     #[test]

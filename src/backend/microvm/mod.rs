@@ -128,6 +128,17 @@ impl MicroVmSandbox {
             }
             skipped.insert("network".into(), reason.into());
         }
+        if policy.unix_sockets {
+            let reason = "a micro-VM guest has no sockets at all";
+            if !policy.best_effort {
+                return Err(Error::Unenforceable {
+                    backend: BackendKind::MicroVm,
+                    field: "unix_sockets".into(),
+                    reason: reason.into(),
+                });
+            }
+            skipped.insert("unix_sockets".into(), reason.into());
+        }
         let ram = policy.memory.unwrap_or(DEFAULT_RAM) / 0x20_0000 * 0x20_0000;
         if !(layout::MIN_RAM..=layout::MAX_RAM).contains(&ram) {
             return Err(Error::invalid_policy(
@@ -147,6 +158,7 @@ impl MicroVmSandbox {
         let mut wasi_policy = policy.clone();
         wasi_policy.fuel = None;
         wasi_policy.network = Network::None;
+        wasi_policy.unix_sockets = false;
         let wasi =
             SandboxBuilder { backend: BackendKind::Wasm, policy: wasi_policy, ..builder.clone() }.build_wasm()?;
         enforced.insert("memory".into(), format!("{} MiB of guest RAM", ram >> 20));
@@ -220,10 +232,11 @@ impl MicroVmSandbox {
                         .into(),
                 });
             }
-            // Validate (and refuse non-WASI imports) with the host's engine, as the wasm backend does.
-            let module = crate::backend::wasm::engine::to_binary(&bytes)?.into_owned();
-            self.wasi.precompile(&Program::bytes(module.clone()))?;
-            (RUNTIME, module, true)
+            // The same budgets and import rules as the wasm backend; validated, not compiled
+            // (the guest runtime compiles it inside the VM, under the run's limits).
+            let (module, _) = crate::wasm_module::check(&bytes, &self.policy.compile)?;
+            crate::wasm_module::validate(&module)?;
+            (RUNTIME, module.into_owned(), true)
         };
         let vcpus = if wasm { 1 } else { self.vcpus };
         let mut h = Sha256::new();
@@ -651,6 +664,21 @@ impl Session<'_> {
                         self.write(output, m)?;
                         (-sandcell_abi::host_call_error::FAILED, m.len() as u64)
                     }
+                }
+            }
+            Request::Wasi { function, .. } if wasi::is_proc_raise(function) => {
+                // As on the wasm backend: a signal that ends a process ends the run with it.
+                let signal = match request {
+                    Request::Wasi { args, nargs: 1, .. } => args[0] as u32 as i32,
+                    _ => return Err("proc_raise takes one argument".into()),
+                };
+                match crate::wasi::signals::raise(signal) {
+                    crate::wasi::signals::Raise::Terminate(sig) => {
+                        self.status = Some(Status::Signaled(sig));
+                        (0, 0)
+                    }
+                    crate::wasi::signals::Raise::Ignore => (0, 0),
+                    crate::wasi::signals::Raise::Invalid => (crate::wasi::signals::ERRNO_INVAL as i64, 0),
                 }
             }
             Request::Wasi { function, memory, args, nargs } => {

@@ -72,6 +72,12 @@ pub(crate) const SIGNATURES: &[(&str, &str)] = &[
     ("sock_shutdown", "ii"),
 ];
 
+/// Whether WASI function `index` is `proc_raise`, which the host answers itself (see
+/// `crate::wasi::signals`) rather than through wasix.
+pub(crate) fn is_proc_raise(index: u16) -> bool {
+    SIGNATURES.get(usize::from(index)).is_some_and(|(name, _)| *name == "proc_raise")
+}
+
 fn wat_types(sig: &str) -> String {
     sig.chars().map(|c| if c == 'I' { " i64" } else { " i32" }).collect()
 }

@@ -160,9 +160,35 @@ impl Drop for Pool {
     }
 }
 
+/// Live pools on cgroup v2, which share this process's `sandcell-PID` parent directory: the
+/// last one to go removes it (see [`Pool::close`]).
+static V2_POOLS: Mutex<usize> = Mutex::new(0);
+
 impl Pool {
     pub(super) fn new(setup: Setup, limits: Limits) -> Self {
+        if let Setup::V2 { parent } = &setup {
+            let mut live = V2_POOLS.lock().unwrap_or_else(|e| e.into_inner());
+            *live += 1;
+            // The last pool before this one may have removed it.
+            let _ = fs::create_dir(parent);
+            let _ = fs::write(parent.join("cgroup.subtree_control"), "+memory +pids +cpu");
+        }
         Pool { setup, limits, idle: Arc::default() }
+    }
+
+    /// Drops the pool and waits until every cgroup it had is gone (see [`flush`]); on v2, the
+    /// last pool of the process also removes the parent directory.
+    pub(super) fn close(self) {
+        let setup = self.setup.clone();
+        drop(self);
+        flush();
+        if let Setup::V2 { parent } = setup {
+            let mut live = V2_POOLS.lock().unwrap_or_else(|e| e.into_inner());
+            *live -= 1;
+            if *live == 0 {
+                let _ = fs::remove_dir(&parent);
+            }
+        }
     }
 
     /// A cgroup for one run, fresh counters, returned to the pool when the lease is dropped.
@@ -197,8 +223,21 @@ impl std::ops::Deref for Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(cg) = self.cg.take() {
-            let _ = reaper().send(Job::Recycle(cg, self.idle.clone()));
+            if on_reaper() {
+                recycle(cg, &self.idle);
+            } else {
+                let _ = reaper().send(Job::Recycle(cg, self.idle.clone()));
+            }
         }
+    }
+}
+
+/// Gives a cgroup back to its pool if the pool still exists and the cgroup is empty; removes
+/// it otherwise.
+fn recycle(mut cg: RunCgroup, idle: &Weak<Mutex<Vec<RunCgroup>>>) {
+    match idle.upgrade() {
+        Some(idle) if cg.recycle() => idle.lock().unwrap_or_else(|e| e.into_inner()).push(cg),
+        _ => drop(cg),
     }
 }
 
@@ -361,7 +400,12 @@ impl Drop for RunCgroup {
         // handed to a background thread rather than charged to the run. The run's processes are
         // gone; a directory can stay busy for a moment while the kernel finishes with them.
         let dirs = std::mem::take(&mut self.dirs);
-        if !dirs.is_empty() {
+        if dirs.is_empty() {
+            return;
+        }
+        if on_reaper() {
+            remove_dirs(dirs);
+        } else {
             let _ = reaper().send(Job::Remove(dirs));
         }
     }
@@ -375,6 +419,29 @@ enum Job {
     /// Stale cgroups of processes now gone: one attempt each.
     Collect(Vec<PathBuf>),
     Recycle(RunCgroup, Weak<Mutex<Vec<RunCgroup>>>),
+    /// Answered once every job sent before it is done.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+thread_local! {
+    static ON_REAPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this is the background cgroup thread: what would be sent to it is done at once, so
+/// that a [`flush`] covers the work a job causes, not only the job itself.
+fn on_reaper() -> bool {
+    ON_REAPER.with(std::cell::Cell::get)
+}
+
+/// Waits until the background thread has done everything sent to it so far: runs' inits reaped,
+/// their cgroups recycled or, where their sandbox is gone, removed. A sandbox calls it when it
+/// is dropped, so that a process that exits right after (the CLI) leaves no cgroup behind.
+pub(super) fn flush() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    if reaper().send(Job::Barrier(tx)).is_ok() {
+        // Removing a cgroup can wait for the kernel to finish with its last process; bounded.
+        let _ = rx.recv_timeout(Duration::from_secs(10));
+    }
 }
 
 fn remove_dirs(dirs: Vec<PathBuf>) {
@@ -403,6 +470,7 @@ fn reaper() -> &'static std::sync::mpsc::Sender<Job> {
         std::thread::Builder::new()
             .name("sandcell-cgroups".into())
             .spawn(move || {
+                ON_REAPER.with(|r| r.set(true));
                 for job in rx {
                     match job {
                         Job::Remove(dirs) => remove_dirs(dirs),
@@ -412,10 +480,10 @@ fn reaper() -> &'static std::sync::mpsc::Sender<Job> {
                                 let _ = fs::remove_dir(dir);
                             }
                         }
-                        Job::Recycle(mut cg, idle) => match idle.upgrade() {
-                            Some(idle) if cg.recycle() => idle.lock().unwrap_or_else(|e| e.into_inner()).push(cg),
-                            _ => drop(cg),
-                        },
+                        Job::Recycle(cg, idle) => recycle(cg, &idle),
+                        Job::Barrier(done) => {
+                            let _ = done.send(());
+                        }
                     }
                 }
             })

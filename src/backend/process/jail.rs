@@ -139,8 +139,10 @@ pub(super) struct Plan {
     pub(super) tmp_size: CString,
     pub(super) loopback: bool,
     pub(super) cpus: Option<u32>,
-    /// `(resource, soft, hard)`.
+    /// `(resource, soft, hard)`, set by init for itself and the program.
     pub(super) rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    /// RLIMIT_NOFILE, set by the program's process just before it executes the program.
+    pub(super) max_open_files: Option<u64>,
     pub(super) landlock: Option<LandlockPlan>,
     pub(super) seccomp: Profile,
     /// The root comes ready from the sandbox's template (see `template`): the parent sends a
@@ -270,6 +272,13 @@ fn exec_program(p: &Program) -> ! {
         }
     }
     sys::close_from_on_exec(3);
+    // The descriptor limit last: init's own descriptors (rulesets, mount sources) are not the
+    // program's to count.
+    if let Some(n) = l.plan.max_open_files {
+        if let Err(e) = sys::setrlimit(libc::RLIMIT_NOFILE, n, n) {
+            fail(l.error, Step::Rlimits, e);
+        }
+    }
     let mut last = libc::ENOENT;
     for path in l.exec {
         last = sys::execve(path, l.argv, l.envp);
@@ -295,7 +304,7 @@ pub(super) const REPORT_LEN: usize = 21;
 /// namespaces down; the host reaps init in the background). Its signals stay blocked: it shares
 /// the host's memory, and no handler of the host may run in it.
 fn init(l: &Launch, program: libc::pid_t) -> ! {
-    sys::close_all_but(l.sync);
+    sys::close_all_except(&mut [l.sync]);
     loop {
         let (pid, status) = match sys::wait_any() {
             Ok(reaped) => reaped,
@@ -340,6 +349,13 @@ fn init(l: &Launch, program: libc::pid_t) -> ! {
 fn setup(l: &Launch) -> Result<Option<sys::Fd>, (Step, i32)> {
     let plan = l.plan;
     let at = |step: Step| move |errno: i32| (step, errno);
+
+    // 0. Only this run's own descriptors: init starts with a copy of the host's descriptor
+    //    table, which holds other runs' pipes and whatever else the host has open. Closed first,
+    //    so that nothing of the host (or of another run) is ever held here, and so that the
+    //    descriptors this run creates below fit under any limit, however many the host has.
+    let mut keep = [l.stdio[0], l.stdio[1], l.stdio[2], l.sync, l.error];
+    sys::close_all_except(&mut keep);
 
     // 1. Die with the host: if the parent thread goes, so does this process, and with it (as
     //    pid 1 of its namespace) every process of the run.
@@ -399,9 +415,17 @@ fn setup(l: &Launch) -> Result<Option<sys::Fd>, (Step, i32)> {
     }
 
     // 6. A /proc for our pid namespace. The kernel allows this in a user namespace only while a
-    //    full /proc is visible, i.e. before the host's tree is hidden.
-    let proc = sys::new_fs(c"proc", &[], sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | 0x8 /* noexec */)
-        .map_err(at(Step::MountProc))?;
+    //    full /proc is visible, i.e. before the host's tree is hidden. `hidepid=invisible`: a
+    //    process sees only the processes it may inspect (ptrace read access) — for the program,
+    //    its own tree, not this init, which shares the host's memory: /proc/1/cmdline would
+    //    show the host's arguments. (The program's nested Landlock domain denies it that access
+    //    to init; without Landlock, init is not dumpable, which denies it too.)
+    let proc = sys::new_fs(
+        c"proc",
+        &[(c"hidepid", c"invisible")],
+        sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | 0x8, /* noexec */
+    )
+    .map_err(at(Step::MountProc))?;
 
     // 7. The new root: a small tmpfs, attached over /tmp of this (private) namespace while it is
     //    being built.

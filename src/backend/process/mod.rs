@@ -157,7 +157,17 @@ impl ProcessSandbox {
             }
             (None, Some(m)) => {
                 rlimits.push((libc::RLIMIT_AS, m, m));
-                enforced.insert("memory".into(), format!("RLIMIT_AS of {m} bytes per process (no writable cgroup)"));
+                // Memory no address space holds is refused (see `seccomp`), or bounded: POSIX
+                // message queues not at all, /tmp (and /dev/shm, a link to it) by its size.
+                rlimits.push((libc::RLIMIT_MSGQUEUE, 0, 0));
+                enforced.insert(
+                    "memory".into(),
+                    format!(
+                        "per process, not for the whole run (no writable cgroup): RLIMIT_AS of {m} bytes; /tmp and \
+                         /dev/shm a tmpfs of {m} bytes; memfd_create, System V shared memory and message queues, \
+                         POSIX message queues and larger pipe buffers refused"
+                    ),
+                );
             }
             (_, None) => {}
         }
@@ -186,9 +196,6 @@ impl ProcessSandbox {
                 .into(),
             );
         }
-        if let Some(n) = policy.max_open_files {
-            rlimits.push((libc::RLIMIT_NOFILE, n, n));
-        }
         if let Some(n) = policy.max_file_size {
             rlimits.push((libc::RLIMIT_FSIZE, n, n));
         }
@@ -206,6 +213,15 @@ impl ProcessSandbox {
             },
         );
         enforced.insert("syscalls".into(), "seccomp-bpf allow-list".into());
+        enforced.insert(
+            "unix_sockets".into(),
+            if policy.unix_sockets {
+                "socket(AF_UNIX) allowed".into()
+            } else {
+                "socket(AF_UNIX) refused by seccomp (socketpair allowed)".into()
+            },
+        );
+        let refuse_shared_memory = cgroups.is_none() && policy.memory.is_some();
 
         // The filesystem.
         let mut tree = Tree::default();
@@ -349,8 +365,15 @@ impl ProcessSandbox {
             loopback: policy.network == Network::Loopback,
             cpus: policy.cpus,
             rlimits,
+            max_open_files: policy.max_open_files,
             landlock,
-            seccomp: seccomp::profile(&policy.deny_syscalls, policy.network, policy.cpus.is_some())?,
+            seccomp: seccomp::profile(&seccomp::Rules {
+                deny: policy.deny_syscalls.clone(),
+                network: policy.network,
+                limit_affinity: policy.cpus.is_some(),
+                unix_sockets: policy.unix_sockets,
+                refuse_shared_memory,
+            })?,
             template: template.is_some(),
             // Init ends the run itself (see `jail::init`) unless the policy denies a system call
             // it needs for that; the kernel then does it when init exits.
@@ -370,6 +393,16 @@ impl ProcessSandbox {
             enforced,
             skipped,
         })
+    }
+}
+
+impl Drop for ProcessSandbox {
+    /// The sandbox's cgroups go with it, before this returns: the idle ones, and those of its
+    /// finished runs once their inits are reaped (see `cgroup::flush`).
+    fn drop(&mut self) {
+        if let Some(pool) = self.cgroups.take() {
+            pool.close();
+        }
     }
 }
 

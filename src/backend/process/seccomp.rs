@@ -8,8 +8,23 @@
 //! a JIT compilation and a run of the filter per system call number to fill its action cache:
 //! 0.2 ms in all, per run). In order:
 //!
-//! 1. **sockets**: only `AF_UNIX` sockets (and `AF_INET`/`AF_INET6` with a loopback network);
-//!    other families fail with `EAFNOSUPPORT`.
+//! 1. **sockets**: `socketpair` of `AF_UNIX` always; `socket` of `AF_UNIX` only where the policy
+//!    allows Unix sockets (`unix_sockets`), else it fails with `EACCES` — Landlock cannot keep a
+//!    program from connecting to a host socket it can see in a mount (a container runtime's
+//!    socket under a mounted `/run`), so it gets no socket to connect with; `AF_INET` and
+//!    `AF_INET6` with a loopback network; other families fail with `EAFNOSUPPORT`.
+//!
+//!    **privilege bits**: `chmod`, `fchmod`, `fchmodat` with the setuid or setgid bit, and
+//!    `open`, `openat`, `creat`, `mkdir`, `mkdirat`, `mknod`, `mknodat` creating something with
+//!    either, fail with `EPERM`: whatever a program creates in a read-write mount stays on the
+//!    host after the run, where a setuid file owned by the host's user would hand that user's
+//!    identity to anyone who runs it. (`openat2`, whose mode seccomp cannot read, is not on the
+//!    allow-list: `ENOSYS`, and libc falls back to `openat`. File capabilities need
+//!    `CAP_SETFCAP`, which the program does not have.)
+//!
+//!    **shared memory** (only where no cgroup bounds the run's memory): `memfd_create`, System V
+//!    shared memory and message queues fail with `ENOSYS`, and `fcntl(F_SETPIPE_SZ)` with
+//!    `EPERM` — memory that no process's address space holds, which `RLIMIT_AS` cannot count.
 //! 2. **affinity** (when the policy limits CPUs): `sched_setaffinity` fails with `EPERM`, so the
 //!    guest cannot widen the CPU set it was given.
 //! 3. **deny-list**: calls that must never be made — `ptrace`, `mount`, `unshare`, `bpf`,
@@ -89,13 +104,12 @@ mod sys_nr {
         SYS_msgget as msgget, SYS_msgrcv as msgrcv, SYS_msgsnd as msgsnd, SYS_msync as msync, SYS_munlock as munlock,
         SYS_munlockall as munlockall, SYS_munmap as munmap, SYS_name_to_handle_at as name_to_handle_at,
         SYS_nanosleep as nanosleep, SYS_open as open, SYS_open_by_handle_at as open_by_handle_at,
-        SYS_open_tree as open_tree, SYS_openat as openat, SYS_openat2 as openat2, SYS_pause as pause,
-        SYS_perf_event_open as perf_event_open, SYS_personality as personality, SYS_pidfd_getfd as pidfd_getfd,
-        SYS_pidfd_open as pidfd_open, SYS_pidfd_send_signal as pidfd_send_signal, SYS_pipe as pipe, SYS_pipe2 as pipe2,
-        SYS_pivot_root as pivot_root, SYS_pkey_alloc as pkey_alloc, SYS_pkey_free as pkey_free,
-        SYS_pkey_mprotect as pkey_mprotect, SYS_poll as poll, SYS_ppoll as ppoll, SYS_prctl as prctl,
-        SYS_pread64 as pread64, SYS_preadv as preadv, SYS_preadv2 as preadv2, SYS_prlimit64 as prlimit64,
-        SYS_process_madvise as process_madvise, SYS_process_vm_readv as process_vm_readv,
+        SYS_open_tree as open_tree, SYS_openat as openat, SYS_pause as pause, SYS_perf_event_open as perf_event_open,
+        SYS_personality as personality, SYS_pidfd_getfd as pidfd_getfd, SYS_pidfd_open as pidfd_open,
+        SYS_pidfd_send_signal as pidfd_send_signal, SYS_pipe as pipe, SYS_pipe2 as pipe2, SYS_pivot_root as pivot_root,
+        SYS_pkey_alloc as pkey_alloc, SYS_pkey_free as pkey_free, SYS_pkey_mprotect as pkey_mprotect, SYS_poll as poll,
+        SYS_ppoll as ppoll, SYS_prctl as prctl, SYS_pread64 as pread64, SYS_preadv as preadv, SYS_preadv2 as preadv2,
+        SYS_prlimit64 as prlimit64, SYS_process_madvise as process_madvise, SYS_process_vm_readv as process_vm_readv,
         SYS_process_vm_writev as process_vm_writev, SYS_pselect6 as pselect6, SYS_ptrace as ptrace,
         SYS_pwrite64 as pwrite64, SYS_pwritev as pwritev, SYS_pwritev2 as pwritev2, SYS_quotactl as quotactl,
         SYS_read as read, SYS_readahead as readahead, SYS_readlink as readlink, SYS_readlinkat as readlinkat,
@@ -287,7 +301,6 @@ const ALLOWED: &[(&str, i64)] = syscalls![
     newfstatat,
     open,
     openat,
-    openat2,
     pause,
     personality,
     pidfd_open,
@@ -481,7 +494,10 @@ const DENIED: &[(&str, i64)] = syscalls![
 
 /// Every name `deny_syscalls` may use, with its number.
 fn all_known() -> impl Iterator<Item = &'static (&'static str, i64)> {
-    ALLOWED.iter().chain(DENIED.iter()).chain(std::iter::once(&("clone3", libc::SYS_clone3)))
+    // clone3 and openat2 fail with ENOSYS: libc falls back to clone and openat, whose arguments
+    // seccomp can read.
+    const NOT_ALLOWED: &[(&str, i64)] = &[("clone3", libc::SYS_clone3), ("openat2", libc::SYS_openat2)];
+    ALLOWED.iter().chain(DENIED.iter()).chain(NOT_ALLOWED.iter())
 }
 
 /// Whether `name` is an x86-64 system call `deny_syscalls` accepts (policy validation).
@@ -512,6 +528,25 @@ pub(super) struct Profile {
     pub(super) filter: BpfProgram,
 }
 
+/// What a policy decides about the filter.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Rules {
+    /// The policy's `deny_syscalls`.
+    pub(super) deny: Vec<String>,
+    pub(super) network: Network,
+    /// `sched_setaffinity` refused (the policy limits CPUs).
+    pub(super) limit_affinity: bool,
+    /// `socket(AF_UNIX)` allowed (the policy's `unix_sockets`).
+    pub(super) unix_sockets: bool,
+    /// No cgroup bounds the run's memory: shared memory that `RLIMIT_AS` cannot count is refused.
+    pub(super) refuse_shared_memory: bool,
+}
+
+const S_ISUID: u64 = 0o4000;
+const S_ISGID: u64 = 0o2000;
+const O_TMPFILE_BIT: u64 = 0o20000000;
+const F_SETPIPE_SZ: u64 = 1031;
+
 fn rule(conds: Vec<Cond>) -> SeccompRule {
     SeccompRule::new(conds).expect("conditions are valid")
 }
@@ -536,8 +571,8 @@ fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> seccompiler::sock_filter {
 const BPF_RET_K: u16 = 0x06;
 
 /// Builds the profile for a policy.
-pub(super) fn profile(deny: &[String], network: Network, limit_affinity: bool) -> Result<Profile> {
-    let filter = chain(parts(deny, network, limit_affinity)?);
+pub(super) fn profile(rules: &Rules) -> Result<Profile> {
+    let filter = chain(parts(rules)?);
     if filter.len() > 4096 {
         return Err(Error::invalid_policy(
             "deny_syscalls",
@@ -547,8 +582,28 @@ pub(super) fn profile(deny: &[String], network: Network, limit_affinity: bool) -
     Ok(Profile { filter })
 }
 
+/// Rules that refuse a call when argument `mode` has the setuid or setgid bit, and (when
+/// given) argument `flags` has `O_CREAT` or `O_TMPFILE`.
+fn privilege_rules(mode: u8, flags: Option<u8>) -> Vec<SeccompRule> {
+    let mut rules = Vec::new();
+    for bit in [S_ISUID, S_ISGID] {
+        let with_bit = cond(mode, Len::Dword, Op::MaskedEq(bit), bit);
+        match flags {
+            None => rules.push(rule(vec![with_bit])),
+            Some(f) => {
+                for create in [libc::O_CREAT as u64, O_TMPFILE_BIT] {
+                    rules.push(rule(vec![cond(f, Len::Dword, Op::MaskedEq(create), create), with_bit.clone()]));
+                }
+            }
+        }
+    }
+    rules
+}
+
 /// The profile's parts, in order (see the module documentation).
-fn parts(deny: &[String], network: Network, limit_affinity: bool) -> Result<Vec<BpfProgram>> {
+fn parts(rules: &Rules) -> Result<Vec<BpfProgram>> {
+    let Rules { deny, network, limit_affinity, unix_sockets, refuse_shared_memory } = rules;
+    let (network, limit_affinity) = (*network, *limit_affinity);
     let mut extra_denied = Vec::new();
     for name in deny {
         let nr = all_known().find(|(n, _)| n == name).map(|(_, nr)| *nr).ok_or_else(|| {
@@ -591,11 +646,54 @@ fn parts(deny: &[String], network: Network, limit_affinity: bool) -> Result<Vec<
     sockets.insert(libc::SYS_socket, vec![rule(families.clone())]);
     sockets.insert(libc::SYS_socketpair, vec![rule(families)]);
     let sockets = compile(sockets, SeccompAction::Allow, SeccompAction::Errno(libc::EAFNOSUPPORT as u32));
+    let mut parts = vec![sockets];
+    // The policy's own deny-list names a call: it ends the run as denied (a user notification),
+    // which an error answer of the parts below would take precedence over.
+    let denied_by_policy = |nr: i64| extra_denied.contains(&nr);
+    if !unix_sockets && !denied_by_policy(libc::SYS_socket) {
+        let mut unix = BTreeMap::new();
+        unix.insert(libc::SYS_socket, vec![rule(vec![cond(0, Len::Dword, Op::Eq, libc::AF_UNIX as u64)])]);
+        parts.push(compile(unix, SeccompAction::Allow, SeccompAction::Errno(libc::EACCES as u32)));
+    }
+
+    // Privilege bits: setuid/setgid modes.
+    let mut privilege = BTreeMap::new();
+    privilege.insert(libc::SYS_chmod, privilege_rules(1, None));
+    privilege.insert(libc::SYS_fchmod, privilege_rules(1, None));
+    privilege.insert(libc::SYS_fchmodat, privilege_rules(2, None));
+    privilege.insert(libc::SYS_creat, privilege_rules(1, None));
+    privilege.insert(libc::SYS_mkdir, privilege_rules(1, None));
+    privilege.insert(libc::SYS_mkdirat, privilege_rules(2, None));
+    privilege.insert(libc::SYS_mknod, privilege_rules(1, None));
+    privilege.insert(libc::SYS_mknodat, privilege_rules(2, None));
+    privilege.insert(libc::SYS_open, privilege_rules(2, Some(1)));
+    privilege.insert(libc::SYS_openat, privilege_rules(3, Some(2)));
+    privilege.retain(|nr, _| !denied_by_policy(*nr));
+    if !privilege.is_empty() {
+        parts.push(compile(privilege, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32)));
+    }
+
+    // Shared memory beyond RLIMIT_AS, without a cgroup.
+    if *refuse_shared_memory {
+        let mut shared = BTreeMap::new();
+        for nr in [libc::SYS_memfd_create, libc::SYS_shmget, libc::SYS_msgget] {
+            if !denied_by_policy(nr) {
+                shared.insert(nr, vec![]);
+            }
+        }
+        if !shared.is_empty() {
+            parts.push(compile(shared, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32)));
+        }
+        if !denied_by_policy(libc::SYS_fcntl) {
+            let mut pipes = BTreeMap::new();
+            pipes.insert(libc::SYS_fcntl, vec![rule(vec![cond(1, Len::Dword, Op::Eq, F_SETPIPE_SZ)])]);
+            parts.push(compile(pipes, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32)));
+        }
+    }
 
     // Where two parts refuse the same call (a socket family refused, `socket` denied by the
     // policy), the stricter answer must come first: errors before notifications, as seccomp's
-    // precedence has it. Affinity is part 2.
-    let mut parts = vec![sockets];
+    // precedence has it. Affinity comes next.
     if limit_affinity {
         let mut aff = BTreeMap::new();
         aff.insert(libc::SYS_sched_setaffinity, vec![]);
@@ -611,6 +709,12 @@ fn parts(deny: &[String], network: Network, limit_affinity: bool) -> Result<Vec<
         [libc::SYS_ioctl, libc::SYS_clone, libc::SYS_socket, libc::SYS_socketpair, libc::SYS_sched_setaffinity]
             .map(|nr| nr as u32),
     );
+    if *refuse_shared_memory {
+        // Refused by their part above; not on the allow-list, so the answer stays ENOSYS.
+        for nr in [libc::SYS_memfd_create, libc::SYS_shmget, libc::SYS_msgget] {
+            allowed.remove(&(nr as u32));
+        }
+    }
     parts.push(number_filter(
         |nr| {
             if denied_numbers.contains(&nr) {
@@ -756,7 +860,7 @@ mod tests {
 
     #[test]
     fn the_profile_answers_as_documented() {
-        let p = profile(&["fork".into()], Network::None, true).unwrap();
+        let p = profile(&Rules { deny: vec!["fork".into()], limit_affinity: true, ..Rules::default() }).unwrap();
         let x86 = AUDIT_ARCH_X86_64;
         let answer = |nr: i64, args: [u64; 6]| interpret(&p.filter, x86, nr as u32, args);
         assert_eq!(answer(libc::SYS_read, [0; 6]), libc::SECCOMP_RET_ALLOW);
@@ -774,9 +878,49 @@ mod tests {
             answer(libc::SYS_socket, [libc::AF_INET as u64, 0, 0, 0, 0, 0]),
             libc::SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32
         );
-        assert_eq!(answer(libc::SYS_socket, [libc::AF_UNIX as u64, 0, 0, 0, 0, 0]), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(
+            answer(libc::SYS_socket, [libc::AF_UNIX as u64, 0, 0, 0, 0, 0]),
+            libc::SECCOMP_RET_ERRNO | libc::EACCES as u32
+        );
         assert_eq!(answer(libc::SYS_sched_setaffinity, [0; 6]), libc::SECCOMP_RET_ERRNO | libc::EPERM as u32);
         assert_eq!(answer(1000, [0; 6]), libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let allow = libc::SECCOMP_RET_ALLOW;
+        // No setuid or setgid bit, whichever call would set it.
+        assert_eq!(answer(libc::SYS_chmod, [0, 0o4755, 0, 0, 0, 0]), eperm);
+        assert_eq!(answer(libc::SYS_chmod, [0, 0o2755, 0, 0, 0, 0]), eperm);
+        assert_eq!(answer(libc::SYS_chmod, [0, 0o1777, 0, 0, 0, 0]), allow);
+        assert_eq!(answer(libc::SYS_fchmod, [3, 0o6755, 0, 0, 0, 0]), eperm);
+        assert_eq!(answer(libc::SYS_fchmodat, [3, 0, 0o4755, 0, 0, 0]), eperm);
+        assert_eq!(answer(libc::SYS_fchmodat, [3, 0, 0o755, 0, 0, 0]), allow);
+        let creat = libc::O_CREAT as u64 | libc::O_WRONLY as u64;
+        assert_eq!(answer(libc::SYS_openat, [3, 0, creat, 0o4755, 0, 0]), eperm);
+        assert_eq!(answer(libc::SYS_openat, [3, 0, O_TMPFILE_BIT | 2, 0o2755, 0, 0]), eperm);
+        assert_eq!(answer(libc::SYS_openat, [3, 0, creat, 0o755, 0, 0]), allow);
+        assert_eq!(answer(libc::SYS_openat, [3, 0, 0, 0o4755, 0, 0]), allow); // no O_CREAT: mode unused
+        assert_eq!(answer(libc::SYS_open, [0, creat, 0o4755, 0, 0, 0]), eperm);
+        assert_eq!(answer(libc::SYS_creat, [0, 0o4755, 0, 0, 0, 0]), eperm);
+        assert_eq!(answer(libc::SYS_mkdir, [0, 0o2755, 0, 0, 0, 0]), eperm);
+        assert_eq!(answer(libc::SYS_mkdirat, [3, 0, 0o2755, 0, 0, 0]), eperm);
+        assert_eq!(answer(libc::SYS_mknod, [0, 0o104755, 0, 0, 0, 0]), eperm);
+        assert_eq!(answer(libc::SYS_mknodat, [3, 0, 0o104755, 0, 0, 0]), eperm);
+        assert_eq!(answer(libc::SYS_openat2, [3, 0, 0, 24, 0, 0]), libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+        // Unix sockets: socketpair always, socket only where the policy allows them.
+        let eacces = libc::SECCOMP_RET_ERRNO | libc::EACCES as u32;
+        assert_eq!(answer(libc::SYS_socket, [libc::AF_UNIX as u64, 1, 0, 0, 0, 0]), eacces);
+        assert_eq!(answer(libc::SYS_socketpair, [libc::AF_UNIX as u64, 1, 0, 0, 0, 0]), allow);
+        let open = profile(&Rules { unix_sockets: true, ..Rules::default() }).unwrap();
+        assert_eq!(interpret(&open.filter, x86, libc::SYS_socket as u32, [libc::AF_UNIX as u64, 1, 0, 0, 0, 0]), allow);
+        // Shared memory RLIMIT_AS cannot count, refused only without a cgroup.
+        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        assert_eq!(answer(libc::SYS_memfd_create, [0; 6]), allow);
+        let bounded = profile(&Rules { refuse_shared_memory: true, ..Rules::default() }).unwrap();
+        let b = |nr: i64, args: [u64; 6]| interpret(&bounded.filter, x86, nr as u32, args);
+        assert_eq!(b(libc::SYS_memfd_create, [0; 6]), enosys);
+        assert_eq!(b(libc::SYS_shmget, [0; 6]), enosys);
+        assert_eq!(b(libc::SYS_msgget, [0; 6]), enosys);
+        assert_eq!(b(libc::SYS_fcntl, [3, F_SETPIPE_SZ, 1 << 20, 0, 0, 0]), eperm);
+        assert_eq!(b(libc::SYS_fcntl, [3, libc::F_GETFL as u64, 0, 0, 0, 0]), allow);
     }
 
     #[test]
@@ -800,11 +944,24 @@ mod tests {
             [0, 0x5401, 0, 0, 0, 0],
             [libc::CLONE_NEWNET as u64 | libc::SIGCHLD as u64, 0, 0, 0, 0, 0],
             [libc::CLONE_VM as u64 | libc::CLONE_THREAD as u64, 0, 0, 0, 0, 0],
+            [0, 0o4755, 0o4755, 0o4755, 0, 0],
+            [0, 0o2755, 0o2755, 0o2755, 0, 0],
+            [0, libc::O_CREAT as u64 | 1, 0o6755, 0o644, 0, 0],
+            [0, 0o100755, libc::O_CREAT as u64, 0o4700, 0, 0],
+            [0, F_SETPIPE_SZ, 1 << 20, 0, 0, 0],
         ];
-        for (deny, network, affinity) in
-            [(vec![], Network::None, false), (vec!["fork".to_string(), "socket".to_string()], Network::Loopback, true)]
-        {
-            let parts = parts(&deny, network, affinity).unwrap();
+        for rules in [
+            Rules::default(),
+            Rules {
+                deny: vec!["fork".to_string(), "socket".to_string()],
+                network: Network::Loopback,
+                limit_affinity: true,
+                unix_sockets: true,
+                refuse_shared_memory: true,
+            },
+            Rules { refuse_shared_memory: true, deny: vec!["chmod".into(), "fcntl".into()], ..Rules::default() },
+        ] {
+            let parts = parts(&rules).unwrap();
             let whole = chain(parts.clone());
             for arch in [AUDIT_ARCH_X86_64, 0x4000_0003] {
                 for nr in (0..520u32).chain([0x4000_0000 | 1, 0x4000_0000 | 39]) {
@@ -820,10 +977,12 @@ mod tests {
 
     #[test]
     fn profile_compiles_and_names_resolve() {
-        let p = profile(&["socket".into(), "fork".into()], Network::None, true).unwrap();
+        let p =
+            profile(&Rules { deny: vec!["socket".into(), "fork".into()], limit_affinity: true, ..Rules::default() })
+                .unwrap();
         assert!(p.filter.len() < 1024, "{}", p.filter.len());
         assert_eq!(name_of(libc::SYS_ptrace), Some("ptrace"));
-        assert!(profile(&["frobnicate".into()], Network::None, false).is_err());
+        assert!(profile(&Rules { deny: vec!["frobnicate".into()], ..Rules::default() }).is_err());
         let notif = p.filter.iter().filter(|i| i.k == SECCOMP_RET_USER_NOTIF).count();
         assert!(notif > 0);
     }

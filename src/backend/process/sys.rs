@@ -918,16 +918,21 @@ pub(super) fn children_usage() -> (std::time::Duration, u64) {
     (t(u.ru_utime) + t(u.ru_stime), u.ru_maxrss as u64 * 1024)
 }
 
-/// Closes every descriptor except `keep`.
-pub(super) fn close_all_but(keep: RawFd) {
-    let keep = keep as u32;
-    // SAFETY: closing descriptors has no memory-safety preconditions.
-    unsafe {
-        if keep > 0 {
-            sc(libc::SYS_close_range, [0, keep as usize - 1, 0, 0, 0, 0]);
+/// Closes every descriptor but those in `keep` (sorted in place; negative entries ignored).
+/// Allocates nothing.
+pub(super) fn close_all_except(keep: &mut [RawFd]) {
+    keep.sort_unstable();
+    let mut next: u32 = 0;
+    for &fd in keep.iter() {
+        let Ok(fd) = u32::try_from(fd) else { continue };
+        if fd > next {
+            // SAFETY: closing descriptors has no memory-safety preconditions.
+            unsafe { sc(libc::SYS_close_range, [next as usize, fd as usize - 1, 0, 0, 0, 0]) };
         }
-        sc(libc::SYS_close_range, [keep as usize + 1, u32::MAX as usize, 0, 0, 0, 0]);
+        next = next.max(fd + 1);
     }
+    // SAFETY: as above.
+    unsafe { sc(libc::SYS_close_range, [next as usize, u32::MAX as usize, 0, 0, 0, 0]) };
 }
 
 /// `execve`; returns only on failure.

@@ -29,7 +29,7 @@ use wasmer::sys::{
 use wasmer::{Engine, MemoryType, Module, Pages, TableType};
 
 use super::guard::{Guard, GUARD_VERSION};
-use crate::{ArtifactSource, Error, Result};
+use crate::{ArtifactSource, CompileLimit, CompileLimits, Error, Result};
 
 /// Tables may not grow past this many elements (16 MiB of host memory for funcref tables).
 pub(crate) const MAX_TABLE_ELEMENTS: u32 = 1 << 20;
@@ -124,7 +124,22 @@ impl LinearMemory for GrowWatch {
     }
 }
 
+thread_local! {
+    /// The wait/notify state of each linear memory created on this thread since the last
+    /// [`take_new_memories`]: a run collects its instance's after instantiation, so that a stop
+    /// can wake a guest blocked in `memory.atomic.wait` (which no check in wasm code reaches).
+    static NEW_MEMORIES: std::cell::RefCell<Vec<ThreadConditions>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The wait/notify state of the memories created on this thread since the last call.
+pub(crate) fn take_new_memories() -> Vec<ThreadConditions> {
+    NEW_MEMORIES.with(|m| std::mem::take(&mut *m.borrow_mut()))
+}
+
 fn watched(memory: VMMemory) -> VMMemory {
+    if let Some(conditions) = memory.thread_conditions() {
+        NEW_MEMORIES.with(|m| m.borrow_mut().push(conditions.clone()));
+    }
     VMMemory(Box::new(GrowWatch(memory)))
 }
 
@@ -209,6 +224,11 @@ pub(crate) struct BaseEngine {
     engine: Engine,
     metered: bool,
     modules: Mutex<Lru>,
+    /// The engine's middleware, which also enforces a compilation's time budget.
+    guard: std::sync::Arc<Guard>,
+    /// Held for a whole compilation (wasmer serializes them per engine anyway), so that the
+    /// middleware's deadline is that of the compilation in progress.
+    compiling: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -243,9 +263,10 @@ pub(crate) fn base(metered: bool) -> &'static BaseEngine {
     cell.get_or_init(|| {
         let mut compiler = Cranelift::default();
         compiler.opt_level(CraneliftOptLevel::Speed);
-        compiler.push_middleware(Guard::new(metered));
+        let guard = Guard::new(metered);
+        compiler.push_middleware(guard.clone());
         let engine: Engine = EngineBuilder::new(compiler).into();
-        BaseEngine { engine, metered, modules: Mutex::new(Lru::default()) }
+        BaseEngine { engine, metered, modules: Mutex::new(Lru::default()), guard, compiling: Mutex::new(()) }
     })
 }
 
@@ -272,7 +293,12 @@ impl BaseEngine {
     /// Returns the compiled module for a program's bytes (a wasm binary or WAT text), from
     /// memory, disk, or by compiling it. The caches are keyed by the bytes as given, so a cached
     /// WAT program is not parsed again.
-    pub(crate) fn module(&self, program: &[u8], disk: Option<&DiskCache>) -> Result<(CompiledModule, ArtifactSource)> {
+    pub(crate) fn module(
+        &self,
+        program: &[u8],
+        disk: Option<&DiskCache>,
+        limits: &CompileLimits,
+    ) -> Result<(CompiledModule, ArtifactSource)> {
         let hash: [u8; 32] = Sha256::digest(program).into();
         {
             let mut lru = self.modules.lock();
@@ -299,9 +325,7 @@ impl BaseEngine {
         let module = match module {
             Some(m) => m,
             None => {
-                let wasm = to_binary(program)?;
-                let m = Module::from_binary(&self.engine, &wasm)
-                    .map_err(|e| Error::invalid_program(format!("not a valid WebAssembly module: {e}")))?;
+                let m = self.compile(program, limits)?;
                 if let (Some(disk), Some(key)) = (disk, &key) {
                     let bytes = m
                         .serialize()
@@ -311,7 +335,6 @@ impl BaseEngine {
                 m
             }
         };
-        check_imports(&module)?;
         let imported: std::collections::BTreeSet<String> = module.imports().map(|i| i.name().to_owned()).collect();
         let compiled = CompiledModule { module, uses_wasi: !imported.is_empty(), imported: imported.into() };
         let mut lru = self.modules.lock();
@@ -326,38 +349,27 @@ impl BaseEngine {
     }
 }
 
-/// The WASI preview 1 namespace, the only one a sandbox provides.
-pub(crate) const WASI_MODULE: &str = "wasi_snapshot_preview1";
-
-/// Refuses modules that import anything but WASI preview 1 functions (no host memory, no
-/// wasix extensions, no sockets).
-fn check_imports(module: &Module) -> Result<()> {
-    for import in module.imports() {
-        let is_fn = matches!(import.ty(), wasmer::ExternType::Function(_));
-        if import.module() != WASI_MODULE || !is_fn {
-            return Err(Error::invalid_program(format!(
-                "the module imports `{}::{}`, which sandcell does not provide: a wasm sandbox offers only \
-                 WASI preview 1 functions (`{WASI_MODULE}`)",
-                import.module(),
-                import.name()
-            )));
+impl BaseEngine {
+    /// Compiles an untrusted module within its budgets (see `crate::wasm_module`): the static
+    /// ones are checked first, the time budget by the middleware while Cranelift compiles.
+    fn compile(&self, program: &[u8], limits: &CompileLimits) -> Result<Module> {
+        let (wasm, _) = crate::wasm_module::check(program, limits)?;
+        let _one_at_a_time = self.compiling.lock();
+        self.guard.begin(std::time::Instant::now() + limits.time);
+        let compiled = Module::from_binary(&self.engine, &wasm)
+            .map_err(|e| Error::invalid_program(format!("not a valid WebAssembly module: {e}")));
+        if self.guard.timed_out() {
+            return Err(Error::CompileBudget {
+                limit: CompileLimit::Time,
+                reason: format!("the compilation was stopped after {:?}", limits.time),
+            });
         }
+        compiled
     }
-    Ok(())
 }
 
-/// Parses WAT text into a binary module, or returns the bytes unchanged if already binary.
-pub(crate) fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
-    if bytes.starts_with(b"\0asm") {
-        return Ok(std::borrow::Cow::Borrowed(bytes));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|_| {
-        Error::invalid_program("neither a WebAssembly binary (no `\\0asm` header) nor WAT text (not UTF-8)")
-    })?;
-    wasmer::wat2wasm(text.as_bytes())
-        .map(|b| std::borrow::Cow::Owned(b.into_owned()))
-        .map_err(|e| Error::invalid_program(format!("not a valid WAT module: {e}")))
-}
+/// The WASI preview 1 namespace, the only one a sandbox provides.
+pub(crate) use crate::wasm_module::WASI_MODULE;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

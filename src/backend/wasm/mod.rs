@@ -41,7 +41,7 @@ use wasmer_wasix::{PluggableRuntime, UnsupportedVirtualNetworking, WasiEnv, Wasi
 
 use self::engine::{BaseEngine, CompiledModule, DiskCache, WASI_MODULE};
 use self::fs::{FsLimits, MountRoot};
-use self::guard::{FLAG_FUEL, FLAG_HOST, FUEL_EXPORT, STOP_EXPORT};
+use self::guard::{FLAG_FUEL, FLAG_HOST, FUEL_EXPORT, START_EXPORT, STOP_EXPORT};
 use self::stdio::{OutputFile, Sink, StdinFile};
 use crate::control::{watchdog, Capture, InterruptHandle, RunControl, StopReason};
 use crate::{
@@ -89,6 +89,11 @@ impl std::fmt::Debug for WasmSandbox {
 #[error("guest exited with code {0}")]
 struct GuestExit(u32);
 
+/// The guest raised a signal that ends it (`proc_raise`; the Linux signal number).
+#[derive(Debug, thiserror::Error)]
+#[error("guest raised signal {0}")]
+struct GuestSignal(i32);
+
 /// The address of a run's stop flag, valid while its instance lives.
 struct FlagPtr(*mut i32);
 // SAFETY: the pointer is only dereferenced (atomically) by the stopper, which the run disarms
@@ -125,6 +130,9 @@ impl WasmSandbox {
         };
         if policy.network != Network::None {
             refuse("network", "WASI preview 1 has no network: a wasm guest gets no sockets at all; use the process backend for a private loopback")?;
+        }
+        if policy.unix_sockets {
+            refuse("unix_sockets", "a wasm guest has no sockets at all")?;
         }
         if policy.system_dirs.as_ref().is_some_and(|d| !d.is_empty()) {
             refuse("system_dirs", "a wasm guest has no system directories; mount what the module needs with `mounts`")?;
@@ -201,7 +209,7 @@ impl WasmSandbox {
 
     fn compile(&self, program: &Program) -> Result<(CompiledModule, ArtifactSource)> {
         let bytes = program.load()?;
-        self.base.module(&bytes, self.disk.as_ref())
+        self.base.module(&bytes, self.disk.as_ref(), &self.policy.compile)
     }
 
     fn outcome(&self, status: Status, sink: &Sink, usage: Usage) -> Outcome {
@@ -226,6 +234,7 @@ impl WasmSandbox {
         });
         let _tokio = tokio_runtime().enter();
         let cpu_start = crate::sys::thread_cpu_time();
+        engine::take_new_memories();
         let mut store = Store::new(self.engine.clone());
 
         // Instantiate, with WASI only when the module imports it.
@@ -238,12 +247,26 @@ impl WasmSandbox {
                 "proc_exit",
                 Function::new_typed(&mut store, |code: i32| -> Result<(), GuestExit> { Err(GuestExit(code as u32)) }),
             );
+            if compiled.imports("proc_raise") {
+                imports.define(
+                    WASI_MODULE,
+                    "proc_raise",
+                    Function::new_typed(&mut store, |signal: i32| -> Result<i32, GuestSignal> {
+                        match crate::wasi::signals::raise(signal) {
+                            crate::wasi::signals::Raise::Terminate(sig) => Err(GuestSignal(sig)),
+                            crate::wasi::signals::Raise::Ignore => Ok(0),
+                            crate::wasi::signals::Raise::Invalid => Ok(crate::wasi::signals::ERRNO_INVAL),
+                        }
+                    }),
+                );
+            }
             let result = Instance::new(&mut store, &compiled.module, &imports);
             wasi = Some(fenv);
             result
         } else {
             Instance::new(&mut store, &compiled.module, &Imports::new())
         };
+        let waits = engine::take_new_memories();
         let instance = match instantiated {
             Ok(i) => i,
             Err(e) if engine::take_memory_refused() => {
@@ -251,11 +274,18 @@ impl WasmSandbox {
                 let _ = e;
                 return Ok(self.outcome(Status::MemoryLimit, &sink, usage));
             }
+            // Initialising its memories and tables trapped (a data segment out of bounds): the
+            // guest's doing, reported as the trap it is.
+            Err(wasmer::InstantiationError::Start(e)) => {
+                let usage = Usage { wall: started.elapsed(), artifact: Some(source), ..Usage::default() };
+                return Ok(self.outcome(classify(e), &sink, usage));
+            }
             Err(e) => return Err(Error::invalid_program(format!("cannot instantiate the module: {e}"))),
         };
         if let Some(fenv) = wasi.as_mut() {
+            // It fails for want of what a WASI module must export (its memory): the module's fault.
             fenv.initialize(&mut store, instance.clone())
-                .map_err(|e| Error::Engine { reason: format!("cannot initialise WASI for the module: {e}") })?;
+                .map_err(|e| Error::invalid_program(format!("the module uses WASI but cannot have it: {e}")))?;
         }
         if let Some(fuel) = self.policy.fuel {
             let global =
@@ -268,6 +298,10 @@ impl WasmSandbox {
         let process = wasi.as_ref().map(|f| f.data(&store).process.clone());
         control.arm(Box::new(move || {
             flag.raise();
+            // A guest blocked in `memory.atomic.wait` wakes and traps.
+            for conditions in &waits {
+                conditions.disable_atomics();
+            }
             if let Some(p) = &process {
                 p.signal_process(wasmer_wasix::types::wasi::Signal::Sigkill);
             }
@@ -285,7 +319,12 @@ impl WasmSandbox {
         })?;
         let params = entry_params(func.ty(&store).params(), program, entry)?;
         engine::take_grow_refused();
-        let result = func.call(&mut store, &params);
+        // The module's start function first (see `guard::START_EXPORT`), under the same limits.
+        let result = match instance.exports.get_function(START_EXPORT) {
+            Ok(start) => start.call(&mut store, &[]),
+            Err(_) => Ok(Box::default()),
+        };
+        let result = result.and_then(|_| func.call(&mut store, &params));
         let grow_refused = engine::take_grow_refused();
 
         drop(timers);
@@ -551,6 +590,9 @@ fn value_text(v: &Value) -> String {
 fn classify(error: RuntimeError) -> Status {
     if let Some(GuestExit(code)) = error.downcast_ref::<GuestExit>() {
         return Status::Exited(*code as i32);
+    }
+    if let Some(GuestSignal(sig)) = error.downcast_ref::<GuestSignal>() {
+        return Status::Signaled(*sig);
     }
     if let Some(WasiError::Exit(code)) = error.downcast_ref::<WasiError>() {
         return Status::Exited(code.raw());

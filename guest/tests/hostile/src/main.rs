@@ -106,6 +106,21 @@ fn main() -> i32 {
                 // write where the guest itself may not.
                 hypercall(op::READ, &[main as *const () as u64, 16]);
             }
+            "hc_read_into_guard" => {
+                // Asks the host to write stdin into vCPU 0's stack guard page (unmapped for the
+                // guest, so that an overflow faults): the host must refuse it too.
+                let guard = layout::stack_top(0) - layout::STACK_STRIDE;
+                hypercall(op::READ, &[guard + 8, 16]);
+            }
+            "hc_read_into_absent_stack" => {
+                // The stack area of a vCPU this VM does not have is not mapped either.
+                hypercall(op::READ, &[layout::stack_top(layout::MAX_VCPUS - 1) - 64, 16]);
+            }
+            "hc_read_across_guard" => {
+                // A span that starts in vCPU 1's guard page and ends in vCPU 0's mapped stack.
+                let guard1 = layout::stack_top(1) - layout::STACK_STRIDE;
+                hypercall(op::READ, &[guard1 - 8, 16]);
+            }
             "hc_write_from_code" => {
                 // Reading its own code out through the host is allowed (the guest can read it).
                 let (n, _) = hypercall(op::WRITE, &[1, main as *const () as u64, 4]);

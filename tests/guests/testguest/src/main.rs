@@ -139,6 +139,11 @@ fn main() {
             }
         }
         "fib" => println!("{}", fib(num(rest, 30))),
+        "raise" => {
+            // Raises signal N (9 unless given; WASI and Linux share the numbers up to 15).
+            raise(num(rest, 9) as i32);
+            println!("survived raise");
+        }
         "panic" => panic!("the guest panicked on purpose"),
         "stderr" => eprintln!("to stderr"),
         "bytes" => std::io::stdout().write_all(b"ok \xff\xfe\x00 end").unwrap(),
@@ -160,6 +165,27 @@ fn hello(rest: &[String]) {
         println!("GREETING={v}");
     }
     eprintln!("a line on stderr");
+}
+
+#[cfg(target_os = "wasi")]
+fn raise(signal: i32) {
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    extern "C" {
+        fn proc_raise(signal: i32) -> i32;
+    }
+    // SAFETY: a WASI call that takes a signal number.
+    let errno = unsafe { proc_raise(signal) };
+    println!("proc_raise: errno {errno}");
+}
+
+#[cfg(not(target_os = "wasi"))]
+fn raise(signal: i32) {
+    extern "C" {
+        fn raise(signal: i32) -> i32;
+    }
+    // SAFETY: libc's raise takes a signal number.
+    let rc = unsafe { raise(signal) };
+    println!("raise: {rc}");
 }
 
 fn num(rest: &[String], default: u64) -> u64 {
