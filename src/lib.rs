@@ -45,6 +45,7 @@
 #![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod backend;
+mod cache;
 mod control;
 mod error;
 mod outcome;

@@ -325,7 +325,8 @@ fn compiled_modules_are_cached_in_memory_and_on_disk() {
     let sb: WasmSandbox = SandboxBuilder::new(BackendKind::Wasm).cache_dir(cache.path()).build_wasm().unwrap();
     assert_eq!(sb.precompile(&program).unwrap(), ArtifactSource::Compiled);
     assert_eq!(sb.precompile(&program).unwrap(), ArtifactSource::Memory);
-    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+    // Its key and one artifact.
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
 
     // Another process loads the artifact from disk instead of compiling.
     let src_file = cache.join("m.wat");
@@ -342,7 +343,7 @@ fn compiled_modules_are_cached_in_memory_and_on_disk() {
     // A corrupted artifact is recompiled, not loaded.
     for entry in std::fs::read_dir(cache.path()).unwrap() {
         let p = entry.unwrap().path();
-        if p.extension().is_some_and(|e| e == "module") {
+        if p.extension().is_some_and(|e| e == "art") {
             let mut bytes = std::fs::read(&p).unwrap();
             let mid = bytes.len() / 2;
             bytes[mid] ^= 0xff;
@@ -356,6 +357,109 @@ fn compiled_modules_are_cached_in_memory_and_on_disk() {
         .output()
         .unwrap();
     assert!(text(&out.stdout).contains("\"cache\":\"compiled\""), "{}", text(&out.stdout));
+}
+
+/// A WASI module that prints `word`.
+fn printer(word: &str) -> String {
+    format!(
+        r#"(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1) (data (i32.const 16) "{word}\n")
+      (func (export "_start") (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const {}))
+        (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        word.len() + 1
+    )
+}
+
+#[test]
+fn a_local_user_swapping_the_cache_directory_never_gets_code_loaded() {
+    // The attack: a local user who controls the directory above root's cache swaps the cache
+    // for a symlink to a directory of their own — holding, under the name of the victim's
+    // artifact, the compiled code of another module, authenticated with a key the attacker
+    // chose — while root's sandcell (here, fresh CLI processes, which load from disk) opens it.
+    // Each run either refuses the cache or runs the victim's own code.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        crate::skip!("needs root: the attacker is another user");
+    }
+    use hmac::Mac;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let top = TempDir::new("cache-swap");
+    let parent = top.join("attacker-controlled");
+    std::fs::create_dir(&parent).unwrap();
+    let real = parent.join("cache");
+    let victim = top.join("victim.wat");
+    std::fs::write(&victim, printer("victim")).unwrap();
+    let artifact = |dir: &std::path::Path, program: &std::path::Path| {
+        let sb = SandboxBuilder::new(BackendKind::Wasm).cache_dir(dir).build_wasm().unwrap();
+        sb.precompile(&Program::path(program)).unwrap();
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "art"))
+            .unwrap()
+    };
+    let victim_artifact = artifact(&real, &victim);
+    let name = victim_artifact.file_stem().unwrap().to_str().unwrap().to_owned();
+    // The attacker's forgery: another module's code, under the victim's name.
+    let pwned = top.join("pwned.wat");
+    std::fs::write(&pwned, printer("pwned")).unwrap();
+    let forged_code = std::fs::read(artifact(&top.join("forge"), &pwned)).unwrap()[8 + 32..].to_vec();
+    let evil = parent.join("evil");
+    std::fs::create_dir(&evil).unwrap();
+    let key = [0x41u8; 32];
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(name.as_bytes());
+    mac.update(&[0]);
+    mac.update(&forged_code);
+    let forged = [&b"SCART02\0"[..], &mac.finalize().into_bytes(), &forged_code].concat();
+    std::fs::write(evil.join(format!("{name}.art")), forged).unwrap();
+    std::fs::write(evil.join("key"), key).unwrap();
+    for p in [evil.join("key"), evil.join(format!("{name}.art")), evil.clone(), parent.clone()] {
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+    }
+    for p in [evil.join("key"), evil.join(format!("{name}.art"))] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (stop, parent) = (stop.clone(), parent.clone());
+        std::thread::spawn(move || {
+            let (cache, aside, link) = (parent.join("cache"), parent.join("aside"), parent.join("link"));
+            let _ = symlink("evil", &link);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::rename(&cache, &aside);
+                let _ = std::fs::rename(&link, &cache); // the cache is now the attacker's symlink
+                std::thread::yield_now();
+                let _ = std::fs::rename(&cache, &link);
+                let _ = std::fs::rename(&aside, &cache);
+            }
+        })
+    };
+    let (mut ran, mut refused) = (0, 0);
+    for _ in 0..100 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandcell"))
+            .args(["run", "--cache-dir"])
+            .arg(&real)
+            .arg(&victim)
+            .output()
+            .unwrap();
+        assert!(!text(&out.stdout).contains("pwned"), "the attacker's code ran");
+        match out.status.code() {
+            Some(0) => {
+                assert_eq!(text(&out.stdout), "victim\n");
+                ran += 1;
+            }
+            _ => {
+                assert!(text(&out.stderr).contains("module cache"), "{}", text(&out.stderr));
+                refused += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+    eprintln!("victim ran {ran} times, the cache was refused {refused} times");
+    assert!(ran > 0 && refused > 0, "the swap never raced the open: ran {ran}, refused {refused}");
 }
 
 #[test]

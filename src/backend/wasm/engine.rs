@@ -9,10 +9,6 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -29,6 +25,7 @@ use wasmer::sys::{
 use wasmer::{Engine, MemoryType, Module, Pages, TableType};
 
 use super::guard::{Guard, GUARD_VERSION};
+use crate::cache::{hex, ArtifactCache};
 use crate::{ArtifactSource, CompileLimit, CompileLimits, Error, Result};
 
 /// Tables may not grow past this many elements (16 MiB of host memory for funcref tables).
@@ -296,7 +293,7 @@ impl BaseEngine {
     pub(crate) fn module(
         &self,
         program: &[u8],
-        disk: Option<&DiskCache>,
+        disk: Option<&ArtifactCache>,
         limits: &CompileLimits,
     ) -> Result<(CompiledModule, ArtifactSource)> {
         let hash: [u8; 32] = Sha256::digest(program).into();
@@ -314,8 +311,8 @@ impl BaseEngine {
         let mut module = None;
         if let (Some(disk), Some(key)) = (disk, &key) {
             if let Some(bytes) = disk.load(key) {
-                // SAFETY: `DiskCache::load` returns only bytes that this code wrote (checked by a
-                // digest and version header) into a directory that only this user may write to.
+                // SAFETY: `ArtifactCache::load` returns only bytes that this code wrote: they are
+                // authenticated with a key only the cache's owner can read (see `crate::cache`).
                 if let Ok(m) = unsafe { Module::deserialize(&self.engine, bytes) } {
                     module = Some(m);
                     source = ArtifactSource::Disk;
@@ -370,81 +367,3 @@ impl BaseEngine {
 
 /// The WASI preview 1 namespace, the only one a sandbox provides.
 pub(crate) use crate::wasm_module::WASI_MODULE;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Compiled modules on disk. Files are `<key>.module`: a header (magic, format version, SHA-256
-/// of the payload) and wasmer's serialized artifact. wasmer does not check artifacts when
-/// loading them, so sandcell only uses a directory that nobody else can write to, and checks the
-/// digest so that a truncated or corrupted file is recompiled rather than loaded.
-#[derive(Debug)]
-pub(crate) struct DiskCache {
-    dir: PathBuf,
-}
-
-const DISK_MAGIC: &[u8; 8] = b"SCMODv1\0";
-
-impl DiskCache {
-    pub(crate) fn open(dir: &Path) -> Result<Self> {
-        let err = |reason: String| Error::Cache { dir: dir.to_owned(), reason };
-        fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
-        let meta = fs::metadata(dir).map_err(|e| err(format!("cannot read it: {e}")))?;
-        if !meta.is_dir() {
-            return Err(err("is not a directory".into()));
-        }
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let uid = unsafe { libc::geteuid() };
-        if meta.uid() != uid {
-            return Err(err(format!(
-                "is owned by uid {} but sandcell runs as uid {uid}; compiled code is loaded from it, so it must be \
-                 owned by the current user",
-                meta.uid()
-            )));
-        }
-        if meta.permissions().mode() & 0o022 != 0 {
-            return Err(err("is writable by group or others; run `chmod go-w` on it".into()));
-        }
-        Ok(DiskCache { dir: dir.to_owned() })
-    }
-
-    fn path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("{key}.module"))
-    }
-
-    fn load(&self, key: &str) -> Option<Vec<u8>> {
-        let data = fs::read(self.path(key)).ok()?;
-        let (header, payload) = data.split_at_checked(8 + 32)?;
-        if &header[..8] != DISK_MAGIC || header[8..] != Sha256::digest(payload)[..] {
-            return None;
-        }
-        Some(payload.to_vec())
-    }
-
-    fn store(&self, key: &str, payload: &[u8]) -> Result<()> {
-        let err = |reason: String| Error::Cache { dir: self.dir.clone(), reason };
-        let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode_0600().open(&tmp)?;
-            f.write_all(DISK_MAGIC)?;
-            f.write_all(&Sha256::digest(payload))?;
-            f.write_all(payload)?;
-            f.sync_data()?;
-            fs::rename(&tmp, self.path(key))
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            err(format!("cannot write a compiled module: {e}"))
-        })
-    }
-}
-
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-impl Mode0600 for fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
-    }
-}

@@ -39,10 +39,11 @@ use wasmer::{
 use wasmer_wasix::runtime::task_manager::tokio::TokioTaskManager;
 use wasmer_wasix::{PluggableRuntime, UnsupportedVirtualNetworking, WasiEnv, WasiError, WasiFunctionEnv, WasiVersion};
 
-use self::engine::{BaseEngine, CompiledModule, DiskCache, WASI_MODULE};
+use self::engine::{BaseEngine, CompiledModule, WASI_MODULE};
 use self::fs::{FsLimits, MountRoot};
 use self::guard::{FLAG_FUEL, FLAG_HOST, FUEL_EXPORT, START_EXPORT, STOP_EXPORT};
 use self::stdio::{OutputFile, Sink, StdinFile};
+use crate::cache::ArtifactCache;
 use crate::control::{watchdog, Capture, InterruptHandle, RunControl, StopReason};
 use crate::{
     ArtifactSource, BackendKind, CpuBudget, Error, Network, Outcome, Policy, Program, Result, RunOptions,
@@ -69,7 +70,7 @@ pub struct WasmSandbox {
     engine: wasmer::Engine,
     runtime: Arc<PluggableRuntime>,
     mounts: Vec<(PathBuf, Arc<MountRoot>)>,
-    disk: Option<DiskCache>,
+    disk: Option<ArtifactCache>,
     interrupt: InterruptHandle,
     enforced: BTreeMap<String, String>,
     skipped: BTreeMap<String, String>,
@@ -160,7 +161,7 @@ impl WasmSandbox {
                 .map_err(|e| Error::invalid_policy(&field, format!("`{}`: {e}", host.display())))?;
             mounts.push((m.guest.clone(), Arc::new(root)));
         }
-        let disk = cache_dir.as_deref().map(DiskCache::open).transpose()?;
+        let disk = cache_dir.as_deref().map(ArtifactCache::open).transpose()?;
 
         if let Some(mem) = policy.memory {
             enforced.insert(
