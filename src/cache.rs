@@ -4,8 +4,9 @@
 //! A local user who controls a directory on the way to the cache could swap a component for a
 //! symlink (or another directory) between a check of the path and a later use of it. So:
 //!
-//! - the directory is opened **once**, with `openat2(RESOLVE_NO_SYMLINKS)` on its canonical
-//!   path (a component swapped for a symlink after the path was resolved makes the open fail),
+//! - the directory is opened **once**, one component of its canonical path at a time with
+//!   `O_NOFOLLOW` (a component swapped for a symlink after the path was resolved makes the open
+//!   fail),
 //!   and its owner and mode are checked **on the opened descriptor**: it must belong to the
 //!   user sandcell runs as and be writable by nobody else;
 //! - every file inside is reached relative to that descriptor, with `O_NOFOLLOW`, and its owner
@@ -46,41 +47,61 @@ fn cstring(bytes: &[u8]) -> io::Result<std::ffi::CString> {
     std::ffi::CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path"))
 }
 
-/// `openat2(dirfd, path, flags, mode, resolve)`.
-fn openat2(dirfd: i32, path: &[u8], flags: i32, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
-    let c = cstring(path)?;
-    // SAFETY: open_how is a plain C struct of integers; all-zero is valid.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.mode = u64::from(mode);
-    how.resolve = resolve;
-    // SAFETY: `how` is a valid open_how of the size passed; `c` is NUL-terminated.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dirfd,
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
+/// `openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)` for one path component.
+fn openat(dirfd: i32, name: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a single path component"));
+    }
+    let c = cstring(name)?;
+    // SAFETY: `c` is NUL-terminated; the returned descriptor is checked and then owned.
+    let fd = unsafe { libc::openat(dirfd, c.as_ptr(), flags | libc::O_NOFOLLOW | libc::O_CLOEXEC, mode) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Opens `name` in the directory `dir` without following a symlink (and, for a name with a
-/// slash, without leaving the directory).
+/// Opens the directory at the absolute path `path` one component at a time, refusing a symlink
+/// anywhere (each step is `O_NOFOLLOW` relative to the directory opened before it).
+fn open_dir_no_symlinks(path: &Path) -> io::Result<OwnedFd> {
+    let root = cstring(b"/")?;
+    // SAFETY: a NUL-terminated path; the descriptor is checked and then owned.
+    let fd = unsafe { libc::open(root.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    let mut dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    for component in path.components() {
+        match component {
+            std::path::Component::RootDir => {}
+            std::path::Component::Normal(name) => {
+                dir = openat(dir.as_raw_fd(), name.as_bytes(), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+            }
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a canonical path")),
+        }
+    }
+    // From the O_PATH descriptor to one that can be read.
+    openat_self(&dir)
+}
+
+/// Reopens an `O_PATH` directory descriptor for reading, through `/proc/self/fd` (no path is
+/// resolved again).
+fn openat_self(dir: &OwnedFd) -> io::Result<OwnedFd> {
+    let c = cstring(format!("/proc/self/fd/{}", dir.as_raw_fd()).as_bytes())?;
+    // SAFETY: a NUL-terminated path; the descriptor is checked and then owned.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `name` in the directory `dir` without following a symlink.
 fn open_in(dir: &OwnedFd, name: &str, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    openat2(
-        dir.as_raw_fd(),
-        name.as_bytes(),
-        flags | libc::O_NOFOLLOW,
-        mode,
-        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
-    )
+    openat(dir.as_raw_fd(), name.as_bytes(), flags, mode)
 }
 
 /// Checks an opened file or directory: owned by `uid`, writable by nobody else.
@@ -112,14 +133,8 @@ impl ArtifactCache {
                 .map_err(|e| err(format!("cannot create it: {e}")))?;
         }
         let real = std::fs::canonicalize(dir).map_err(|e| err(format!("cannot resolve it: {e}")))?;
-        let fd = openat2(
-            libc::AT_FDCWD,
-            real.as_os_str().as_bytes(),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-            libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
-        )
-        .map_err(|e| err(format!("cannot open {} (a component changed into a symlink?): {e}", real.display())))?;
+        let fd = open_dir_no_symlinks(&real)
+            .map_err(|e| err(format!("cannot open {} (a component changed into a symlink?): {e}", real.display())))?;
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
         let dir_file = File::from(fd);

@@ -57,6 +57,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The program does not exist: no such file on the host (wasm, micro-VM), or nothing to
+    /// execute at that path, or on the `PATH`, inside the sandbox (process).
+    #[error("program not found: `{program}`{}", if hint.is_empty() { String::new() } else { format!(" ({hint})") })]
+    ProgramNotFound {
+        /// The program as it was given.
+        program: String,
+        /// Where it was looked for, or how to make it visible.
+        hint: String,
+    },
+
     /// The program is malformed or does not fit this backend (not WebAssembly, imports that the
     /// sandbox does not provide, arguments with NUL bytes, ...).
     #[error("invalid program: {reason}")]
@@ -144,7 +154,8 @@ pub enum ErrorKind {
     Unenforceable = 2,
     /// [`Error::BackendUnavailable`].
     BackendUnavailable = 3,
-    /// [`Error::ReadProgram`], [`Error::InvalidProgram`] and [`Error::CompileBudget`].
+    /// [`Error::ReadProgram`], [`Error::ProgramNotFound`], [`Error::InvalidProgram`] and
+    /// [`Error::CompileBudget`].
     InvalidProgram = 4,
     /// [`Error::Setup`], [`Error::Cache`] and [`Error::Engine`].
     Host = 5,
@@ -170,9 +181,10 @@ impl Error {
             Error::InvalidPolicy { .. } => ErrorKind::InvalidPolicy,
             Error::Unenforceable { .. } => ErrorKind::Unenforceable,
             Error::BackendUnavailable { .. } => ErrorKind::BackendUnavailable,
-            Error::ReadProgram { .. } | Error::InvalidProgram { .. } | Error::CompileBudget { .. } => {
-                ErrorKind::InvalidProgram
-            }
+            Error::ReadProgram { .. }
+            | Error::ProgramNotFound { .. }
+            | Error::InvalidProgram { .. }
+            | Error::CompileBudget { .. } => ErrorKind::InvalidProgram,
             Error::Setup { .. } | Error::Cache { .. } | Error::Engine { .. } => ErrorKind::Host,
         }
     }

@@ -226,21 +226,43 @@ impl Mount {
         Mount { host: host.into(), guest: guest.into(), writable: true }
     }
 
-    /// Parses the CLI form `HOST:GUEST[:ro|:rw]` (read-only when the mode is left out).
+    /// Parses the CLI form `HOST:GUEST[:ro|:rw]` (read-only when the mode is left out), or
+    /// `HOST::GUEST[:ro|:rw]` when a path contains a colon (everything before the first `::` is
+    /// the host path).
+    ///
+    /// ```
+    /// use sandcell::Mount;
+    /// assert_eq!(Mount::parse("/srv/in:/in:rw").unwrap(), Mount::read_write("/srv/in", "/in"));
+    /// assert_eq!(Mount::parse("/srv/a:b::/in").unwrap(), Mount::read_only("/srv/a:b", "/in"));
+    /// assert_eq!(Mount::parse("/srv/in::/x:y:ro").unwrap(), Mount::read_only("/srv/in", "/x:y"));
+    /// assert!(Mount::parse("/a:/b:/c").is_err());
+    /// ```
     pub fn parse(spec: &str) -> Result<Self> {
-        let bad = |why: &str| Error::invalid_policy("mounts", format!("`{spec}`: {why}; expected HOST:GUEST[:ro|:rw]"));
-        let mut parts: Vec<&str> = spec.split(':').collect();
-        let writable = match parts.last() {
-            Some(&"ro") if parts.len() == 3 => false,
-            Some(&"rw") if parts.len() == 3 => true,
-            _ if parts.len() == 2 => false,
-            _ => return Err(bad("wrong number of `:`-separated parts")),
+        let bad = |why: &str| {
+            Error::invalid_policy(
+                "mounts",
+                format!("`{spec}`: {why}; expected HOST:GUEST[:ro|:rw] or HOST::GUEST[:ro|:rw]"),
+            )
         };
-        parts.truncate(2);
-        if parts[0].is_empty() || parts[1].is_empty() {
+        let (host, guest, writable) = if let Some((host, rest)) = spec.split_once("::") {
+            match rest.rsplit_once(':') {
+                Some((guest, "ro")) => (host, guest, false),
+                Some((guest, "rw")) => (host, guest, true),
+                _ => (host, rest, false),
+            }
+        } else {
+            let parts: Vec<&str> = spec.split(':').collect();
+            match parts[..] {
+                [host, guest] => (host, guest, false),
+                [host, guest, "ro"] => (host, guest, false),
+                [host, guest, "rw"] => (host, guest, true),
+                _ => return Err(bad("wrong number of `:`-separated parts")),
+            }
+        };
+        if host.is_empty() || guest.is_empty() {
             return Err(bad("empty path"));
         }
-        Ok(Mount { host: parts[0].into(), guest: parts[1].into(), writable })
+        Ok(Mount { host: host.into(), guest: guest.into(), writable })
     }
 }
 

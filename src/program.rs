@@ -163,9 +163,13 @@ impl Program {
     pub(crate) fn load(&self) -> Result<Arc<[u8]>> {
         match &self.artifact {
             Artifact::Bytes(b) => Ok(b.clone()),
-            Artifact::Path(p) => {
-                std::fs::read(p).map(Arc::from).map_err(|source| Error::ReadProgram { path: p.clone(), source })
-            }
+            Artifact::Path(p) => std::fs::read(p).map(Arc::from).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    Error::ProgramNotFound { program: p.display().to_string(), hint: "no such file on the host".into() }
+                } else {
+                    Error::ReadProgram { path: p.clone(), source }
+                }
+            }),
         }
     }
 

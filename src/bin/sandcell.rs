@@ -1,270 +1,317 @@
 //! The `sandcell` command-line tool.
 //!
-//! ```text
-//! sandcell run [--backend wasm|process|microvm] [--memory SIZE] [--timeout DURATION]
-//!              [--fuel N] [--max-output SIZE] [--mount HOST:GUEST[:ro|:rw]]... [--env K=V]...
-//!              [--json] PROGRAM [-- ARGS...]
-//! sandcell probe [--json]
-//! ```
-//!
 //! Exit status: the guest's exit code; 124 on timeout; 125 for any other limit, trap, signal or
-//! interruption (with a one-line reason on stderr); 126 when the host could not run the program.
+//! interruption; 126 when the host could not run the program; 127 when the program does not
+//! exist; 2 for a usage error. When the status is sandcell's own (2, 124-127), or a guest's exit
+//! code that is one of those, the last line on stderr — written after the guest's output has
+//! ended — says which it is.
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use sandcell::units::{parse_duration, parse_size};
 use sandcell::{BackendKind, Error, Mount, Outcome, Policy, Program, RunOptions, SandboxBuilder, Status, Stream};
 
-const USAGE: &str = "\
-usage:
-  sandcell run [OPTIONS] PROGRAM [-- ARGS...]
-  sandcell probe [--json]
+/// Exit statuses of sandcell itself.
+mod code {
+    pub const USAGE: u8 = 2;
+    pub const TIMEOUT: u8 = 124;
+    pub const STOPPED: u8 = 125;
+    pub const HOST: u8 = 126;
+    pub const NOT_FOUND: u8 = 127;
+    pub const OWN: [u8; 5] = [USAGE, TIMEOUT, STOPPED, HOST, NOT_FOUND];
+}
 
-run options:
-  --backend wasm|process|microvm   isolation backend (default: wasm)
-  --memory SIZE                    memory cap (1048576, 64K, 64M, 1G; default 512M)
-  --timeout DURATION               wall-clock limit (2s, 500ms)
-  --cpu-time DURATION              CPU-time limit
-  --fuel N                         instruction budget for wasm guests
-  --max-output SIZE                cap on each of stdout and stderr (default 16M)
-  --max-processes N                process limit (process backend; default 64)
-  --vcpus N                        CPUs the guest may use (micro-VM: vCPU count)
-  --mount HOST:GUEST[:ro|:rw]      make a host directory visible (read-only by default)
-  --env K=V                        set an environment variable
-  --stdin FILE                     feed FILE to the guest's stdin ('-': this process's stdin;
-                                   default: this process's stdin when it is a pipe or a file)
-  --cwd DIR                        working directory inside the sandbox
-  --entry NAME                     call this wasm export instead of _start (ARGS are its parameters)
-  --cache-dir DIR                  keep compiled artifacts in DIR
-  --policy FILE                    start from a JSON policy document
-  --best-effort                    run even if some policy field cannot be enforced
-  --json                           print one JSON object with status, output and usage
+/// Run untrusted code in a WebAssembly sandbox, a confined Linux process or a KVM micro-VM.
+#[derive(Parser)]
+#[command(name = "sandcell", version, about, after_help = EXIT_STATUS)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-exit status: the guest's exit code; 124 timeout; 125 other limit, trap or signal;
-126 the host could not run the program.";
+const EXIT_STATUS: &str = "Exit status: the guest's exit code (255 for codes beyond 255); 124 timeout; \
+125 another limit, a trap or a signal; 126 the host could not run the program; 127 no such program; \
+2 usage error.";
 
-/// A host-side failure of the CLI itself.
-struct Failure(String);
+#[derive(Subcommand)]
+enum Command {
+    /// Run a program in a sandbox.
+    #[command(after_help = EXIT_STATUS)]
+    Run(RunArgs),
+    /// Show what this host supports: each backend, and the facts behind it.
+    Probe {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), generated from the same definitions as `--help`.
+    Man,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    Wasm,
+    Process,
+    Microvm,
+}
+
+impl From<Backend> for BackendKind {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Wasm => BackendKind::Wasm,
+            Backend::Process => BackendKind::Process,
+            Backend::Microvm => BackendKind::MicroVm,
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Isolation backend.
+    #[arg(long, value_enum, default_value = "wasm")]
+    backend: Backend,
+    /// Memory cap (1048576, 64K, 64M, 1G; default 512M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Wall-clock limit (2s, 500ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// CPU-time limit.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    cpu_time: Option<Duration>,
+    /// Instruction budget for wasm guests.
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+    /// Cap on each of stdout and stderr (default 16M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_output: Option<u64>,
+    /// Process limit (process backend; default 64).
+    #[arg(long, value_name = "N")]
+    max_processes: Option<u32>,
+    /// CPUs the guest may use (micro-VM: the vCPU count).
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u32>,
+    /// Make a host directory visible: HOST:GUEST[:ro|:rw], or HOST::GUEST[:ro|:rw] when a path
+    /// contains a colon (read-only unless :rw).
+    #[arg(long, value_name = "MOUNT", value_parser = parse_mount)]
+    mount: Vec<Mount>,
+    /// Set an environment variable (K=V).
+    #[arg(long, value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Feed FILE to the guest's stdin ('-': this process's stdin; default: this process's stdin
+    /// when it is a pipe or a file).
+    #[arg(long, value_name = "FILE")]
+    stdin: Option<String>,
+    /// Working directory inside the sandbox.
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Call this wasm export instead of _start (ARGS are its parameters).
+    #[arg(long, value_name = "NAME")]
+    entry: Option<String>,
+    /// Keep compiled artifacts in DIR.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Start from a JSON policy document (the flags above change it).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Let native programs create Unix-domain sockets (process backend).
+    #[arg(long)]
+    unix_sockets: bool,
+    /// Run even if some policy field cannot be enforced (the outcome lists what was skipped).
+    #[arg(long)]
+    best_effort: bool,
+    /// Print one JSON object with status, output and usage.
+    #[arg(long)]
+    json: bool,
+    /// The program: a .wasm/.wat file, a native executable's path inside the sandbox (process
+    /// backend), or a micro-VM guest.
+    program: String,
+    /// Arguments for the program.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+fn parse_mount(spec: &str) -> Result<Mount, String> {
+    Mount::parse(spec).map_err(|e| match e {
+        Error::InvalidPolicy { reason, .. } => reason,
+        other => other.to_string(),
+    })
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text.split_once('=').ok_or_else(|| format!("`{text}` is not K=V"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// A failure of the CLI itself: its exit status, a kind for `--json`, and the message.
+struct Failure {
+    code: u8,
+    kind: &'static str,
+    message: String,
+}
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        Failure(e.to_string_with_causes())
+        let (code, kind) = match &e {
+            Error::ProgramNotFound { .. } => (code::NOT_FOUND, "program_not_found"),
+            // What was asked cannot be valid: a usage error, as a bad flag is.
+            Error::InvalidPolicy { .. } => (code::USAGE, e.kind().name()),
+            Error::CompileBudget { .. } => (code::HOST, "compile_budget"),
+            _ => (code::HOST, e.kind().name()),
+        };
+        Failure { code, kind, message: e.to_string_with_causes() }
     }
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let json = args.iter().take_while(|a| *a != "--").any(|a| a == "--json");
-    let result = match args.first().map(String::as_str) {
-        Some("run") => run(&args[1..]),
-        Some("probe") => probe(&args[1..]),
-        Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
-            Ok(0)
+    let raw: Vec<String> = std::env::args().collect();
+    // Whether `--json` was asked for, for errors before (or in) argument parsing: among the
+    // run options, that is before the program.
+    let wants_json = raw.iter().skip(1).take_while(|a| *a != "--").any(|a| a == "--json");
+    let cli = match Cli::try_parse_from(&raw) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind as K;
+            if matches!(e.kind(), K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand)
+                && e.exit_code() == 0
+            {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if wants_json {
+                // clap's first line, without its `error: ` prefix.
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                print_json_error("usage", first.strip_prefix("error: ").unwrap_or(first));
+            }
+            let _ = e.print();
+            eprintln!("sandcell: exit status {} is sandcell's own: a usage error", code::USAGE);
+            return ExitCode::from(code::USAGE);
         }
-        Some("-V" | "--version") => {
-            println!("sandcell {}", env!("CARGO_PKG_VERSION"));
-            Ok(0)
-        }
-        Some(other) => Err(Failure(format!("unknown command `{other}`\n{USAGE}"))),
-        None => Err(Failure(USAGE.to_owned())),
     };
-    match result {
+    let json =
+        matches!(&cli.command, Command::Run(a) if a.json) || matches!(cli.command, Command::Probe { json: true });
+    match execute(cli.command) {
         Ok(code) => ExitCode::from(code),
-        Err(Failure(message)) => {
+        Err(Failure { code, kind, message }) => {
             if json {
-                let mut out = String::from("{\"error\":");
-                out.push_str(&json_string(&message));
-                out.push('}');
-                println!("{out}");
+                print_json_error(kind, &message);
             }
             eprintln!("sandcell: error: {message}");
-            ExitCode::from(126)
+            eprintln!("sandcell: exit status {code} is sandcell's own: {}", own_meaning(code));
+            ExitCode::from(code)
         }
     }
 }
 
-fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
+fn own_meaning(code: u8) -> &'static str {
+    match code {
+        code::USAGE => "a usage error",
+        code::TIMEOUT => "the guest was stopped at its timeout",
+        code::STOPPED => "the guest was stopped (a limit, a trap, a signal or an interrupt)",
+        code::NOT_FOUND => "the program was not found",
+        _ => "the host could not run the program",
+    }
 }
 
-fn probe(args: &[String]) -> Result<u8, Failure> {
-    let mut json = false;
-    for a in args {
-        match a.as_str() {
-            "--json" => json = true,
-            other => return Err(Failure(format!("unknown option `{other}` for `probe`"))),
+fn print_json_error(kind: &str, message: &str) {
+    let v = serde_json::json!({"error": {"kind": kind, "message": message}});
+    println!("{v}");
+}
+
+fn execute(command: Command) -> Result<u8, Failure> {
+    match command {
+        Command::Run(args) => run(args),
+        Command::Probe { json } => {
+            let probe = sandcell::probe();
+            if json {
+                println!("{}", probe.to_json());
+            } else {
+                println!("{probe}");
+            }
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "sandcell", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out).map_err(|e| Failure {
+                code: code::HOST,
+                kind: "host",
+                message: format!("cannot render: {e}"),
+            })?;
+            std::io::stdout().write_all(&out).map_err(|e| Failure {
+                code: code::HOST,
+                kind: "host",
+                message: e.to_string(),
+            })?;
+            Ok(0)
         }
     }
-    let probe = sandcell::probe();
-    if json {
-        println!("{}", probe.to_json());
-    } else {
-        println!("{probe}");
-    }
-    Ok(0)
 }
 
-struct RunArgs {
-    backend: BackendKind,
-    policy: Policy,
-    json: bool,
-    program: String,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    stdin: Option<String>,
-    cwd: Option<PathBuf>,
-    entry: Option<String>,
-    cache_dir: Option<PathBuf>,
-}
-
-fn parse_run(args: &[String]) -> Result<RunArgs, Failure> {
-    let mut backend = BackendKind::Wasm;
-    let mut policy: Option<Policy> = None;
-    type Edit = Box<dyn FnOnce(&mut Policy) -> Result<(), Failure>>;
-    let mut edits: Vec<Edit> = Vec::new();
-    let mut json = false;
-    let mut program = None;
-    let mut rest = Vec::new();
-    let mut env = Vec::new();
-    let mut stdin = None;
-    let mut cwd = None;
-    let mut entry = None;
-    let mut cache_dir = None;
-
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = |name: &str| -> Result<String, Failure> {
-            match inline.clone() {
-                Some(v) => Ok(v),
-                None => it.next().cloned().ok_or_else(|| Failure(format!("`{name}` needs a value"))),
-            }
-        };
-        let bad = |what: &str, why: String| Failure(format!("invalid {what}: {why}"));
-        match flag {
-            "--" => {
-                rest.extend(it.by_ref().cloned());
-                break;
-            }
-            "--backend" => backend = value(flag)?.parse()?,
-            "--memory" => {
-                let v = parse_size(&value(flag)?).map_err(|e| bad("--memory", e))?;
-                edits.push(Box::new(move |p| {
-                    p.memory = Some(v);
-                    Ok(())
-                }));
-            }
-            "--timeout" => {
-                let v = parse_duration(&value(flag)?).map_err(|e| bad("--timeout", e))?;
-                edits.push(Box::new(move |p| {
-                    p.timeout = Some(v);
-                    Ok(())
-                }));
-            }
-            "--cpu-time" => {
-                let v = parse_duration(&value(flag)?).map_err(|e| bad("--cpu-time", e))?;
-                edits.push(Box::new(move |p| {
-                    p.cpu_time = Some(v);
-                    Ok(())
-                }));
-            }
-            "--fuel" => {
-                let text = value(flag)?;
-                let v: u64 = text.parse().map_err(|_| bad("--fuel", format!("`{text}` is not a whole number")))?;
-                edits.push(Box::new(move |p| {
-                    p.fuel = Some(v);
-                    Ok(())
-                }));
-            }
-            "--max-output" => {
-                let v = parse_size(&value(flag)?).map_err(|e| bad("--max-output", e))?;
-                edits.push(Box::new(move |p| {
-                    p.max_output = v;
-                    Ok(())
-                }));
-            }
-            "--max-processes" => {
-                let text = value(flag)?;
-                let v: u32 =
-                    text.parse().map_err(|_| bad("--max-processes", format!("`{text}` is not a whole number")))?;
-                edits.push(Box::new(move |p| {
-                    p.max_processes = Some(v);
-                    Ok(())
-                }));
-            }
-            "--vcpus" => {
-                let text = value(flag)?;
-                let v: u32 = text.parse().map_err(|_| bad("--vcpus", format!("`{text}` is not a whole number")))?;
-                edits.push(Box::new(move |p| {
-                    p.cpus = Some(v);
-                    Ok(())
-                }));
-            }
-            "--mount" => {
-                let m = Mount::parse(&value(flag)?)?;
-                edits.push(Box::new(move |p| {
-                    p.mounts.push(m);
-                    Ok(())
-                }));
-            }
-            "--env" => {
-                let text = value(flag)?;
-                let (k, v) = text.split_once('=').ok_or_else(|| bad("--env", format!("`{text}` is not K=V")))?;
-                env.push((k.to_owned(), v.to_owned()));
-            }
-            "--stdin" => stdin = Some(value(flag)?),
-            "--cwd" => cwd = Some(PathBuf::from(value(flag)?)),
-            "--entry" => entry = Some(value(flag)?),
-            "--cache-dir" => cache_dir = Some(PathBuf::from(value(flag)?)),
-            "--policy" => {
-                let path = value(flag)?;
-                let text =
-                    std::fs::read_to_string(&path).map_err(|e| Failure(format!("cannot read policy `{path}`: {e}")))?;
-                policy = Some(Policy::from_json(&text)?);
-            }
-            "--best-effort" => edits.push(Box::new(|p| {
-                p.best_effort = true;
-                Ok(())
-            })),
-            "--json" => json = true,
-            f if f.starts_with('-') && f.len() > 1 => return Err(Failure(format!("unknown option `{f}`\n{USAGE}"))),
-            _ => {
-                program = Some(arg.clone());
-                rest.extend(it.by_ref().cloned());
-                if rest.first().is_some_and(|a| a == "--") {
-                    rest.remove(0);
-                }
-                break;
-            }
+fn policy_of(a: &RunArgs) -> Result<Policy, Failure> {
+    let mut policy = match &a.policy {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Failure {
+                code: code::USAGE,
+                kind: "usage",
+                message: format!("cannot read policy `{}`: {e}", path.display()),
+            })?;
+            Policy::from_json(&text)?
         }
+        None => Policy::default(),
+    };
+    if let Some(v) = a.memory {
+        policy.memory = Some(v);
     }
-    let program = program
-        .or_else(|| (!rest.is_empty()).then(|| rest.remove(0)))
-        .ok_or_else(|| Failure(format!("`run` needs a PROGRAM\n{USAGE}")))?;
-    let mut policy = policy.unwrap_or_default();
-    for edit in edits {
-        edit(&mut policy)?;
+    if let Some(v) = a.timeout {
+        policy.timeout = Some(v);
     }
-    Ok(RunArgs { backend, policy, json, program, args: rest, env, stdin, cwd, entry, cache_dir })
+    if let Some(v) = a.cpu_time {
+        policy.cpu_time = Some(v);
+    }
+    if let Some(v) = a.fuel {
+        policy.fuel = Some(v);
+    }
+    if let Some(v) = a.max_output {
+        policy.max_output = v;
+    }
+    if let Some(v) = a.max_processes {
+        policy.max_processes = Some(v);
+    }
+    if let Some(v) = a.vcpus {
+        policy.cpus = Some(v);
+    }
+    policy.mounts.extend(a.mount.iter().cloned());
+    policy.unix_sockets |= a.unix_sockets;
+    policy.best_effort |= a.best_effort;
+    Ok(policy)
 }
 
 /// The guest's stdin: `--stdin FILE`, or this process's stdin when it is a pipe or a file (never
 /// a terminal, which would wait for typing).
 fn read_stdin(spec: Option<&str>) -> Result<Vec<u8>, Failure> {
+    let fail = |message: String| Failure { code: code::HOST, kind: "host", message };
     let mut buf = Vec::new();
     match spec {
         Some("-") => {
-            std::io::stdin().read_to_end(&mut buf).map_err(|e| Failure(format!("cannot read stdin: {e}")))?;
+            std::io::stdin().read_to_end(&mut buf).map_err(|e| fail(format!("cannot read stdin: {e}")))?;
         }
         Some(path) => {
-            buf = std::fs::read(path).map_err(|e| Failure(format!("cannot read `{path}` for stdin: {e}")))?;
+            buf = std::fs::read(path).map_err(|e| fail(format!("cannot read `{path}` for stdin: {e}")))?;
         }
         None => {
             let stdin = std::io::stdin();
@@ -274,15 +321,15 @@ fn read_stdin(spec: Option<&str>) -> Result<Vec<u8>, Failure> {
             let meta = std::fs::metadata("/proc/self/fd/0");
             let pipe_or_file = meta.map(|m| m.file_type().is_fifo() || m.file_type().is_file()).unwrap_or(false);
             if pipe_or_file {
-                stdin.lock().read_to_end(&mut buf).map_err(|e| Failure(format!("cannot read stdin: {e}")))?;
+                stdin.lock().read_to_end(&mut buf).map_err(|e| fail(format!("cannot read stdin: {e}")))?;
             }
         }
     }
     Ok(buf)
 }
 
-fn run(args: &[String]) -> Result<u8, Failure> {
-    let a = parse_run(args)?;
+fn run(a: RunArgs) -> Result<u8, Failure> {
+    let policy = policy_of(&a)?;
     let mut program = Program::path(&a.program).args(a.args.iter().cloned()).stdin(read_stdin(a.stdin.as_deref())?);
     for (k, v) in &a.env {
         program = program.env(k.clone(), v.clone());
@@ -293,7 +340,7 @@ fn run(args: &[String]) -> Result<u8, Failure> {
     if let Some(entry) = &a.entry {
         program = program.entry(entry.clone());
     }
-    let mut builder = SandboxBuilder::new(a.backend).policy(a.policy);
+    let mut builder = SandboxBuilder::new(a.backend.into()).policy(policy);
     if let Some(dir) = &a.cache_dir {
         builder = builder.cache_dir(dir.clone());
     }
@@ -309,12 +356,24 @@ fn run(args: &[String]) -> Result<u8, Failure> {
         });
     }
     let outcome = sandbox.run_with(&program, options)?;
+    let status = exit_status(&outcome.status);
     if a.json {
         println!("{}", outcome.to_json());
-    } else if !matches!(outcome.status, Status::Exited(_)) {
-        eprintln!("sandcell: {}", reason(&outcome));
+    } else {
+        let _ = std::io::stdout().flush();
+        match &outcome.status {
+            Status::Exited(code) if code::OWN.contains(&status) => {
+                // The guest's own code, which is also one of sandcell's: say whose it is.
+                eprintln!("sandcell: exit status {status} is the guest's own (it exited with code {code})");
+            }
+            Status::Exited(_) => {}
+            _ => {
+                eprintln!("sandcell: {}", reason(&outcome));
+                eprintln!("sandcell: exit status {status} is sandcell's own: {}", own_meaning(status));
+            }
+        }
     }
-    Ok(exit_status(&outcome.status))
+    Ok(status)
 }
 
 fn reason(outcome: &Outcome) -> String {
@@ -329,7 +388,7 @@ fn reason(outcome: &Outcome) -> String {
 fn exit_status(status: &Status) -> u8 {
     match status {
         Status::Exited(code) => u8::try_from(*code).unwrap_or(255),
-        Status::Timeout => 124,
-        _ => 125,
+        Status::Timeout => code::TIMEOUT,
+        _ => code::STOPPED,
     }
 }

@@ -46,7 +46,7 @@ fn timeout_is_124_with_a_reason() {
     let out = sandcell(&["run", "--timeout", "300ms", loop_wat.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(124));
     let err = text(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 2, "{err}");
     assert!(err.contains("timeout"), "{err}");
 }
 
@@ -73,9 +73,9 @@ fn other_limits_and_traps_are_125_with_a_reason() {
 }
 
 #[test]
-fn host_errors_are_126_with_the_message() {
+fn usage_errors_are_2_host_errors_126_and_a_missing_program_127() {
     let out = sandcell(&["run", "/no/such/module.wasm"]);
-    assert_eq!(out.status.code(), Some(126));
+    assert_eq!(out.status.code(), Some(127));
     assert!(text(&out.stderr).contains("/no/such/module.wasm"), "{}", text(&out.stderr));
     for bad in [
         &["run", "--memory", "lots", "examples/hello.wat"][..],
@@ -83,13 +83,113 @@ fn host_errors_are_126_with_the_message() {
         &["run", "--mount", "nocolon", "examples/hello.wat"],
         &["run", "--backend", "vmware", "examples/hello.wat"],
         &["run", "--bogus", "examples/hello.wat"],
+        &["run", "--memory", "0", "examples/hello.wat"],
         &["run"],
         &["frobnicate"],
+        &[],
     ] {
         let out = sandcell(bad);
-        assert_eq!(out.status.code(), Some(126), "{bad:?}");
-        assert!(!text(&out.stderr).is_empty(), "{bad:?}");
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).ends_with("sandcell: exit status 2 is sandcell's own: a usage error\n"), "{bad:?}");
     }
+    // A host error: a module that is not WebAssembly.
+    let dir = TempDir::new("cli-host");
+    let junk = dir.join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0\x01\xff").unwrap();
+    let out = sandcell(&["run", junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+}
+
+#[test]
+fn help_works_on_every_subcommand() {
+    for args in [&["--help"][..], &["-h"], &["run", "--help"], &["run", "-h"], &["probe", "--help"], &["help", "run"]] {
+        let out = sandcell(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("Usage: sandcell"), "{args:?}");
+    }
+    assert!(text(&sandcell(&["run", "--help"]).stdout).contains("--timeout <DURATION>"));
+    assert_eq!(sandcell(&["--version"]).status.code(), Some(0));
+}
+
+#[test]
+fn completions_and_a_man_page_come_from_the_same_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = sandcell(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        assert!(text(&out.stdout).contains("cpu-time"), "{shell}");
+    }
+    let out = sandcell(&["man"]);
+    assert_eq!(out.status.code(), Some(0));
+    let page = text(&out.stdout);
+    assert!(page.starts_with(".ie") || page.contains(".TH sandcell"), "{page}");
+    assert!(page.contains("probe"), "{page}");
+}
+
+#[test]
+fn json_errors_carry_a_kind() {
+    let kind = |args: &[&str]| json(&sandcell(args))["error"]["kind"].as_str().unwrap().to_owned();
+    assert_eq!(kind(&["run", "--json", "--memory", "lots", "examples/hello.wat"]), "usage");
+    assert_eq!(kind(&["run", "--json", "/no/such.wasm"]), "program_not_found");
+    assert_eq!(kind(&["run", "--json", "--fuel", "5", "--backend", "process", "/bin/true"]), "unenforceable");
+    let out = sandcell(&["run", "--json", "/no/such.wasm"]);
+    assert!(json(&out)["error"]["message"].as_str().unwrap().contains("/no/such.wasm"));
+}
+
+#[test]
+fn a_guest_cannot_pass_for_sandcell_through_its_exit_code() {
+    // A guest that exits with 124 and prints what sandcell prints on a timeout: the last line
+    // on stderr, written after the guest's output ended, says whose the status is.
+    let dir = TempDir::new("cli-fake");
+    let fake = dir.join("fake.wat");
+    let line = "sandcell: exit status 124 is sandcell's own: the guest was stopped at its timeout";
+    std::fs::write(
+        &fake,
+        format!(
+            r#"(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 16) "{line}\n")
+      (func (export "_start") (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const {}))
+        (drop (call $w (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (call $exit (i32.const 124))))"#,
+            line.len() + 1
+        ),
+    )
+    .unwrap();
+    let out = sandcell(&["run", fake.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(124));
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.lines().last(),
+        Some("sandcell: exit status 124 is the guest's own (it exited with code 124)"),
+        "{err}"
+    );
+    // The real timeout.
+    let spin = dir.join("spin.wat");
+    std::fs::write(&spin, r#"(module (func (export "_start") (loop $l (br $l))))"#).unwrap();
+    let out = sandcell(&["run", "--timeout", "200ms", spin.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(124));
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.lines().last(),
+        Some("sandcell: exit status 124 is sandcell's own: the guest was stopped at its timeout")
+    );
+    // An ordinary exit code gets no note.
+    let out = sandcell(&["run", "examples/hello.wat"]);
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn mounts_with_a_colon_in_a_path_use_a_double_colon() {
+    let guest = or_skip!(crate::common::wasm_guest(), "no wasm test guest");
+    let dir = TempDir::new("cli-colon");
+    let odd = dir.join("a:b");
+    std::fs::create_dir(&odd).unwrap();
+    std::fs::write(odd.join("f"), "inside").unwrap();
+    let spec = format!("{}::/data", odd.display());
+    let out = sandcell(&["run", "--mount", &spec, guest.to_str().unwrap(), "read", "/data/f"]);
+    assert_eq!(text(&out.stdout), "ok inside\n", "{}", text(&out.stderr));
 }
 
 #[test]
@@ -134,8 +234,8 @@ fn json_output_has_the_documented_shape() {
     assert!(v["usage"]["fuel"].as_u64().unwrap() <= 500);
 
     let out = sandcell(&["run", "--json", "/no/such.wasm"]);
-    assert_eq!(out.status.code(), Some(126));
-    assert!(json(&out)["error"].as_str().unwrap().contains("/no/such.wasm"));
+    assert_eq!(out.status.code(), Some(127));
+    assert!(json(&out)["error"]["message"].as_str().unwrap().contains("/no/such.wasm"));
 }
 
 #[test]

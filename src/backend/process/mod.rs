@@ -748,6 +748,12 @@ impl ProcessSandbox {
                     Artifact::Path(p) => p.display().to_string(),
                     Artifact::Bytes(_) => String::new(),
                 };
+                if errno == libc::ENOENT || errno == libc::ENOTDIR {
+                    return Err(Error::ProgramNotFound {
+                        program: shown,
+                        hint: "not inside the sandbox, which sees its system directories and mounts only".into(),
+                    });
+                }
                 return Err(Error::invalid_program(format!(
                     "cannot execute `{shown}` inside the sandbox: {} (is it visible there? the sandbox sees its \
                      system directories and mounts only)",
