@@ -42,7 +42,7 @@ const EXIT_STATUS: &str = "Exit status: the guest's exit code (255 for codes bey
 enum Command {
     /// Run a program in a sandbox.
     #[command(after_help = EXIT_STATUS)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show what this host supports: each backend, and the facts behind it.
     Probe {
         /// Print one JSON object.
@@ -231,7 +231,7 @@ fn print_json_error(kind: &str, message: &str) {
 
 fn execute(command: Command) -> Result<u8, Failure> {
     match command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Probe { json } => {
             let probe = sandcell::probe();
             if json {
