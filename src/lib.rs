@@ -84,3 +84,21 @@ fn _assert_thread_safety() {
     send_sync::<WasmSandbox>();
     send_sync::<Probe>();
 }
+
+/// Internals for sandcell's own tests and fuzz targets. Not part of the API: anything here may
+/// change in any release.
+#[doc(hidden)]
+pub mod __private {
+    /// The wasm backend's engine (its stop checks, and fuel metering when `metered`) with
+    /// linear memories capped at `memory_cap` bytes, as a sandbox with that policy uses it.
+    pub fn wasm_engine(metered: bool, memory_cap: Option<u64>) -> wasmer::Engine {
+        crate::backend::wasm::engine::base(metered).capped(memory_cap)
+    }
+    /// The export the wasm backend's compiler gives a module's start function, which it takes
+    /// out of instantiation (a run calls it under its limits).
+    pub const START_EXPORT: &str = crate::backend::wasm::guard::START_EXPORT;
+    /// The export of the stop flag (non-zero stops the guest at its next check).
+    pub const STOP_EXPORT: &str = crate::backend::wasm::guard::STOP_EXPORT;
+    /// The export of the remaining fuel (metered engines).
+    pub const FUEL_EXPORT: &str = crate::backend::wasm::guard::FUEL_EXPORT;
+}
