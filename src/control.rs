@@ -184,6 +184,58 @@ impl Drop for Attachment {
     }
 }
 
+/// What every backend sets up for one run: its [`RunControl`], attached to the sandbox's
+/// interrupt handle and to the run's own, and its timers (wall-clock timeout, CPU budget).
+pub(crate) struct Run {
+    pub(crate) control: Arc<RunControl>,
+    _attachments: (Attachment, Option<Attachment>),
+    timers: Vec<watchdog::TimerGuard>,
+}
+
+impl Run {
+    /// A run attached to `sandbox`'s handle and to `run`'s, if given (which may have been
+    /// interrupted already: then the run is stopped from the start).
+    pub(crate) fn begin(sandbox: &InterruptHandle, run: Option<&InterruptHandle>) -> Run {
+        let control = RunControl::new();
+        let attachments = (sandbox.attach(&control), run.map(|h| h.attach(&control)));
+        Run { control, _attachments: attachments, timers: Vec::new() }
+    }
+
+    /// Stops the run with [`StopReason::Timeout`] at `started + timeout`.
+    pub(crate) fn timeout(&mut self, started: Instant, timeout: Option<std::time::Duration>) {
+        if let Some(timeout) = timeout {
+            let c = self.control.clone();
+            self.timers.push(watchdog::schedule(
+                started + timeout,
+                Box::new(move |_| {
+                    c.stop(StopReason::Timeout);
+                    None
+                }),
+            ));
+        }
+    }
+
+    /// Stops the run with a CPU-time [`StopReason::CpuLimit`] once `used()` reaches `limit`
+    /// (see [`watchdog::cpu_budget`]).
+    pub(crate) fn cpu_budget(
+        &mut self,
+        limit: Option<std::time::Duration>,
+        min_step: std::time::Duration,
+        used: impl Fn() -> std::time::Duration + Send + 'static,
+    ) {
+        if let Some(limit) = limit {
+            self.timers.push(watchdog::cpu_budget(&self.control, limit, min_step, used));
+        }
+    }
+
+    /// Cancels the timers and the stopper: once this returns, nothing stops the guest any more
+    /// (the backend may then tear it down).
+    pub(crate) fn finish(&mut self) {
+        self.timers.clear();
+        self.control.disarm();
+    }
+}
+
 /// Called by the watchdog thread at its deadline; returns the next deadline to be called again.
 pub(crate) type TimerTask = Box<dyn FnMut(Instant) -> Option<Instant> + Send>;
 

@@ -33,7 +33,7 @@ pub enum Error {
         /// The backend that was asked.
         backend: BackendKind,
         /// The policy field.
-        field: String,
+        field: crate::PolicyField,
         /// Why it cannot be enforced, and what to do instead.
         reason: String,
     },

@@ -47,6 +47,7 @@
 mod backend;
 mod cache;
 mod control;
+mod enforcement;
 mod error;
 mod outcome;
 mod policy;
@@ -54,12 +55,15 @@ mod probe;
 mod program;
 mod sandbox;
 mod sys;
+mod syscalls;
 pub mod units;
 mod wasi;
 mod wasm_module;
 
+pub use backend::probe;
 pub use backend::wasm::WasmSandbox;
 pub use control::{InterruptHandle, OutputCallback};
+pub use enforcement::PolicyField;
 pub use error::{CompileLimit, Error, ErrorKind, Result};
 pub use outcome::{signal_name, ArtifactSource, CpuBudget, Outcome, Status, Stream, Trap, TrapKind, Usage};
 pub use policy::{
@@ -67,7 +71,7 @@ pub use policy::{
     DEFAULT_MAX_FUNCTIONS, DEFAULT_MAX_FUNCTION_SIZE, DEFAULT_MAX_MODULE_SIZE, DEFAULT_MAX_OPEN_FILES,
     DEFAULT_MAX_OUTPUT, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY,
 };
-pub use probe::{probe, BackendSupport, Cgroups, HostSupport, KvmFlavor, Probe};
+pub use probe::{BackendSupport, Cgroups, HostSupport, KvmFlavor, Probe};
 pub use program::{Artifact, Program};
 pub use sandbox::{sandbox, BackendKind, HostFunction, RunOptions, Sandbox, SandboxBuilder};
 

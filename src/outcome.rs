@@ -1,5 +1,6 @@
 //! [`Outcome`]: how a run ended, what it printed and what it consumed.
 
+use crate::PolicyField;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
@@ -264,11 +265,11 @@ pub struct Outcome {
     /// Resources used.
     pub usage: Usage,
     /// For each policy field that needed a mechanism, the mechanism that enforced it in this
-    /// run (`"memory" → "cgroup v2 memory.max"`).
-    pub enforced: BTreeMap<String, String>,
+    /// run (`Memory → "cgroup v2 memory.max"`).
+    pub enforced: BTreeMap<PolicyField, String>,
     /// Fields a [`best_effort`](crate::Policy::best_effort) policy could not have enforced, and
     /// why. Always empty unless `best_effort` is set.
-    pub skipped: BTreeMap<String, String>,
+    pub skipped: BTreeMap<PolicyField, String>,
 }
 
 impl Outcome {
@@ -323,7 +324,7 @@ impl Outcome {
                 if i > 0 {
                     out.push(',');
                 }
-                json_str(&mut out, k);
+                json_str(&mut out, k.name());
                 out.push(':');
                 json_str(&mut out, v);
             }

@@ -369,10 +369,9 @@ impl Policy {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(Error::invalid_policy("deny_syscalls", format!("`{name}` is not a system call name")));
             }
-            // Where the process backend is built, its table of x86-64 system calls catches a
-            // misspelt name for every backend, at validation rather than at the first run.
-            #[cfg(process_backend)]
-            if !crate::backend::process::seccomp::is_known(name) {
+            // The table of x86-64 system calls catches a misspelt name for every backend, at
+            // validation rather than at the first run.
+            if crate::syscalls::known_here() && crate::syscalls::number(name).is_none() {
                 return Err(Error::invalid_policy(
                     "deny_syscalls",
                     format!("`{name}` is not an x86-64 system call sandcell knows"),

@@ -204,19 +204,11 @@ impl fmt::Display for Probe {
     }
 }
 
-/// Probes the host once and returns the cached result.
-///
-/// ```
-/// let probe = sandcell::probe();
-/// assert!(probe.backend(sandcell::BackendKind::Wasm).available);
-/// ```
-pub fn probe() -> &'static Probe {
-    static PROBE: OnceLock<Probe> = OnceLock::new();
-    PROBE.get_or_init(|| {
-        let host = probe_host();
-        let backends = BackendKind::ALL.iter().map(|&kind| crate::backend::support(kind, &host)).collect();
-        Probe { host, backends }
-    })
+/// The host's facts, probed once (see [`probe`](crate::probe()), which adds what each backend
+/// makes of them).
+pub(crate) fn host() -> &'static HostSupport {
+    static HOST: OnceLock<HostSupport> = OnceLock::new();
+    HOST.get_or_init(probe_host)
 }
 
 fn probe_host() -> HostSupport {

@@ -192,11 +192,7 @@ impl SandboxBuilder {
                 format!("the {} backend offers no host functions; only microvm guests can call them", self.backend),
             ));
         }
-        match self.backend {
-            BackendKind::Wasm => Ok(Box::new(crate::backend::wasm::WasmSandbox::new(self)?)),
-            BackendKind::Process => crate::backend::build_process(self),
-            BackendKind::MicroVm => crate::backend::build_microvm(self),
-        }
+        crate::backend::build(self)
     }
 }
 
@@ -209,7 +205,7 @@ impl SandboxBuilder {
             return Err(Error::invalid_policy("backend", format!("build_wasm() called on a {} builder", self.backend)));
         }
         self.policy.validate()?;
-        crate::backend::wasm::WasmSandbox::new(self)
+        crate::backend::build_wasm(self)
     }
 }
 

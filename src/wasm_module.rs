@@ -134,8 +134,7 @@ pub(crate) fn validate(binary: &[u8]) -> Result<()> {
         .map_err(|e| Error::invalid_program(format!("not a valid WebAssembly module: {e}")))
 }
 
-/// The WASI preview 1 namespace, the only one a sandbox provides.
-pub(crate) const WASI_MODULE: &str = "wasi_snapshot_preview1";
+use crate::wasi::WASI_MODULE;
 
 /// Parses WAT text into a binary module, or returns the bytes unchanged if already binary.
 pub(crate) fn to_binary(bytes: &[u8]) -> Result<Cow<'_, [u8]>> {

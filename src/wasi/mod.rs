@@ -1,4 +1,252 @@
-//! Host-side WASI preview 1 semantics shared by the backends that run WebAssembly (the wasm
-//! backend, and the micro-VM backend, which serves its guest's WASI calls on the host).
+//! Host-side WASI preview 1, shared by the backends that run WebAssembly: the wasm backend runs
+//! its guest against it directly, the micro-VM backend serves its guest's WASI calls with it. One
+//! implementation, so that a module sees the same files, environment and limits on both.
+//!
+//! Built on wasmer-wasix, with four of its defaults closed:
+//!
+//! - stdio that is not set falls back to the host's: sandcell always sets all three ([`stdio`]);
+//! - the default runtime has host networking: sandcell builds its own with networking
+//!   unsupported, links only `wasi_snapshot_preview1`, and answers socket calls as a WASI host
+//!   without sockets would;
+//! - the default root is an unbounded in-memory filesystem: sandcell's guest filesystem holds only
+//!   the policy's mounts ([`fs`]);
+//! - WASI exit codes are 32-bit but wasix keeps them modulo 256, and raising a signal does not
+//!   end the guest: sandcell defines `proc_exit` and `proc_raise` itself ([`GuestExit`],
+//!   [`signals`]).
+//!
+//! Each backend owns a [`WasiHost`] per sandbox (the policy's mounts, opened once) and builds a
+//! [`WasiFunctionEnv`] per run.
 
+pub(crate) mod fs;
 pub(crate) mod signals;
+pub(crate) mod stdio;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use wasmer::{Function, FunctionEnv, FunctionEnvMut, Imports, RuntimeError, Store, Value};
+use wasmer_wasix::runtime::task_manager::tokio::TokioTaskManager;
+use wasmer_wasix::{PluggableRuntime, UnsupportedVirtualNetworking, WasiEnv, WasiFunctionEnv, WasiVersion};
+
+use self::fs::{FsLimits, MountRoot};
+use self::stdio::{OutputFile, Sink, StdinFile};
+use crate::{Error, Mount, Program, Result, Stream};
+
+/// The WASI preview 1 namespace, the only one a sandbox provides.
+pub(crate) const WASI_MODULE: &str = "wasi_snapshot_preview1";
+
+/// The tokio runtime wasmer-wasix needs for its file operations; one for the process.
+pub(crate) fn tokio_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sandcell-wasi")
+            .enable_all()
+            .build()
+            .expect("cannot start the tokio runtime for WASI")
+    })
+}
+
+/// The guest called `proc_exit` with this exact code.
+#[derive(Debug, thiserror::Error)]
+#[error("guest exited with code {0}")]
+pub(crate) struct GuestExit(pub(crate) u32);
+
+/// The guest raised a signal that ends it (`proc_raise`; the Linux signal number).
+#[derive(Debug, thiserror::Error)]
+#[error("guest raised signal {0}")]
+pub(crate) struct GuestSignal(pub(crate) i32);
+
+/// What the policy says about a WASI guest's world, prepared once per sandbox.
+pub(crate) struct WasiHost {
+    runtime: Arc<PluggableRuntime>,
+    /// Each mount: its guest path, whether it is writable, and its opened host directory.
+    mounts: Vec<(PathBuf, bool, Arc<MountRoot>)>,
+    env: BTreeMap<String, String>,
+    max_open_files: Option<u64>,
+    max_file_size: Option<u64>,
+}
+
+impl std::fmt::Debug for WasiHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasiHost").field("mounts", &self.mounts.len()).finish()
+    }
+}
+
+impl WasiHost {
+    /// Opens the policy's mounts (directories only) and builds the runtime: `engine` is the
+    /// engine the guest's (or the proxy's) module belongs to.
+    pub(crate) fn new(
+        engine: wasmer::Engine,
+        mounts: &[Mount],
+        env: &BTreeMap<String, String>,
+        max_open_files: Option<u64>,
+        max_file_size: Option<u64>,
+    ) -> Result<Self> {
+        let handle = tokio_runtime().handle().clone();
+        let mut runtime = PluggableRuntime::new(Arc::new(TokioTaskManager::new(handle.clone())));
+        runtime.set_engine(engine);
+        runtime.set_networking_implementation(UnsupportedVirtualNetworking::default());
+        let mut opened = Vec::with_capacity(mounts.len());
+        for (i, m) in mounts.iter().enumerate() {
+            let field = format!("mounts[{i}].host");
+            let host = std::fs::canonicalize(&m.host)
+                .map_err(|e| Error::invalid_policy(&field, format!("`{}`: {e}", m.host.display())))?;
+            if !host.is_dir() {
+                return Err(Error::invalid_policy(
+                    &field,
+                    format!("`{}` is not a directory (a WASI guest's mounts are directories)", host.display()),
+                ));
+            }
+            let root = MountRoot::new(&host, m.writable, handle.clone())
+                .map_err(|e| Error::invalid_policy(&field, format!("`{}`: {e}", host.display())))?;
+            opened.push((m.guest.clone(), m.writable, Arc::new(root)));
+        }
+        Ok(WasiHost { runtime: Arc::new(runtime), mounts: opened, env: env.clone(), max_open_files, max_file_size })
+    }
+
+    /// The WASI environment of a run: arguments, environment, capped stdio, the mounts.
+    pub(crate) fn env(&self, program: &Program, sink: &Arc<Sink>, store: &mut Store) -> Result<WasiFunctionEnv> {
+        let limits = FsLimits::new(self.max_open_files, self.max_file_size);
+        let root = fs::build_root(&self.mounts, &limits)
+            .map_err(|e| Error::Engine { reason: format!("cannot assemble the guest filesystem: {e}") })?;
+        let mut builder = WasiEnv::builder(program.argv0())
+            .args(program.arguments())
+            .envs(program.merged_env(&self.env))
+            .stdin(Box::new(StdinFile::new(program.stdin_shared())))
+            .stdout(Box::new(OutputFile::new(Stream::Stdout, sink.clone())))
+            .stderr(Box::new(OutputFile::new(Stream::Stderr, sink.clone())))
+            .runtime(self.runtime.clone())
+            .mount_fs(root);
+        for (guest, writable, _) in &self.mounts {
+            let writable = *writable;
+            builder
+                .add_preopen_build(|p| p.directory(guest).read(true).write(writable).create(writable))
+                .map_err(|e| Error::Engine { reason: format!("cannot preopen `{}`: {e}", guest.display()) })?;
+        }
+        let env = builder.build().map_err(|e| Error::invalid_program(format!("cannot set up WASI: {e}")))?;
+        Ok(WasiFunctionEnv::new(store, env))
+    }
+
+    /// The WASI preview 1 imports with sandcell's wrappers (descriptor cap, no sockets), for the
+    /// functions `wanted` says the module uses (each wrapper costs time per run).
+    pub(crate) fn imports(&self, store: &mut Store, fenv: &WasiFunctionEnv, wanted: impl Fn(&str) -> bool) -> Imports {
+        let mut imports = wasmer_wasix::generate_import_object_from_env(store, &fenv.env, WasiVersion::Snapshot1);
+        if wanted("path_open") {
+            limit_descriptors(store, &mut imports, self.max_open_files);
+        }
+        no_sockets(store, &mut imports, &wanted);
+        imports
+    }
+}
+
+/// Defines `proc_exit` (the exact 32-bit code, as [`GuestExit`]) and, when the module imports
+/// it, `proc_raise` (see [`signals`]) for a guest run directly on the host.
+pub(crate) fn define_exit_and_raise(store: &mut Store, imports: &mut Imports, raises: bool) {
+    imports.define(
+        WASI_MODULE,
+        "proc_exit",
+        Function::new_typed(store, |code: i32| -> std::result::Result<(), GuestExit> { Err(GuestExit(code as u32)) }),
+    );
+    if raises {
+        imports.define(
+            WASI_MODULE,
+            "proc_raise",
+            Function::new_typed(store, |signal: i32| -> std::result::Result<i32, GuestSignal> {
+                match signals::raise(signal) {
+                    signals::Raise::Terminate(sig) => Err(GuestSignal(sig)),
+                    signals::Raise::Ignore => Ok(0),
+                    signals::Raise::Invalid => Ok(signals::ERRNO_INVAL),
+                }
+            }),
+        );
+    }
+}
+
+/// Caps the number of descriptors the guest holds open (`max_open_files`). In WASI preview 1
+/// only `path_open` creates descriptors, so sandcell wraps it and `fd_close`: an open beyond the
+/// cap fails with `EMFILE`. (wasix keeps each descriptor in host memory and has no cap of its
+/// own, so without this a guest could grow host memory by opening one file forever.) Closing
+/// the initial descriptors (stdio, preopens) frees at most that many extra slots.
+fn limit_descriptors(store: &mut Store, imports: &mut Imports, max: Option<u64>) {
+    const ERRNO_MFILE: i32 = 33;
+    let Some(max) = max else { return };
+    let (Some(wasmer::Extern::Function(open)), Some(wasmer::Extern::Function(close))) =
+        (imports.get_export(WASI_MODULE, "path_open"), imports.get_export(WASI_MODULE, "fd_close"))
+    else {
+        return;
+    };
+    struct Descriptors {
+        open: Function,
+        close: Function,
+        count: u64,
+        max: u64,
+    }
+    let env = FunctionEnv::new(store, Descriptors { open, close, count: 0, max });
+    type OpenArgs = (i32, i32, i32, i32, i32, i64, i64, i32, i32);
+    let path_open = Function::new_typed_with_env(
+        store,
+        &env,
+        |mut ctx: FunctionEnvMut<Descriptors>,
+         a: i32,
+         b: i32,
+         c: i32,
+         d: i32,
+         e: i32,
+         f: i64,
+         g: i64,
+         h: i32,
+         i: i32| {
+            let (count, max, inner) = {
+                let data = ctx.data();
+                (data.count, data.max, data.open.clone())
+            };
+            if count >= max {
+                return Ok(ERRNO_MFILE);
+            }
+            let typed = inner.typed::<OpenArgs, i32>(&ctx)?;
+            let errno = typed.call(&mut ctx, a, b, c, d, e, f, g, h, i)?;
+            if errno == 0 {
+                ctx.data_mut().count += 1;
+            }
+            Ok::<i32, RuntimeError>(errno)
+        },
+    );
+    let fd_close = Function::new_typed_with_env(store, &env, |mut ctx: FunctionEnvMut<Descriptors>, fd: i32| {
+        let inner = ctx.data().close.clone();
+        let errno = inner.typed::<i32, i32>(&ctx)?.call(&mut ctx, fd)?;
+        if errno == 0 {
+            let data = ctx.data_mut();
+            data.count = data.count.saturating_sub(1);
+        }
+        Ok::<i32, RuntimeError>(errno)
+    });
+    imports.define(WASI_MODULE, "path_open", path_open);
+    imports.define(WASI_MODULE, "fd_close", fd_close);
+}
+
+/// A sandbox has no network, so no descriptor is ever a socket: WASI preview 1's `sock_accept`,
+/// `sock_recv`, `sock_send` and `sock_shutdown` fail with `EBADF` on a descriptor that is not
+/// open and `ENOTSOCK` on any other (wasix would answer `EACCES` or `ENOTSUP` there). wasix still
+/// checks the descriptor; its networking is `Unsupported`, so it can never succeed.
+fn no_sockets(store: &mut Store, imports: &mut Imports, wanted: &impl Fn(&str) -> bool) {
+    const ERRNO_BADF: i32 = 8;
+    const ERRNO_NOTSOCK: i32 = 57;
+    for name in ["sock_accept", "sock_recv", "sock_send", "sock_shutdown"].into_iter().filter(|n| wanted(n)) {
+        let Some(wasmer::Extern::Function(inner)) = imports.get_export(WASI_MODULE, name) else { continue };
+        let ty = inner.ty(store);
+        let env = FunctionEnv::new(store, inner);
+        let wrapped = Function::new_with_env(store, &env, ty, |mut ctx: FunctionEnvMut<Function>, args: &[Value]| {
+            let inner = ctx.data().clone();
+            let result = inner.call(&mut ctx, args)?;
+            let errno = match result.first().and_then(Value::i32) {
+                Some(0) | Some(ERRNO_BADF) => result[0].i32().unwrap_or(ERRNO_BADF),
+                _ => ERRNO_NOTSOCK,
+            };
+            Ok(vec![Value::I32(errno)])
+        });
+        imports.define(WASI_MODULE, name, wrapped);
+    }
+}

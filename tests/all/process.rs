@@ -123,12 +123,15 @@ fn usage_counts_the_programs_tree_not_the_host() {
     assert_eq!(out.status, Status::Exited(0));
     assert!(out.usage.peak_memory_bytes > 0, "{:?}", out.usage);
     assert!(out.usage.cpu > Duration::ZERO && out.usage.cpu < Duration::from_secs(1), "{:?}", out.usage);
-    if out.enforced.get("memory").is_none_or(|m| m.contains("RLIMIT_AS")) {
+    if out.enforced.get(&sandcell::PolicyField::Memory).is_none_or(|m| m.contains("RLIMIT_AS")) {
         // Without a cgroup the peak is the kernel's maxrss of the reaped tree, which counts the
         // host's resident set once more: the program is started from a process that shares
         // the host's memory, and the kernel carries that memory's peak over the exec. Known
         // limitation (docs/THREAT_MODEL.md, "Usage without cgroups").
-        eprintln!("not checked without a cgroup: {}", out.enforced.get("memory").map_or("", String::as_str));
+        eprintln!(
+            "not checked without a cgroup: {}",
+            out.enforced.get(&sandcell::PolicyField::Memory).map_or("", String::as_str)
+        );
         return;
     }
     assert!(out.usage.peak_memory_bytes < 64 << 20, "{:?} {:?}", out.usage, out.enforced);
@@ -339,7 +342,7 @@ fn memory_no_address_space_holds_is_bounded_too() {
     let sb = sandbox(Policy { memory: Some(64 << 20), ..base() });
     let out = run(&*sb, &["shared_memory", "256"]);
     let log = text(&out.stdout);
-    let cgroup = out.enforced.get("memory").is_some_and(|m| !m.contains("RLIMIT_AS"));
+    let cgroup = out.enforced.get(&sandcell::PolicyField::Memory).is_some_and(|m| !m.contains("RLIMIT_AS"));
     if cgroup {
         // The cgroup charges the memfd's pages: the writes fail at the limit, or the run ends.
         let mib: u64 = log.lines().find_map(|l| l.strip_prefix("memfd_mib: ")).map_or(0, |n| n.parse().unwrap());
@@ -350,7 +353,7 @@ fn memory_no_address_space_holds_is_bounded_too() {
             assert!(log.contains(&format!("{what}: err {} ", libc::ENOSYS)), "{what}: {log}");
         }
         assert!(log.contains(&format!("setpipe_sz: err {} ", libc::EPERM)), "{log}");
-        let record = &out.enforced["memory"];
+        let record = &out.enforced[&sandcell::PolicyField::Memory];
         assert!(record.contains("per process, not for the whole run"), "{record}");
         // /tmp, where POSIX shared memory goes, is capped at the memory limit.
         let out = sb
@@ -535,14 +538,14 @@ fn a_program_that_does_not_exist_in_the_sandbox_is_a_host_error() {
 fn fuel_is_refused_unless_best_effort() {
     or_skip!(available(), "the process backend is unavailable");
     let err = SandboxBuilder::new(BackendKind::Process).policy(Policy { fuel: Some(1), ..base() }).build().unwrap_err();
-    assert!(matches!(err, sandcell::Error::Unenforceable { ref field, .. } if field == "fuel"), "{err}");
+    assert!(matches!(err, sandcell::Error::Unenforceable { field: sandcell::PolicyField::Fuel, .. }), "{err}");
     let sb = SandboxBuilder::new(BackendKind::Process)
         .policy(Policy { fuel: Some(1), best_effort: true, ..base() })
         .build()
         .unwrap();
     let out = sb.run(&Program::path("/bin/true")).unwrap();
-    assert!(out.skipped.contains_key("fuel"));
-    assert!(out.enforced.contains_key("memory"), "{:?}", out.enforced);
+    assert!(out.skipped.contains_key(&sandcell::PolicyField::Fuel));
+    assert!(out.enforced.contains_key(&sandcell::PolicyField::Memory), "{:?}", out.enforced);
 }
 
 #[test]
@@ -595,7 +598,8 @@ fn cgroups_named(prefix: &str) -> Vec<PathBuf> {
 fn a_cli_run_leaves_no_cgroup_behind() {
     prerequisites!();
     let probe = SandboxBuilder::new(BackendKind::Process).policy(base()).build().unwrap();
-    let uses_cgroups = probe.run(&Program::path("/bin/true")).unwrap().enforced["memory"].contains("cgroup v");
+    let uses_cgroups =
+        probe.run(&Program::path("/bin/true")).unwrap().enforced[&sandcell::PolicyField::Memory].contains("cgroup v");
     drop(probe);
     if !uses_cgroups {
         eprintln!("no cgroups here (not root, or none writable): nothing to leave behind");
@@ -742,9 +746,12 @@ fn an_out_of_memory_kill_in_the_run_never_takes_the_host_even_a_larger_one() {
         .unwrap();
     for _ in 0..3 {
         let out = sb.run(&Program::path("/opt/sandcell-guest/testguest").args(["alloc", "1024"])).unwrap();
-        if !out.enforced["memory"].contains("cgroup") {
+        if !out.enforced[&sandcell::PolicyField::Memory].contains("cgroup") {
             // Unprivileged: an address-space limit, which fails allocations instead (no OOM kill).
-            eprintln!("no memory cgroup here ({}): no OOM kill to survive", out.enforced["memory"]);
+            eprintln!(
+                "no memory cgroup here ({}): no OOM kill to survive",
+                out.enforced[&sandcell::PolicyField::Memory]
+            );
             return;
         }
         assert_eq!(out.status, Status::MemoryLimit, "{}", text(&out.stderr));

@@ -240,13 +240,13 @@ fn network_is_refused_loudly_unless_best_effort() {
         .policy(Policy { network: Network::Loopback, ..Policy::default() })
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::Unenforceable { ref field, .. } if field == "network"), "{err}");
+    assert!(matches!(err, Error::Unenforceable { field: sandcell::PolicyField::Network, .. }), "{err}");
     let sb = SandboxBuilder::new(BackendKind::Wasm)
         .policy(Policy { network: Network::Loopback, best_effort: true, ..Policy::default() })
         .build()
         .unwrap();
     let out = sb.run(&Program::path("examples/hello.wat")).unwrap();
-    assert!(out.skipped.contains_key("network"), "{:?}", out.skipped);
+    assert!(out.skipped.contains_key(&sandcell::PolicyField::Network), "{:?}", out.skipped);
 }
 
 /// Raw `path_open` with `O_CREAT`, asking for every right, through the mount's own preopened

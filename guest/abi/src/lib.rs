@@ -25,7 +25,9 @@ pub const MAGIC: u32 = 0x3156_4353;
 /// Version of this contract. 2: `EXIT` carries the last output; the boot information carries
 /// stdin and the names of the host functions, so that a guest asks the host only for what it
 /// cannot find in its own memory; the mailboxes share one page, next to the boot information.
-pub const VERSION: u16 = 2;
+/// 3: the boot information is a typed header ([`BootInfo`]) that also carries the cap on a wasm
+/// guest's linear memory.
+pub const VERSION: u16 = 3;
 
 /// The guest-physical layout.
 pub mod layout {
@@ -352,30 +354,98 @@ pub const WASI_FUNCTIONS: &[&str] = &[
     "sock_shutdown",
 ];
 
-/// Boot information at [`layout::BOOT_INFO`] (little endian, 8-byte fields):
-/// `magic, version, vcpus, fuel (u64::MAX: unmetered), program, program_len, heap_start,
-/// heap_end, argc, envc, strings_len, hostc, stdin_len, stdin_more`, then the strings: `argc`
-/// arguments, `envc` `KEY=VALUE` pairs and the names of the `hostc` host functions the embedder
-/// registered, each NUL-terminated; then `stdin_len` bytes of stdin. `stdin_more` is 1 when
-/// stdin goes on past those bytes (read the rest with [`op::READ`]), else 0.
-pub mod boot {
-    /// Offset of the strings.
-    pub const STRINGS: u64 = 14 * 8;
-    /// Field indexes.
-    pub const MAGIC: usize = 0;
-    pub const VERSION: usize = 1;
-    pub const VCPUS: usize = 2;
-    pub const FUEL: usize = 3;
-    pub const PROGRAM: usize = 4;
-    pub const PROGRAM_LEN: usize = 5;
-    pub const HEAP_START: usize = 6;
-    pub const HEAP_END: usize = 7;
-    pub const ARGC: usize = 8;
-    pub const ENVC: usize = 9;
-    pub const STRINGS_LEN: usize = 10;
-    pub const HOSTC: usize = 11;
-    pub const STDIN_LEN: usize = 12;
-    pub const STDIN_MORE: usize = 13;
+/// The boot information: what the host tells a guest before it starts, at
+/// [`layout::BOOT_INFO`]. This header, then the strings (arguments, environment, host function
+/// names, each NUL-terminated), then as much of stdin as fits the boot area.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BootInfo {
+    /// [`MAGIC`].
+    pub magic: u64,
+    /// [`VERSION`].
+    pub version: u64,
+    /// Number of vCPUs.
+    pub vcpus: u64,
+    /// The fuel budget (wasm guests), `u64::MAX` for none.
+    pub fuel: u64,
+    /// Where a data program (a wasm module) lies, and its length (0: none).
+    pub program: u64,
+    /// See [`BootInfo::program`].
+    pub program_len: u64,
+    /// The heap: `[heap_start, heap_end)`.
+    pub heap_start: u64,
+    /// See [`BootInfo::heap_start`].
+    pub heap_end: u64,
+    /// Number of arguments (the first is the program's name).
+    pub argc: u64,
+    /// Number of environment variables.
+    pub envc: u64,
+    /// Bytes of strings after this header.
+    pub strings_len: u64,
+    /// Number of host function names.
+    pub hostc: u64,
+    /// Bytes of stdin after the strings.
+    pub stdin_len: u64,
+    /// Non-zero when there is more stdin than the boot area holds (read with [`op::READ`]).
+    pub stdin_more: u64,
+    /// The cap on a wasm guest's linear memory in bytes, `u64::MAX` for none.
+    pub memory_cap: u64,
+}
+
+impl BootInfo {
+    /// Number of 8-byte fields.
+    pub const FIELDS: usize = 15;
+    /// Size of the header in bytes: the strings start here.
+    pub const SIZE: u64 = Self::FIELDS as u64 * 8;
+
+    fn fields(&self) -> [u64; Self::FIELDS] {
+        [
+            self.magic,
+            self.version,
+            self.vcpus,
+            self.fuel,
+            self.program,
+            self.program_len,
+            self.heap_start,
+            self.heap_end,
+            self.argc,
+            self.envc,
+            self.strings_len,
+            self.hostc,
+            self.stdin_len,
+            self.stdin_more,
+            self.memory_cap,
+        ]
+    }
+
+    /// The header as the host writes it (little-endian fields, in declaration order).
+    pub fn to_bytes(&self) -> [u8; Self::SIZE as usize] {
+        let mut out = [0u8; Self::SIZE as usize];
+        for (i, f) in self.fields().iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&f.to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads a header written by [`BootInfo::to_bytes`].
+    pub fn from_fields(f: [u64; Self::FIELDS]) -> Self {
+        BootInfo {
+            magic: f[0],
+            version: f[1],
+            vcpus: f[2],
+            fuel: f[3],
+            program: f[4],
+            program_len: f[5],
+            heap_start: f[6],
+            heap_end: f[7],
+            argc: f[8],
+            envc: f[9],
+            strings_len: f[10],
+            hostc: f[11],
+            stdin_len: f[12],
+            stdin_more: f[13],
+            memory_cap: f[14],
+        }
+    }
 }
 
 /// The body of the hypercall-decoder fuzz target (`fuzz/fuzz_targets/hypercall_decode.rs`),

@@ -102,8 +102,10 @@ fn main() -> i32 {
         Ok(m) => m,
         Err(e) => report_trap(trap::OTHER, &e.to_string(), None),
     };
-    // The linear memory grows in place in the heap's large-block arena (see the SDK allocator).
-    let max_memory = sandcell_guest::largest_allocation().saturating_sub(1 << 20);
+    // The linear memory grows in place in the heap's large-block arena (see the SDK allocator),
+    // up to the policy's cap (as on the wasm backend: `memory.grow` returns -1 past it).
+    let room = sandcell_guest::largest_allocation().saturating_sub(1 << 20);
+    let max_memory = sandcell_guest::memory_cap().map_or(room, |cap| room.min(cap as usize));
     let mut store = Store::new(&engine, Limits { max_memory, refused: false });
     store.limiter(|l| l);
     if let Some(f) = budget {

@@ -147,7 +147,7 @@ pub fn read_stdin(buf: &mut [u8]) -> usize {
             Err(now) => at = now,
         }
     }
-    if boot_field(abi::boot::STDIN_MORE) == 0 || buf.is_empty() {
+    if boot().stdin_more == 0 || buf.is_empty() {
         return 0;
     }
     flush();
@@ -207,15 +207,20 @@ pub fn host_call(name: &str, input: &[u8], output: &mut [u8]) -> Result<usize, H
     }
 }
 
-fn boot_field(i: usize) -> u64 {
-    // SAFETY: the boot information page is mapped readable for the guest.
-    unsafe { core::ptr::read_volatile((layout::BOOT_INFO as *const u64).add(i)) }
+/// The boot information the host wrote (read-only for the guest; it never changes during a run).
+fn boot() -> abi::BootInfo {
+    let mut fields = [0u64; abi::BootInfo::FIELDS];
+    for (i, f) in fields.iter_mut().enumerate() {
+        // SAFETY: the boot information page is mapped readable for the guest.
+        *f = unsafe { core::ptr::read_volatile((layout::BOOT_INFO as *const u64).add(i)) };
+    }
+    abi::BootInfo::from_fields(fields)
 }
 
 fn boot_strings() -> &'static [u8] {
-    let len = boot_field(abi::boot::STRINGS_LEN) as usize;
+    let len = boot().strings_len as usize;
     // SAFETY: the host wrote `len` bytes of strings after the header, inside the boot area.
-    unsafe { core::slice::from_raw_parts((layout::BOOT_INFO + abi::boot::STRINGS) as *const u8, len) }
+    unsafe { core::slice::from_raw_parts((layout::BOOT_INFO + abi::BootInfo::SIZE) as *const u8, len) }
 }
 
 /// Iterates NUL-terminated strings.
@@ -240,30 +245,30 @@ impl Iterator for Strings {
 
 /// The program's arguments; the first is the program's name.
 pub fn args() -> Strings {
-    Strings { rest: boot_strings(), left: boot_field(abi::boot::ARGC) }
+    Strings { rest: boot_strings(), left: boot().argc }
 }
 
 /// The environment, as `KEY=VALUE` strings.
 pub fn env() -> Strings {
     let mut s = args();
     for _ in s.by_ref() {}
-    Strings { rest: s.rest, left: boot_field(abi::boot::ENVC) }
+    Strings { rest: s.rest, left: boot().envc }
 }
 
 /// The names of the host functions the embedder registered (see [`host_call`]).
 pub fn host_functions() -> Strings {
     let mut s = env();
     for _ in s.by_ref() {}
-    Strings { rest: s.rest, left: boot_field(abi::boot::HOSTC) }
+    Strings { rest: s.rest, left: boot().hostc }
 }
 
 /// The stdin bytes the host placed after the strings.
 fn boot_stdin() -> &'static [u8] {
-    let len = boot_field(abi::boot::STDIN_LEN) as usize;
+    let len = boot().stdin_len as usize;
     if len == 0 {
         return &[];
     }
-    let at = layout::BOOT_INFO + abi::boot::STRINGS + boot_field(abi::boot::STRINGS_LEN);
+    let at = layout::BOOT_INFO + abi::BootInfo::SIZE + boot().strings_len;
     // SAFETY: the host wrote `len` bytes of stdin right after the strings, inside the boot area.
     unsafe { core::slice::from_raw_parts(at as *const u8, len) }
 }
@@ -275,18 +280,18 @@ pub fn env_var(name: &str) -> Option<&'static str> {
 
 /// Number of vCPUs of this VM.
 pub fn vcpu_count() -> u32 {
-    boot_field(abi::boot::VCPUS) as u32
+    boot().vcpus as u32
 }
 
 /// The heap: `[start, end)` of free guest memory (used by the global allocator when the `alloc`
 /// feature is on).
 pub fn heap() -> (u64, u64) {
-    (boot_field(abi::boot::HEAP_START), boot_field(abi::boot::HEAP_END))
+    (boot().heap_start, boot().heap_end)
 }
 
 /// A program given to the guest runtime as data (`[address, length)`), e.g. a wasm module.
 pub fn program() -> &'static [u8] {
-    let (addr, len) = (boot_field(abi::boot::PROGRAM), boot_field(abi::boot::PROGRAM_LEN));
+    let (addr, len) = (boot().program, boot().program_len);
     if len == 0 {
         return &[];
     }
@@ -294,9 +299,15 @@ pub fn program() -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) }
 }
 
+/// The cap the host set on a wasm guest's linear memory, in bytes, if any.
+pub fn memory_cap() -> Option<u64> {
+    let m = boot().memory_cap;
+    (m != u64::MAX).then_some(m)
+}
+
 /// The fuel budget the host set (wasm guests), if any.
 pub fn fuel() -> Option<u64> {
-    let f = boot_field(abi::boot::FUEL);
+    let f = boot().fuel;
     (f != u64::MAX).then_some(f)
 }
 

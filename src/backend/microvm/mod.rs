@@ -22,12 +22,13 @@
 
 mod arena;
 pub(crate) mod image;
+mod lower;
 mod reaper;
 pub(crate) mod seccomp_vcpu;
 pub(crate) mod vm;
 pub(crate) mod wasi;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,12 +41,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use self::image::GuestImage;
 use self::vm::{Event, Exception, Reply, Vm};
-use crate::backend::wasm::stdio::Sink;
-use crate::backend::wasm::WasmSandbox;
-use crate::control::{watchdog, Capture, InterruptHandle, RunControl, StopReason};
+use crate::control::{Capture, InterruptHandle, Run, RunControl, StopReason};
+use crate::wasi::stdio::Sink;
 use crate::{
-    ArtifactSource, BackendKind, CpuBudget, Error, Network, Outcome, Policy, Program, Result, RunOptions,
-    SandboxBuilder, Status, Stream, Trap, TrapKind, Usage,
+    ArtifactSource, BackendKind, CpuBudget, Error, Outcome, Policy, Program, Result, RunOptions, SandboxBuilder,
+    Status, Stream, Trap, TrapKind, Usage,
 };
 
 /// The guest runtime for wasm programs, built by `build.rs` for `x86_64-unknown-none` (empty
@@ -54,24 +54,18 @@ static RUNTIME: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sandcell-runti
 
 use crate::sandbox::HostFunction;
 
-/// Default guest RAM when the policy sets no memory cap.
-const DEFAULT_RAM: u64 = 512 << 20;
-
 /// A sandbox whose runs are micro-VMs.
 pub struct MicroVmSandbox {
     policy: Policy,
-    /// Serves wasm guests' WASI calls under the same policy as the wasm backend.
-    wasi: WasmSandbox,
-    ram: u64,
-    vcpus: u32,
+    lowered: lower::Lowered,
+    /// Where compiled artifacts (the WASI proxy) are kept, when the builder names a directory.
+    cache: Option<crate::cache::ArtifactCache>,
     host_functions: Arc<HashMap<String, HostFunction>>,
     images: Mutex<HashMap<[u8; 32], Arc<GuestImage>>>,
     /// Program files whose image is cached, by path: the file's identity when it was read,
     /// the image's key, and whether it is a wasm module (see `FileId`).
     files: Mutex<HashMap<std::path::PathBuf, KnownFile>>,
     interrupt: InterruptHandle,
-    enforced: BTreeMap<String, String>,
-    skipped: BTreeMap<String, String>,
 }
 
 impl Drop for MicroVmSandbox {
@@ -83,11 +77,7 @@ impl Drop for MicroVmSandbox {
 
 impl std::fmt::Debug for MicroVmSandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MicroVmSandbox")
-            .field("policy", &self.policy)
-            .field("ram", &self.ram)
-            .field("vcpus", &self.vcpus)
-            .finish()
+        f.debug_struct("MicroVmSandbox").field("policy", &self.policy).field("vcpus", &self.lowered.vcpus).finish()
     }
 }
 
@@ -106,7 +96,7 @@ pub(crate) fn support(host: &crate::HostSupport) -> (bool, String) {
 
 impl MicroVmSandbox {
     pub(crate) fn new(builder: SandboxBuilder) -> Result<Self> {
-        let host = &crate::probe().host;
+        let host = crate::probe::host();
         if !host.kvm {
             return Err(Error::BackendUnavailable {
                 backend: BackendKind::MicroVm,
@@ -115,77 +105,17 @@ impl MicroVmSandbox {
         }
         vm::kvm()?;
         let policy = builder.policy.clone();
-        let mut enforced = BTreeMap::new();
-        let mut skipped = BTreeMap::new();
-        if policy.network != Network::None {
-            let reason = "a micro-VM has no network device and no hypercall for one";
-            if !policy.best_effort {
-                return Err(Error::Unenforceable {
-                    backend: BackendKind::MicroVm,
-                    field: "network".into(),
-                    reason: reason.into(),
-                });
-            }
-            skipped.insert("network".into(), reason.into());
-        }
-        if policy.unix_sockets {
-            let reason = "a micro-VM guest has no sockets at all";
-            if !policy.best_effort {
-                return Err(Error::Unenforceable {
-                    backend: BackendKind::MicroVm,
-                    field: "unix_sockets".into(),
-                    reason: reason.into(),
-                });
-            }
-            skipped.insert("unix_sockets".into(), reason.into());
-        }
-        let ram = policy.memory.unwrap_or(DEFAULT_RAM) / 0x20_0000 * 0x20_0000;
-        if !(layout::MIN_RAM..=layout::MAX_RAM).contains(&ram) {
-            return Err(Error::invalid_policy(
-                "memory",
-                format!(
-                    "the micro-VM backend needs between {} MiB and {} MiB of guest RAM",
-                    layout::MIN_RAM >> 20,
-                    layout::MAX_RAM >> 20
-                ),
-            ));
-        }
-        let vcpus = policy.cpus.unwrap_or(1);
-        if vcpus > layout::MAX_VCPUS {
-            return Err(Error::invalid_policy("cpus", format!("at most {} vCPUs", layout::MAX_VCPUS)));
-        }
-        // WASI is served by a wasm sandbox with the same policy; fuel is metered in the guest.
-        let mut wasi_policy = policy.clone();
-        wasi_policy.fuel = None;
-        wasi_policy.network = Network::None;
-        wasi_policy.unix_sockets = false;
-        let wasi =
-            SandboxBuilder { backend: BackendKind::Wasm, policy: wasi_policy, ..builder.clone() }.build_wasm()?;
-        enforced.insert("memory".into(), format!("{} MiB of guest RAM", ram >> 20));
-        enforced.insert("network".into(), "no network device".into());
-        enforced
-            .insert("syscalls".into(), "no system call reaches the host kernel; vCPU threads seccomp-filtered".into());
-        if !policy.deny_syscalls.is_empty() {
-            enforced.insert("deny_syscalls".into(), "a micro-VM guest makes no host system calls".into());
-        }
-        if policy.timeout.is_some() {
-            enforced.insert("timeout".into(), "vCPUs kicked out of KVM_RUN".into());
-        }
-        if policy.cpu_time.is_some() {
-            enforced.insert("cpu_time".into(), "vCPU threads' CPU clocks".into());
-        }
+        let cache = builder.cache_dir.as_deref().map(crate::cache::ArtifactCache::open).transpose()?;
+        let lowered = lower::lower(&policy, wasi::proxy_engine())?;
         arena::sandbox_created();
         Ok(MicroVmSandbox {
             policy,
-            wasi,
-            ram,
-            vcpus,
+            lowered,
+            cache,
             host_functions: builder.host_functions.clone(),
             images: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             interrupt: InterruptHandle::for_sandbox(),
-            enforced,
-            skipped,
         })
     }
 
@@ -234,11 +164,30 @@ impl MicroVmSandbox {
             }
             // The same budgets and import rules as the wasm backend; validated, not compiled
             // (the guest runtime compiles it inside the VM, under the run's limits).
-            let (module, _) = crate::wasm_module::check(&bytes, &self.policy.compile)?;
+            let (module, _) = crate::wasm_module::check(&bytes, &self.lowered.compile)?;
             crate::wasm_module::validate(&module)?;
             (RUNTIME, module.into_owned(), true)
         };
-        let vcpus = if wasm { 1 } else { self.vcpus };
+        let vcpus = if wasm { 1 } else { self.lowered.vcpus };
+        let ram = if wasm {
+            self.lowered.wasm_ram(data.len() as u64)
+        } else {
+            match &self.lowered.native_ram {
+                Ok(ram) => *ram,
+                Err(reason) => {
+                    // A cap this backend cannot honour for a native guest: refused, or with
+                    // best_effort the smallest guest RAM (the run's outcome lists the skip).
+                    if !self.lowered.best_effort {
+                        return Err(Error::Unenforceable {
+                            backend: BackendKind::MicroVm,
+                            field: crate::PolicyField::Memory,
+                            reason: reason.clone(),
+                        });
+                    }
+                    layout::MIN_RAM
+                }
+            }
+        };
         let mut h = Sha256::new();
         h.update([u8::from(wasm)]);
         if wasm {
@@ -249,21 +198,21 @@ impl MicroVmSandbox {
             h.update(elf);
         }
         h.update(&data);
-        h.update(self.ram.to_le_bytes());
+        h.update(ram.to_le_bytes());
         h.update(vcpus.to_le_bytes());
         let key: [u8; 32] = h.finalize().into();
         if let Some(img) = self.images.lock().get(&key) {
             return Ok((img.clone(), wasm, ArtifactSource::Memory, key));
         }
         let loaded = image::load_elf(elf)?;
-        if layout::HEAP + data.len() as u64 + (8 << 20) > self.ram {
+        if layout::HEAP + data.len() as u64 + (8 << 20) > ram {
             return Err(Error::invalid_program(format!(
                 "the module ({} bytes) does not fit {} MiB of guest RAM",
                 data.len(),
-                self.ram >> 20
+                ram >> 20
             )));
         }
-        let img = image::build(&loaded, &data, self.ram, vcpus)?;
+        let img = image::build(&loaded, &data, ram, vcpus)?;
         let mut images = self.images.lock();
         if images.len() >= 64 {
             images.clear();
@@ -272,8 +221,8 @@ impl MicroVmSandbox {
         Ok((img, wasm, ArtifactSource::Compiled, key))
     }
 
-    /// The run's boot information (see `sandcell_abi::boot`) and how many bytes of stdin it
-    /// carries (native guests only: the wasm runtime reads stdin through WASI).
+    /// The run's boot information (see [`sandcell_abi::BootInfo`]) and how many bytes of stdin
+    /// it carries (native guests only: the wasm runtime reads stdin through WASI).
     fn boot_info(&self, image: &GuestImage, program: &Program, wasm: bool) -> Result<(Vec<u8>, usize)> {
         let mut strings = Vec::new();
         let mut argc = 0u64;
@@ -291,34 +240,36 @@ impl MicroVmSandbox {
             strings.extend_from_slice(name.as_bytes());
             strings.push(0);
         }
-        if sandcell_abi::boot::STRINGS + strings.len() as u64 > layout::BOOT_INFO_SIZE {
+        let header = sandcell_abi::BootInfo::SIZE;
+        if header + strings.len() as u64 > layout::BOOT_INFO_SIZE {
             return Err(Error::invalid_program(format!(
                 "arguments, environment and host function names take {} bytes; a micro-VM guest takes at most {}",
                 strings.len(),
-                layout::BOOT_INFO_SIZE - sandcell_abi::boot::STRINGS
+                layout::BOOT_INFO_SIZE - header
             )));
         }
         // As much stdin as fits the boot area goes in it: reading it then needs no exit.
         let stdin = program.stdin_bytes();
-        let room = (layout::BOOT_INFO_SIZE - sandcell_abi::boot::STRINGS) as usize - strings.len();
+        let room = (layout::BOOT_INFO_SIZE - header) as usize - strings.len();
         let inline = if wasm { 0 } else { stdin.len().min(room) };
-        let fields = [
-            sandcell_abi::MAGIC as u64,
-            sandcell_abi::VERSION as u64,
-            image.vcpus as u64,
-            self.policy.fuel.unwrap_or(u64::MAX),
-            image.program.0,
-            image.program.1,
-            image.heap_start,
-            image.ram,
+        let info = sandcell_abi::BootInfo {
+            magic: sandcell_abi::MAGIC as u64,
+            version: sandcell_abi::VERSION as u64,
+            vcpus: image.vcpus as u64,
+            fuel: self.lowered.fuel.unwrap_or(u64::MAX),
+            program: image.program.0,
+            program_len: image.program.1,
+            heap_start: image.heap_start,
+            heap_end: image.ram,
             argc,
-            env.len() as u64,
-            strings.len() as u64,
-            self.host_functions.len() as u64,
-            inline as u64,
-            u64::from(inline < stdin.len()),
-        ];
-        let mut boot: Vec<u8> = fields.iter().flat_map(|f| f.to_le_bytes()).collect();
+            envc: env.len() as u64,
+            strings_len: strings.len() as u64,
+            hostc: self.host_functions.len() as u64,
+            stdin_len: inline as u64,
+            stdin_more: u64::from(inline < stdin.len()),
+            memory_cap: if wasm { self.lowered.linear_memory.unwrap_or(u64::MAX) } else { u64::MAX },
+        };
+        let mut boot = info.to_bytes().to_vec();
         boot.extend_from_slice(&strings);
         boot.extend_from_slice(&stdin[..inline]);
         Ok((boot, inline))
@@ -335,35 +286,48 @@ impl MicroVmSandbox {
             return Err(Error::invalid_program("entry points are a wasm-backend feature; a micro-VM runs `_start`"));
         }
         let (image, wasm, source) = self.image(program)?;
-        let mut skipped = self.skipped.clone();
-        if !wasm && self.policy.fuel.is_some() {
+        let mut record = self.lowered.record.clone();
+        if !wasm && self.lowered.fuel.is_some() {
             let reason = "native guest code cannot be metered instruction by instruction; use cpu_time";
-            if !self.policy.best_effort {
+            if !self.lowered.best_effort {
                 return Err(Error::Unenforceable {
                     backend: BackendKind::MicroVm,
-                    field: "fuel".into(),
+                    field: crate::PolicyField::Fuel,
                     reason: reason.into(),
                 });
             }
-            skipped.insert("fuel".into(), reason.into());
+            record.enforced.remove(&crate::PolicyField::Fuel);
+            record.skipped.insert(crate::PolicyField::Fuel, reason.into());
+        }
+        if !wasm && self.lowered.native_ram.is_err() {
+            if let Err(reason) = &self.lowered.native_ram {
+                record.enforced.remove(&crate::PolicyField::Memory);
+                record.skipped.insert(crate::PolicyField::Memory, reason.clone());
+            }
         }
         let (boot, stdin_inline) = self.boot_info(&image, program, wasm)?;
 
-        let control = RunControl::new();
-        let _sandbox_attachment = self.interrupt.attach(&control);
-        let _run_attachment = options.interrupt.as_ref().map(|h| h.attach(&control));
+        let mut run = Run::begin(&self.interrupt, options.interrupt.as_ref());
+        let control = run.control.clone();
         let sink = Arc::new(Sink {
-            capture: parking_lot::Mutex::new(Capture::new(self.policy.max_output, options.on_output)),
+            capture: parking_lot::Mutex::new(Capture::new(self.lowered.max_output, options.on_output)),
             control: control.clone(),
         });
-        let mut wasi = if wasm { Some(wasi::WasiService::new(&self.wasi, program, &sink)?) } else { None };
+        let mut wasi = if wasm {
+            Some(wasi::WasiService::new(&self.lowered.wasi, self.cache.as_ref(), program, &sink)?)
+        } else {
+            None
+        };
         let outcome = |status: Status, usage: Usage| {
             let (stdout, stderr) = sink.capture.lock().take();
-            let mut enforced = self.enforced.clone();
-            if wasm && self.policy.fuel.is_some() {
-                enforced.insert("fuel".into(), "wasmi metering inside the guest".into());
+            Outcome {
+                status,
+                stdout,
+                stderr,
+                usage,
+                enforced: record.enforced.clone(),
+                skipped: record.skipped.clone(),
             }
-            Outcome { status, stdout, stderr, usage, enforced, skipped: skipped.clone() }
         };
         if let Some(reason) = control.reason() {
             return Ok(outcome(reason.status(), Usage { wall: started.elapsed(), ..Usage::default() }));
@@ -378,7 +342,13 @@ impl MicroVmSandbox {
                 p.signal_process(wasmer_wasix::types::wasi::Signal::Sigkill);
             }
         }));
-        let timers = self.start_timers(&control, started, vm.cpu_clocks());
+        run.timeout(started, self.lowered.timeout);
+        // The vCPU threads' CPU time; the timer ends (`run.finish`) before the threads do, so the
+        // clocks stay valid whenever it reads them.
+        let clocks = vm.cpu_clocks();
+        run.cpu_budget(self.lowered.cpu_time, Duration::from_millis(1), move || {
+            clocks.iter().filter_map(|(k, base)| clock_time(*k).map(|t| t.saturating_sub(*base))).sum()
+        });
 
         let mut session = Session {
             vm: &vm,
@@ -395,8 +365,7 @@ impl MicroVmSandbox {
         session.serve();
         let (status, fuel) = (session.status.take(), session.fuel);
 
-        drop(timers);
-        control.disarm();
+        run.finish();
         let (cpu, peak) = vm.finish();
         let status = match (control.reason(), status) {
             (Some(reason), _) => reason.status(),
@@ -412,33 +381,6 @@ impl MicroVmSandbox {
             status,
             Usage { wall: started.elapsed(), cpu, peak_memory_bytes: peak, fuel, artifact: Some(source) },
         ))
-    }
-
-    fn start_timers(
-        &self,
-        control: &Arc<RunControl>,
-        started: Instant,
-        clocks: Vec<(libc::clockid_t, Duration)>,
-    ) -> Vec<watchdog::TimerGuard> {
-        let mut timers = Vec::new();
-        if let Some(timeout) = self.policy.timeout {
-            let c = control.clone();
-            timers.push(watchdog::schedule(
-                started + timeout,
-                Box::new(move |_| {
-                    c.stop(StopReason::Timeout);
-                    None
-                }),
-            ));
-        }
-        // The vCPU threads' CPU time; the timer is dropped before the threads end, so the clocks
-        // stay valid whenever it reads them.
-        if let Some(limit) = self.policy.cpu_time {
-            timers.push(watchdog::cpu_budget(control, limit, Duration::from_millis(1), move || {
-                clocks.iter().filter_map(|(k, base)| clock_time(*k).map(|t| t.saturating_sub(*base))).sum()
-            }));
-        }
-        timers
     }
 }
 
@@ -510,12 +452,13 @@ impl Session<'_> {
                     self.status = Some(self.exception(exception));
                     (cpu, Reply::Quit)
                 }
-                Event::Fault { cpu, reason } => {
-                    self.status = Some(if reason.contains("port") {
-                        bad_host_call(reason)
-                    } else {
-                        Status::Trap(Trap { kind: TrapKind::Other, message: reason })
-                    });
+                Event::Fault { cpu, kind, reason } => {
+                    let trap = match kind {
+                        vm::FaultKind::Port => TrapKind::BadHostCall,
+                        vm::FaultKind::Memory => TrapKind::MemoryOutOfBounds,
+                        vm::FaultKind::Cpu => TrapKind::Other,
+                    };
+                    self.status = Some(Status::Trap(Trap { kind: trap, message: reason }));
                     (cpu, Reply::Quit)
                 }
                 Event::Interrupted { cpu } => (cpu, Reply::Resume),

@@ -97,9 +97,20 @@ pub(crate) enum Event {
     /// A CPU exception in the guest.
     Exception { cpu: u32, exception: Exception },
     /// An exit that ends the run: I/O to an unknown port, triple fault, unexpected exit.
-    Fault { cpu: u32, reason: String },
+    Fault { cpu: u32, kind: FaultKind, reason: String },
     /// `KVM_RUN` was interrupted (a kick).
     Interrupted { cpu: u32 },
+}
+
+/// What kind of fault ended a vCPU (a VM exit no guest may cause).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FaultKind {
+    /// Port I/O other than a hypercall: a bad host call.
+    Port,
+    /// An access outside guest memory.
+    Memory,
+    /// The CPU stopped (triple fault, `hlt` reaching the host) or KVM failed.
+    Cpu,
 }
 
 /// The supervisor's answer to an event.
@@ -493,26 +504,38 @@ fn vcpu_thread(
             }
             Ok(VcpuExit::IoOut(EXCEPTION_PORT, _)) => match read_exception(&vcpu, memory) {
                 Some(exception) => Event::Exception { cpu, exception },
-                None => Event::Fault { cpu, reason: format!("user-mode I/O to port {EXCEPTION_PORT:#x}") },
+                None => Event::Fault {
+                    cpu,
+                    kind: FaultKind::Port,
+                    reason: format!("user-mode I/O to port {EXCEPTION_PORT:#x}"),
+                },
             },
-            Ok(VcpuExit::IoOut(port, data)) => {
-                Event::Fault { cpu, reason: format!("I/O write to port {port:#x} ({} bytes)", data.len()) }
-            }
-            Ok(VcpuExit::IoIn(port, data)) => {
-                Event::Fault { cpu, reason: format!("I/O read from port {port:#x} ({} bytes)", data.len()) }
-            }
-            Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => {
-                Event::Fault { cpu, reason: format!("access to {addr:#x}, outside guest memory") }
-            }
-            Ok(VcpuExit::Shutdown) => Event::Fault { cpu, reason: "triple fault".into() },
-            Ok(VcpuExit::Hlt) => Event::Fault { cpu, reason: "halted".into() },
+            Ok(VcpuExit::IoOut(port, data)) => Event::Fault {
+                cpu,
+                kind: FaultKind::Port,
+                reason: format!("I/O write to port {port:#x} ({} bytes)", data.len()),
+            },
+            Ok(VcpuExit::IoIn(port, data)) => Event::Fault {
+                cpu,
+                kind: FaultKind::Port,
+                reason: format!("I/O read from port {port:#x} ({} bytes)", data.len()),
+            },
+            Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => Event::Fault {
+                cpu,
+                kind: FaultKind::Memory,
+                reason: format!("access to {addr:#x}, outside guest memory"),
+            },
+            Ok(VcpuExit::Shutdown) => Event::Fault { cpu, kind: FaultKind::Cpu, reason: "triple fault".into() },
+            Ok(VcpuExit::Hlt) => Event::Fault { cpu, kind: FaultKind::Cpu, reason: "halted".into() },
             Ok(VcpuExit::Intr) => Event::Interrupted { cpu },
-            Ok(VcpuExit::FailEntry(reason, _)) => {
-                Event::Fault { cpu, reason: format!("the VM could not be entered (reason {reason:#x})") }
-            }
-            Ok(other) => Event::Fault { cpu, reason: format!("unexpected VM exit {other:?}") },
+            Ok(VcpuExit::FailEntry(reason, _)) => Event::Fault {
+                cpu,
+                kind: FaultKind::Cpu,
+                reason: format!("the VM could not be entered (reason {reason:#x})"),
+            },
+            Ok(other) => Event::Fault { cpu, kind: FaultKind::Cpu, reason: format!("unexpected VM exit {other:?}") },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Event::Interrupted { cpu },
-            Err(e) => Event::Fault { cpu, reason: format!("KVM_RUN failed: {e}") },
+            Err(e) => Event::Fault { cpu, kind: FaultKind::Cpu, reason: format!("KVM_RUN failed: {e}") },
         };
         if events.send(event).is_err() {
             return vcpu;

@@ -19,6 +19,9 @@ use wasmer::sys::vm::{
 use wasmer::sys::{BaseTunables, NativeEngineExt, Tunables};
 use wasmer::{Engine, Function, Instance, MemoryType, Module, Pages, Store, TableType, Value};
 
+use crate::cache::ArtifactCache;
+use crate::wasi::stdio::Sink;
+use crate::wasi::WasiHost;
 use crate::{Error, Result};
 
 /// Parameter types of each WASI preview 1 function (`i` = i32, `I` = i64), by the index of
@@ -195,19 +198,50 @@ impl Tunables for ProxyTunables {
     }
 }
 
-/// The proxy module, compiled once, and the engine whose tunables create windows.
-fn proxy() -> Result<&'static (Engine, Module)> {
-    static PROXY: OnceLock<std::result::Result<(Engine, Module), String>> = OnceLock::new();
-    PROXY
+/// The engine whose tunables create windows: one per process (the proxy's code is the same for
+/// every sandbox). Cranelift without sandcell's guard middleware: the proxy only forwards calls.
+pub(crate) fn proxy_engine() -> Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE
         .get_or_init(|| {
-            let mut engine = crate::backend::wasm::engine::base(false).capped(None);
+            let mut engine: Engine = wasmer::sys::EngineBuilder::new(wasmer::sys::Cranelift::default()).into();
             engine.set_tunables(ProxyTunables { base: BaseTunables::default() });
-            let module =
-                Module::new(&engine, proxy_wat()).map_err(|e| format!("cannot compile the WASI proxy: {e}"))?;
-            Ok((engine, module))
+            engine
         })
-        .as_ref()
-        .map_err(|reason| Error::Engine { reason: reason.clone() })
+        .clone()
+}
+
+/// The proxy module, compiled once per process — or loaded from the artifact cache, where the
+/// sandbox has one (compiling it costs a new process about 20 ms).
+fn proxy(cache: Option<&ArtifactCache>) -> Result<&'static Module> {
+    static PROXY: OnceLock<std::result::Result<Module, String>> = OnceLock::new();
+    if let Some(m) = PROXY.get() {
+        return m.as_ref().map_err(|reason| Error::Engine { reason: reason.clone() });
+    }
+    let engine = proxy_engine();
+    let wat = proxy_wat();
+    let name = {
+        use sha2::Digest;
+        let id = format!("wasi-proxy/{}/{}/{wat}", wasmer_types::VERSION, engine.deterministic_id());
+        format!("proxy-{}", crate::cache::hex(&sha2::Sha256::digest(id.as_bytes())))
+    };
+    // SAFETY: `ArtifactCache::load` returns only bytes this code stored there (authenticated
+    // with the cache's key, see `crate::cache`), serialized from a module of this engine.
+    let cached =
+        cache.and_then(|c| c.load(&name)).and_then(|bytes| unsafe { Module::deserialize(&engine, bytes) }.ok());
+    let module = match cached {
+        Some(m) => Ok(m),
+        None => {
+            let compiled = Module::new(&engine, wat).map_err(|e| format!("cannot compile the WASI proxy: {e}"));
+            if let (Ok(m), Some(c)) = (&compiled, cache) {
+                if let Ok(bytes) = m.serialize() {
+                    let _ = c.store(&name, &bytes);
+                }
+            }
+            compiled
+        }
+    };
+    PROXY.get_or_init(|| module).as_ref().map_err(|reason| Error::Engine { reason: reason.clone() })
 }
 
 /// A run's WASI service.
@@ -220,17 +254,18 @@ pub(crate) struct WasiService {
 }
 
 impl WasiService {
-    /// Builds the WASI environment the wasm backend would build for `program`, and the proxy.
+    /// Builds the run's WASI environment under the sandbox's policy (`host`), and the proxy.
     pub(crate) fn new(
-        wasm: &crate::backend::wasm::WasmSandbox,
+        host: &WasiHost,
+        cache: Option<&ArtifactCache>,
         program: &crate::Program,
-        sink: &std::sync::Arc<crate::backend::wasm::stdio::Sink>,
+        sink: &std::sync::Arc<Sink>,
     ) -> Result<Self> {
-        let (engine, module) = proxy()?;
-        let _tokio = crate::backend::wasm::tokio_runtime().enter();
-        let mut store = Store::new(engine.clone());
-        let env = wasm.wasi_env(program, sink, &mut store)?;
-        let imports = wasm.wasi_imports(&mut store, &env, |name| name != "proc_exit");
+        let module = proxy(cache)?;
+        let _tokio = crate::wasi::tokio_runtime().enter();
+        let mut store = Store::new(proxy_engine());
+        let env = host.env(program, sink, &mut store)?;
+        let imports = host.imports(&mut store, &env, |name| name != "proc_exit");
         WINDOW.with(|w| w.set(None));
         let instance = Instance::new(&mut store, module, &imports)
             .map_err(|e| Error::Engine { reason: format!("cannot instantiate the WASI proxy: {e}") })?;
@@ -269,7 +304,7 @@ impl WasiService {
             .zip(args)
             .map(|(t, a)| if t == 'I' { Value::I64(*a as i64) } else { Value::I32(*a as u32 as i32) })
             .collect();
-        let _tokio = crate::backend::wasm::tokio_runtime().enter();
+        let _tokio = crate::wasi::tokio_runtime().enter();
         let result = f.call(&mut self.store, &values);
         // The window closes again: nothing may reach guest memory between calls.
         // SAFETY: as above.
@@ -308,6 +343,6 @@ mod tests {
 
     #[test]
     fn the_proxy_compiles() {
-        proxy().unwrap();
+        proxy(None).unwrap();
     }
 }

@@ -124,8 +124,24 @@ pub(super) struct Bind {
     pub(super) idmapped: Option<usize>,
 }
 
+/// A policy mount at `/`: the new root is that host directory, not a fresh one.
+pub(super) struct RootMount {
+    pub(super) source: CString,
+    /// Mount attributes (read-only unless the mount is writable; always nosuid, nodev).
+    pub(super) attrs: u64,
+    /// Index into the id-mapped mounts the parent sends, when it sends one for the root.
+    pub(super) idmapped: Option<usize>,
+}
+
 /// Everything about the jail that does not change between runs of a sandbox.
 pub(super) struct Plan {
+    /// The policy's root, when it has a mount at `/`; then /dev is a small tmpfs of the jail's,
+    /// with `dev_files` and `dev_symlinks` in it, and nothing else of the skeleton is written.
+    pub(super) root: Option<RootMount>,
+    /// Mount points for the device nodes, in the /dev tmpfs over a root mount.
+    pub(super) dev_files: Vec<CString>,
+    /// `(target, link)` in the /dev tmpfs over a root mount (`/dev/fd -> /proc/self/fd`, ...).
+    pub(super) dev_symlinks: Vec<(CString, CString)>,
     /// Directories to create in the new root, parents first (absolute, under the staging root).
     pub(super) dirs: Vec<CString>,
     /// Empty files to create as mount points for file binds.
@@ -429,8 +445,20 @@ fn setup(l: &Launch) -> Result<Option<sys::Fd>, (Step, i32)> {
 
     // 7. The new root: a small tmpfs, attached over /tmp of this (private) namespace while it is
     //    being built.
-    //    (Or the copy of the sandbox's read-only template, with the skeleton of step 8 in it.)
-    if plan.template {
+    //    (Or the copy of the sandbox's read-only template, with the skeleton of step 8 in it; or
+    //    the policy's mount at `/`.)
+    if let Some(root) = &plan.root {
+        let fd = match root.idmapped.map(|k| idmapped[k]).filter(|fd| *fd >= 0) {
+            Some(fd) => fd,
+            None => {
+                let fd = sys::open_tree_clone(&root.source).map_err(at(Step::MountRoot))?;
+                sys::mount_setattr(fd.raw(), root.attrs, None).map_err(at(Step::MountRoot))?;
+                fd.into_raw()
+            }
+        };
+        sys::move_mount(fd, STAGING_ROOT).map_err(at(Step::MountRoot))?;
+        sys::close(fd);
+    } else if plan.template {
         if root_copy < 0 {
             return Err((Step::MountRoot, libc::EBADF));
         }
@@ -448,11 +476,28 @@ fn setup(l: &Launch) -> Result<Option<sys::Fd>, (Step, i32)> {
 
     // 8. Its skeleton: directories, mount-point files, symlinks (`/bin -> usr/bin`), and the
     //    synthetic `/etc/passwd` and `/etc/group` (none with a template: it has them).
+    //    Over a root mount, only the mount points, where they are missing, and a /dev of the
+    //    jail's own.
     for dir in &plan.dirs {
         sys::mkdir(dir, 0o755).map_err(at(Step::BuildRoot))?;
     }
     for file in &plan.files {
-        sys::create_file(file, b"", 0o644).map_err(at(Step::BuildRoot))?;
+        sys::mount_point_file(file).map_err(at(Step::BuildRoot))?;
+    }
+    if plan.root.is_some() {
+        let dev = sys::new_fs(
+            c"tmpfs",
+            &[(c"mode", c"0755"), (c"size", c"64k")],
+            sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
+        )
+        .map_err(at(Step::BuildRoot))?;
+        sys::move_mount(dev.raw(), c"/tmp/dev").map_err(at(Step::BuildRoot))?;
+        for file in &plan.dev_files {
+            sys::mount_point_file(file).map_err(at(Step::BuildRoot))?;
+        }
+        for (target, link) in &plan.dev_symlinks {
+            sys::symlink(target, link).map_err(at(Step::BuildRoot))?;
+        }
     }
     for (path, content) in &plan.contents {
         sys::create_file(path, content, 0o644).map_err(at(Step::BuildRoot))?;
@@ -484,8 +529,9 @@ fn setup(l: &Launch) -> Result<Option<sys::Fd>, (Step, i32)> {
     sys::chdir(c"/").map_err(at(Step::PivotRoot))?;
 
     // 11. The root itself is read-only; only /tmp and read-write mounts can be written. (A
-    //     template's copy is read-only already, and holds the device nodes: not nodev.)
-    if !plan.template {
+    //     template's copy is read-only already, and holds the device nodes: not nodev. A root
+    //     mount is as the policy says.)
+    if !plan.template && plan.root.is_none() {
         sys::mount(
             None,
             c"/",

@@ -48,112 +48,17 @@ use crate::{Error, Network, Result};
 
 macro_rules! syscalls {
     ($($name:ident),* $(,)?) => {
-        &[$((stringify!($name), sys_nr::$name)),*]
+        &[$(stringify!($name)),*]
     };
 }
 
-/// x86-64 system call numbers by name (the names `deny_syscalls` accepts).
-#[allow(non_upper_case_globals, dead_code)]
-mod sys_nr {
-    pub use libc::SYS_newfstatat as newfstatat;
-    pub use libc::{
-        SYS_accept as accept, SYS_accept4 as accept4, SYS_access as access, SYS_acct as acct, SYS_add_key as add_key,
-        SYS_adjtimex as adjtimex, SYS_alarm as alarm, SYS_arch_prctl as arch_prctl, SYS_bind as bind, SYS_bpf as bpf,
-        SYS_brk as brk, SYS_capget as capget, SYS_capset as capset, SYS_chdir as chdir, SYS_chmod as chmod,
-        SYS_chown as chown, SYS_chroot as chroot, SYS_clock_adjtime as clock_adjtime, SYS_clock_getres as clock_getres,
-        SYS_clock_gettime as clock_gettime, SYS_clock_nanosleep as clock_nanosleep, SYS_clock_settime as clock_settime,
-        SYS_clone as clone, SYS_close as close, SYS_close_range as close_range, SYS_connect as connect,
-        SYS_copy_file_range as copy_file_range, SYS_creat as creat, SYS_delete_module as delete_module, SYS_dup as dup,
-        SYS_dup2 as dup2, SYS_dup3 as dup3, SYS_epoll_create as epoll_create, SYS_epoll_create1 as epoll_create1,
-        SYS_epoll_ctl as epoll_ctl, SYS_epoll_pwait as epoll_pwait, SYS_epoll_pwait2 as epoll_pwait2,
-        SYS_epoll_wait as epoll_wait, SYS_eventfd as eventfd, SYS_eventfd2 as eventfd2, SYS_execve as execve,
-        SYS_execveat as execveat, SYS_exit as exit, SYS_exit_group as exit_group, SYS_faccessat as faccessat,
-        SYS_faccessat2 as faccessat2, SYS_fadvise64 as fadvise64, SYS_fallocate as fallocate,
-        SYS_fanotify_init as fanotify_init, SYS_fchdir as fchdir, SYS_fchmod as fchmod, SYS_fchmodat as fchmodat,
-        SYS_fchown as fchown, SYS_fchownat as fchownat, SYS_fcntl as fcntl, SYS_fdatasync as fdatasync,
-        SYS_fgetxattr as fgetxattr, SYS_finit_module as finit_module, SYS_flistxattr as flistxattr, SYS_flock as flock,
-        SYS_fork as fork, SYS_fremovexattr as fremovexattr, SYS_fsconfig as fsconfig, SYS_fsetxattr as fsetxattr,
-        SYS_fsmount as fsmount, SYS_fsopen as fsopen, SYS_fspick as fspick, SYS_fstat as fstat, SYS_fstatfs as fstatfs,
-        SYS_fsync as fsync, SYS_ftruncate as ftruncate, SYS_futex as futex, SYS_futex_waitv as futex_waitv,
-        SYS_futimesat as futimesat, SYS_get_mempolicy as get_mempolicy, SYS_get_robust_list as get_robust_list,
-        SYS_getcpu as getcpu, SYS_getcwd as getcwd, SYS_getdents as getdents, SYS_getdents64 as getdents64,
-        SYS_getegid as getegid, SYS_geteuid as geteuid, SYS_getgid as getgid, SYS_getgroups as getgroups,
-        SYS_getitimer as getitimer, SYS_getpeername as getpeername, SYS_getpgid as getpgid, SYS_getpgrp as getpgrp,
-        SYS_getpid as getpid, SYS_getppid as getppid, SYS_getpriority as getpriority, SYS_getrandom as getrandom,
-        SYS_getresgid as getresgid, SYS_getresuid as getresuid, SYS_getrlimit as getrlimit, SYS_getrusage as getrusage,
-        SYS_getsid as getsid, SYS_getsockname as getsockname, SYS_getsockopt as getsockopt, SYS_gettid as gettid,
-        SYS_gettimeofday as gettimeofday, SYS_getuid as getuid, SYS_getxattr as getxattr,
-        SYS_init_module as init_module, SYS_inotify_add_watch as inotify_add_watch, SYS_inotify_init as inotify_init,
-        SYS_inotify_init1 as inotify_init1, SYS_inotify_rm_watch as inotify_rm_watch, SYS_io_cancel as io_cancel,
-        SYS_io_destroy as io_destroy, SYS_io_getevents as io_getevents, SYS_io_setup as io_setup,
-        SYS_io_submit as io_submit, SYS_io_uring_enter as io_uring_enter, SYS_io_uring_register as io_uring_register,
-        SYS_io_uring_setup as io_uring_setup, SYS_ioctl as ioctl, SYS_ioperm as ioperm, SYS_iopl as iopl,
-        SYS_kcmp as kcmp, SYS_kexec_file_load as kexec_file_load, SYS_kexec_load as kexec_load, SYS_keyctl as keyctl,
-        SYS_kill as kill, SYS_landlock_add_rule as landlock_add_rule,
-        SYS_landlock_create_ruleset as landlock_create_ruleset, SYS_landlock_restrict_self as landlock_restrict_self,
-        SYS_lchown as lchown, SYS_lgetxattr as lgetxattr, SYS_link as link, SYS_linkat as linkat, SYS_listen as listen,
-        SYS_listxattr as listxattr, SYS_llistxattr as llistxattr, SYS_lookup_dcookie as lookup_dcookie,
-        SYS_lremovexattr as lremovexattr, SYS_lseek as lseek, SYS_lsetxattr as lsetxattr, SYS_lstat as lstat,
-        SYS_madvise as madvise, SYS_mbind as mbind, SYS_membarrier as membarrier, SYS_memfd_create as memfd_create,
-        SYS_mincore as mincore, SYS_mkdir as mkdir, SYS_mkdirat as mkdirat, SYS_mknod as mknod, SYS_mknodat as mknodat,
-        SYS_mlock as mlock, SYS_mlock2 as mlock2, SYS_mlockall as mlockall, SYS_mmap as mmap,
-        SYS_modify_ldt as modify_ldt, SYS_mount as mount, SYS_mount_setattr as mount_setattr,
-        SYS_move_mount as move_mount, SYS_mprotect as mprotect, SYS_mq_getsetattr as mq_getsetattr,
-        SYS_mq_notify as mq_notify, SYS_mq_open as mq_open, SYS_mq_timedreceive as mq_timedreceive,
-        SYS_mq_timedsend as mq_timedsend, SYS_mq_unlink as mq_unlink, SYS_mremap as mremap, SYS_msgctl as msgctl,
-        SYS_msgget as msgget, SYS_msgrcv as msgrcv, SYS_msgsnd as msgsnd, SYS_msync as msync, SYS_munlock as munlock,
-        SYS_munlockall as munlockall, SYS_munmap as munmap, SYS_name_to_handle_at as name_to_handle_at,
-        SYS_nanosleep as nanosleep, SYS_open as open, SYS_open_by_handle_at as open_by_handle_at,
-        SYS_open_tree as open_tree, SYS_openat as openat, SYS_pause as pause, SYS_perf_event_open as perf_event_open,
-        SYS_personality as personality, SYS_pidfd_getfd as pidfd_getfd, SYS_pidfd_open as pidfd_open,
-        SYS_pidfd_send_signal as pidfd_send_signal, SYS_pipe as pipe, SYS_pipe2 as pipe2, SYS_pivot_root as pivot_root,
-        SYS_pkey_alloc as pkey_alloc, SYS_pkey_free as pkey_free, SYS_pkey_mprotect as pkey_mprotect, SYS_poll as poll,
-        SYS_ppoll as ppoll, SYS_prctl as prctl, SYS_pread64 as pread64, SYS_preadv as preadv, SYS_preadv2 as preadv2,
-        SYS_prlimit64 as prlimit64, SYS_process_madvise as process_madvise, SYS_process_vm_readv as process_vm_readv,
-        SYS_process_vm_writev as process_vm_writev, SYS_pselect6 as pselect6, SYS_ptrace as ptrace,
-        SYS_pwrite64 as pwrite64, SYS_pwritev as pwritev, SYS_pwritev2 as pwritev2, SYS_quotactl as quotactl,
-        SYS_read as read, SYS_readahead as readahead, SYS_readlink as readlink, SYS_readlinkat as readlinkat,
-        SYS_readv as readv, SYS_reboot as reboot, SYS_recvfrom as recvfrom, SYS_recvmmsg as recvmmsg,
-        SYS_recvmsg as recvmsg, SYS_remap_file_pages as remap_file_pages, SYS_removexattr as removexattr,
-        SYS_rename as rename, SYS_renameat as renameat, SYS_renameat2 as renameat2, SYS_request_key as request_key,
-        SYS_restart_syscall as restart_syscall, SYS_rmdir as rmdir, SYS_rseq as rseq, SYS_rt_sigaction as rt_sigaction,
-        SYS_rt_sigpending as rt_sigpending, SYS_rt_sigprocmask as rt_sigprocmask,
-        SYS_rt_sigqueueinfo as rt_sigqueueinfo, SYS_rt_sigreturn as rt_sigreturn, SYS_rt_sigsuspend as rt_sigsuspend,
-        SYS_rt_sigtimedwait as rt_sigtimedwait, SYS_rt_tgsigqueueinfo as rt_tgsigqueueinfo,
-        SYS_sched_get_priority_max as sched_get_priority_max, SYS_sched_get_priority_min as sched_get_priority_min,
-        SYS_sched_getaffinity as sched_getaffinity, SYS_sched_getattr as sched_getattr,
-        SYS_sched_getparam as sched_getparam, SYS_sched_getscheduler as sched_getscheduler,
-        SYS_sched_rr_get_interval as sched_rr_get_interval, SYS_sched_setaffinity as sched_setaffinity,
-        SYS_sched_setattr as sched_setattr, SYS_sched_setparam as sched_setparam,
-        SYS_sched_setscheduler as sched_setscheduler, SYS_sched_yield as sched_yield, SYS_seccomp as seccomp,
-        SYS_select as select, SYS_semctl as semctl, SYS_semget as semget, SYS_semop as semop,
-        SYS_semtimedop as semtimedop, SYS_sendfile as sendfile, SYS_sendmmsg as sendmmsg, SYS_sendmsg as sendmsg,
-        SYS_sendto as sendto, SYS_set_mempolicy as set_mempolicy, SYS_set_robust_list as set_robust_list,
-        SYS_set_tid_address as set_tid_address, SYS_setdomainname as setdomainname, SYS_setfsgid as setfsgid,
-        SYS_setfsuid as setfsuid, SYS_setgid as setgid, SYS_setgroups as setgroups, SYS_sethostname as sethostname,
-        SYS_setitimer as setitimer, SYS_setns as setns, SYS_setpgid as setpgid, SYS_setpriority as setpriority,
-        SYS_setregid as setregid, SYS_setresgid as setresgid, SYS_setresuid as setresuid, SYS_setreuid as setreuid,
-        SYS_setrlimit as setrlimit, SYS_setsid as setsid, SYS_setsockopt as setsockopt,
-        SYS_settimeofday as settimeofday, SYS_setuid as setuid, SYS_setxattr as setxattr, SYS_shmat as shmat,
-        SYS_shmctl as shmctl, SYS_shmdt as shmdt, SYS_shmget as shmget, SYS_shutdown as shutdown,
-        SYS_sigaltstack as sigaltstack, SYS_signalfd as signalfd, SYS_signalfd4 as signalfd4, SYS_socket as socket,
-        SYS_socketpair as socketpair, SYS_splice as splice, SYS_stat as stat, SYS_statfs as statfs, SYS_statx as statx,
-        SYS_swapoff as swapoff, SYS_swapon as swapon, SYS_symlink as symlink, SYS_symlinkat as symlinkat,
-        SYS_sync as sync, SYS_sync_file_range as sync_file_range, SYS_syncfs as syncfs, SYS_sysinfo as sysinfo,
-        SYS_syslog as syslog, SYS_tee as tee, SYS_tgkill as tgkill, SYS_time as time, SYS_timer_create as timer_create,
-        SYS_timer_delete as timer_delete, SYS_timer_getoverrun as timer_getoverrun, SYS_timer_gettime as timer_gettime,
-        SYS_timer_settime as timer_settime, SYS_timerfd_create as timerfd_create,
-        SYS_timerfd_gettime as timerfd_gettime, SYS_timerfd_settime as timerfd_settime, SYS_times as times,
-        SYS_tkill as tkill, SYS_truncate as truncate, SYS_umask as umask, SYS_umount2 as umount2, SYS_uname as uname,
-        SYS_unlink as unlink, SYS_unlinkat as unlinkat, SYS_unshare as unshare, SYS_userfaultfd as userfaultfd,
-        SYS_utime as utime, SYS_utimensat as utimensat, SYS_utimes as utimes, SYS_vfork as vfork,
-        SYS_vhangup as vhangup, SYS_vmsplice as vmsplice, SYS_wait4 as wait4, SYS_waitid as waitid, SYS_write as write,
-        SYS_writev as writev,
-    };
+/// The number of a system call of the lists below (all are in `crate::syscalls::TABLE`).
+fn nr(name: &str) -> i64 {
+    crate::syscalls::number(name).expect("the lists below name only system calls of the table")
 }
 
 /// The calls ordinary programs make.
-const ALLOWED: &[(&str, i64)] = syscalls![
+const ALLOWED: &[&str] = syscalls![
     accept,
     accept4,
     access,
@@ -436,7 +341,7 @@ const ALLOWED: &[(&str, i64)] = syscalls![
 ];
 
 /// Calls that end the run as `SyscallDenied` (the list and a few more of the same kind).
-const DENIED: &[(&str, i64)] = syscalls![
+const DENIED: &[&str] = syscalls![
     ptrace,
     process_vm_readv,
     process_vm_writev,
@@ -492,22 +397,9 @@ const DENIED: &[(&str, i64)] = syscalls![
     modify_ldt,
 ];
 
-/// Every name `deny_syscalls` may use, with its number.
-fn all_known() -> impl Iterator<Item = &'static (&'static str, i64)> {
-    // clone3 and openat2 fail with ENOSYS: libc falls back to clone and openat, whose arguments
-    // seccomp can read.
-    const NOT_ALLOWED: &[(&str, i64)] = &[("clone3", libc::SYS_clone3), ("openat2", libc::SYS_openat2)];
-    ALLOWED.iter().chain(DENIED.iter()).chain(NOT_ALLOWED.iter())
-}
-
-/// Whether `name` is an x86-64 system call `deny_syscalls` accepts (policy validation).
-pub(crate) fn is_known(name: &str) -> bool {
-    all_known().any(|(n, _)| *n == name)
-}
-
 /// The name of an x86-64 system call number, when sandcell knows it.
 pub(super) fn name_of(nr: i64) -> Option<&'static str> {
-    all_known().find(|(_, n)| *n == nr).map(|(name, _)| *name)
+    crate::syscalls::name(nr)
 }
 
 const TIOCSTI: u64 = 0x5412;
@@ -606,18 +498,18 @@ fn parts(rules: &Rules) -> Result<Vec<BpfProgram>> {
     let (network, limit_affinity) = (*network, *limit_affinity);
     let mut extra_denied = Vec::new();
     for name in deny {
-        let nr = all_known().find(|(n, _)| n == name).map(|(_, nr)| *nr).ok_or_else(|| {
+        let nr = crate::syscalls::number(name).ok_or_else(|| {
             Error::invalid_policy("deny_syscalls", format!("`{name}` is not an x86-64 system call sandcell knows"))
         })?;
         extra_denied.push(nr);
     }
 
-    let highest = all_known().map(|(_, nr)| *nr).max().expect("the table is not empty") as u32;
+    let highest = crate::syscalls::TABLE.iter().map(|(_, nr)| *nr).max().expect("the table is not empty") as u32;
 
     // The deny-list (part 3), answered by the host: plain numbers in a search tree, the calls
     // denied for some arguments only with seccompiler.
     let denied_numbers: BTreeSet<u32> =
-        DENIED.iter().map(|(_, nr)| *nr).chain(extra_denied.iter().copied()).map(|nr| nr as u32).collect();
+        DENIED.iter().map(|n| nr(n)).chain(extra_denied.iter().copied()).map(|nr| nr as u32).collect();
     let mut denied: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     denied.insert(
         libc::SYS_ioctl,
@@ -704,7 +596,7 @@ fn parts(rules: &Rules) -> Result<Vec<BpfProgram>> {
     // The deny-list's plain numbers and the allow-list (part 4) in one search tree: denied
     // numbers are notified, allowed ones allowed, the rest fail with ENOSYS. Every call a part
     // above refuses for some arguments is allowed here, so that it never overrules them.
-    let mut allowed: BTreeSet<u32> = ALLOWED.iter().map(|(_, nr)| *nr as u32).collect();
+    let mut allowed: BTreeSet<u32> = ALLOWED.iter().map(|n| nr(n) as u32).collect();
     allowed.extend(
         [libc::SYS_ioctl, libc::SYS_clone, libc::SYS_socket, libc::SYS_socketpair, libc::SYS_sched_setaffinity]
             .map(|nr| nr as u32),
@@ -847,7 +739,7 @@ mod tests {
 
     #[test]
     fn the_number_tree_answers_exactly_the_set() {
-        let set: BTreeSet<u32> = ALLOWED.iter().map(|(_, n)| *n as u32).collect();
+        let set: BTreeSet<u32> = ALLOWED.iter().map(|n| nr(n) as u32).collect();
         let prog = number_filter(|nr| if set.contains(&nr) { 111 } else { 222 }, 460, 222);
         assert!(prog.len() < 400, "{}", prog.len());
         for nr in 0..600u32 {

@@ -554,6 +554,7 @@ struct MountAttr {
 pub(super) const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub(super) const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub(super) const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub(super) const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 pub(super) const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 /// `mount_setattr` on a whole (detached) tree: sets `attrs`, and an id-mapping from `userns`.
@@ -668,6 +669,20 @@ pub(super) fn create_file(path: &CStr, content: &[u8], mode: libc::mode_t) -> Re
     let r = write_all(fd, content);
     close(fd);
     r
+}
+
+/// Creates an empty file to mount over, unless something is there already.
+pub(super) fn mount_point_file(path: &CStr) -> Result<(), i32> {
+    let flags = (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC) as usize;
+    // SAFETY: NUL-terminated path; the descriptor is closed below.
+    match ck(unsafe { sc(libc::SYS_open, [a(path.as_ptr()), flags, 0o644, 0, 0, 0]) }) {
+        Ok(fd) => {
+            close(fd as RawFd);
+            Ok(())
+        }
+        Err(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 pub(super) fn pivot_root_here() -> Result<(), i32> {

@@ -364,6 +364,3 @@ impl BaseEngine {
         compiled
     }
 }
-
-/// The WASI preview 1 namespace, the only one a sandbox provides.
-pub(crate) use crate::wasm_module::WASI_MODULE;

@@ -22,58 +22,35 @@
 //! links its own `proc_exit` and reports the exact code.
 
 pub(crate) mod engine;
-pub(crate) mod fs;
 pub(crate) mod guard;
-pub(crate) mod stdio;
+mod lower;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use wasmer::{
-    AsStoreMut, Function, FunctionEnv, FunctionEnvMut, Imports, Instance, Module, RuntimeError, Store, Type, Value,
-};
-use wasmer_wasix::runtime::task_manager::tokio::TokioTaskManager;
-use wasmer_wasix::{PluggableRuntime, UnsupportedVirtualNetworking, WasiEnv, WasiError, WasiFunctionEnv, WasiVersion};
+use wasmer::{AsStoreMut, Imports, Instance, Module, RuntimeError, Store, Type, Value};
+use wasmer_wasix::WasiError;
 
-use self::engine::{BaseEngine, CompiledModule, WASI_MODULE};
-use self::fs::{FsLimits, MountRoot};
+use self::engine::CompiledModule;
 use self::guard::{FLAG_FUEL, FLAG_HOST, FUEL_EXPORT, START_EXPORT, STOP_EXPORT};
-use self::stdio::{OutputFile, Sink, StdinFile};
+use self::lower::Lowered;
 use crate::cache::ArtifactCache;
-use crate::control::{watchdog, Capture, InterruptHandle, RunControl, StopReason};
+use crate::control::{Capture, InterruptHandle, Run, StopReason};
+use crate::wasi::stdio::Sink;
+use crate::wasi::{GuestExit, GuestSignal};
 use crate::{
-    ArtifactSource, BackendKind, CpuBudget, Error, Network, Outcome, Policy, Program, Result, RunOptions,
-    SandboxBuilder, Status, Stream, Trap, TrapKind, Usage,
+    ArtifactSource, BackendKind, CpuBudget, Error, Outcome, Policy, Program, Result, RunOptions, SandboxBuilder,
+    Status, Stream, Trap, TrapKind, Usage,
 };
-
-/// The tokio runtime wasmer-wasix needs for its file operations; one for the process.
-pub(crate) fn tokio_runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("sandcell-wasi")
-            .enable_all()
-            .build()
-            .expect("cannot start the tokio runtime for WASI")
-    })
-}
 
 /// A sandbox running WASI preview 1 modules.
 pub struct WasmSandbox {
     policy: Policy,
-    base: &'static BaseEngine,
-    engine: wasmer::Engine,
-    runtime: Arc<PluggableRuntime>,
-    mounts: Vec<(PathBuf, Arc<MountRoot>)>,
+    lowered: Lowered,
     disk: Option<ArtifactCache>,
     interrupt: InterruptHandle,
-    enforced: BTreeMap<String, String>,
-    skipped: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for WasmSandbox {
@@ -84,16 +61,6 @@ impl std::fmt::Debug for WasmSandbox {
             .finish()
     }
 }
-
-/// The guest called `proc_exit` with this exact code.
-#[derive(Debug, thiserror::Error)]
-#[error("guest exited with code {0}")]
-struct GuestExit(u32);
-
-/// The guest raised a signal that ends it (`proc_raise`; the Linux signal number).
-#[derive(Debug, thiserror::Error)]
-#[error("guest raised signal {0}")]
-struct GuestSignal(i32);
 
 /// The address of a run's stop flag, valid while its instance lives.
 struct FlagPtr(*mut i32);
@@ -115,90 +82,9 @@ impl FlagPtr {
 impl WasmSandbox {
     pub(crate) fn new(builder: SandboxBuilder) -> Result<Self> {
         let SandboxBuilder { policy, cache_dir, .. } = builder;
-        let mut enforced = BTreeMap::new();
-        let mut skipped = BTreeMap::new();
-        let mut refuse = |field: &str, reason: &str| -> Result<()> {
-            if policy.best_effort {
-                skipped.insert(field.to_owned(), reason.to_owned());
-                Ok(())
-            } else {
-                Err(Error::Unenforceable {
-                    backend: BackendKind::Wasm,
-                    field: field.to_owned(),
-                    reason: reason.to_owned(),
-                })
-            }
-        };
-        if policy.network != Network::None {
-            refuse("network", "WASI preview 1 has no network: a wasm guest gets no sockets at all; use the process backend for a private loopback")?;
-        }
-        if policy.unix_sockets {
-            refuse("unix_sockets", "a wasm guest has no sockets at all")?;
-        }
-        if policy.system_dirs.as_ref().is_some_and(|d| !d.is_empty()) {
-            refuse("system_dirs", "a wasm guest has no system directories; mount what the module needs with `mounts`")?;
-        }
-
-        let base = engine::base(policy.fuel.is_some());
-        let engine = base.capped(policy.memory);
-        let handle = tokio_runtime().handle().clone();
-        let mut runtime = PluggableRuntime::new(Arc::new(TokioTaskManager::new(handle.clone())));
-        runtime.set_engine(engine.clone());
-        runtime.set_networking_implementation(UnsupportedVirtualNetworking::default());
-
-        let mut mounts = Vec::with_capacity(policy.mounts.len());
-        for (i, m) in policy.mounts.iter().enumerate() {
-            let field = format!("mounts[{i}].host");
-            let host = std::fs::canonicalize(&m.host)
-                .map_err(|e| Error::invalid_policy(&field, format!("`{}`: {e}", m.host.display())))?;
-            if !host.is_dir() {
-                return Err(Error::invalid_policy(
-                    &field,
-                    format!("`{}` is not a directory (the wasm backend mounts directories)", host.display()),
-                ));
-            }
-            let root = MountRoot::new(&host, m.writable, handle.clone())
-                .map_err(|e| Error::invalid_policy(&field, format!("`{}`: {e}", host.display())))?;
-            mounts.push((m.guest.clone(), Arc::new(root)));
-        }
+        let lowered = lower::lower(&policy)?;
         let disk = cache_dir.as_deref().map(ArtifactCache::open).transpose()?;
-
-        if let Some(mem) = policy.memory {
-            enforced.insert(
-                "memory".into(),
-                format!("linear memory capped at {} wasm pages", mem / wasmer::WASM_PAGE_SIZE as u64),
-            );
-        }
-        if policy.timeout.is_some() {
-            enforced.insert("timeout".into(), "stop flag at function entries and loop headers".into());
-        }
-        if policy.cpu_time.is_some() {
-            enforced.insert("cpu_time".into(), "run thread's CPU clock".into());
-        }
-        if policy.fuel.is_some() {
-            enforced.insert("fuel".into(), "per-operator metering".into());
-        }
-        if policy.cpus.is_some() {
-            enforced.insert("cpus".into(), "a wasm run uses one thread".into());
-        }
-        if policy.max_processes.is_some() {
-            enforced.insert("max_processes".into(), "WASI preview 1 cannot create processes".into());
-        }
-        enforced.insert("network".into(), "no sockets linked".into());
-        if !policy.deny_syscalls.is_empty() {
-            enforced.insert("deny_syscalls".into(), "a wasm guest makes no system calls, only WASI calls".into());
-        }
-        Ok(WasmSandbox {
-            policy,
-            base,
-            engine,
-            runtime: Arc::new(runtime),
-            mounts,
-            disk,
-            interrupt: InterruptHandle::for_sandbox(),
-            enforced,
-            skipped,
-        })
+        Ok(WasmSandbox { policy, lowered, disk, interrupt: InterruptHandle::for_sandbox() })
     }
 
     /// Compiles the program's module, or fetches it from the caches, without running it, and
@@ -210,12 +96,13 @@ impl WasmSandbox {
 
     fn compile(&self, program: &Program) -> Result<(CompiledModule, ArtifactSource)> {
         let bytes = program.load()?;
-        self.base.module(&bytes, self.disk.as_ref(), &self.policy.compile)
+        self.lowered.base.module(&bytes, self.disk.as_ref(), &self.lowered.compile)
     }
 
     fn outcome(&self, status: Status, sink: &Sink, usage: Usage) -> Outcome {
         let (stdout, stderr) = sink.capture.lock().take();
-        Outcome { status, stdout, stderr, usage, enforced: self.enforced.clone(), skipped: self.skipped.clone() }
+        let record = &self.lowered.record;
+        Outcome { status, stdout, stderr, usage, enforced: record.enforced.clone(), skipped: record.skipped.clone() }
     }
 
     fn run_compiled(
@@ -226,41 +113,24 @@ impl WasmSandbox {
         options: RunOptions,
         started: Instant,
     ) -> Result<Outcome> {
-        let control = RunControl::new();
-        let _sandbox_attachment = self.interrupt.attach(&control);
-        let _run_attachment = options.interrupt.as_ref().map(|h| h.attach(&control));
+        let mut run = Run::begin(&self.interrupt, options.interrupt.as_ref());
+        let control = run.control.clone();
         let sink = Arc::new(Sink {
-            capture: Mutex::new(Capture::new(self.policy.max_output, options.on_output)),
+            capture: Mutex::new(Capture::new(self.lowered.max_output, options.on_output)),
             control: control.clone(),
         });
-        let _tokio = tokio_runtime().enter();
+        let _tokio = crate::wasi::tokio_runtime().enter();
         let cpu_start = crate::sys::thread_cpu_time();
         engine::take_new_memories();
-        let mut store = Store::new(self.engine.clone());
+        let mut store = Store::new(self.lowered.engine.clone());
 
         // Instantiate, with WASI only when the module imports it.
         let mut wasi = None;
         let instantiated = if compiled.uses_wasi {
-            let fenv = self.wasi_env(program, &sink, &mut store)?;
-            let mut imports = self.wasi_imports(&mut store, &fenv, |name| compiled.imports(name));
-            imports.define(
-                WASI_MODULE,
-                "proc_exit",
-                Function::new_typed(&mut store, |code: i32| -> Result<(), GuestExit> { Err(GuestExit(code as u32)) }),
-            );
-            if compiled.imports("proc_raise") {
-                imports.define(
-                    WASI_MODULE,
-                    "proc_raise",
-                    Function::new_typed(&mut store, |signal: i32| -> Result<i32, GuestSignal> {
-                        match crate::wasi::signals::raise(signal) {
-                            crate::wasi::signals::Raise::Terminate(sig) => Err(GuestSignal(sig)),
-                            crate::wasi::signals::Raise::Ignore => Ok(0),
-                            crate::wasi::signals::Raise::Invalid => Ok(crate::wasi::signals::ERRNO_INVAL),
-                        }
-                    }),
-                );
-            }
+            let host = &self.lowered.wasi;
+            let fenv = host.env(program, &sink, &mut store)?;
+            let mut imports = host.imports(&mut store, &fenv, |name| compiled.imports(name));
+            crate::wasi::define_exit_and_raise(&mut store, &mut imports, compiled.imports("proc_raise"));
             let result = Instance::new(&mut store, &compiled.module, &imports);
             wasi = Some(fenv);
             result
@@ -288,7 +158,7 @@ impl WasmSandbox {
             fenv.initialize(&mut store, instance.clone())
                 .map_err(|e| Error::invalid_program(format!("the module uses WASI but cannot have it: {e}")))?;
         }
-        if let Some(fuel) = self.policy.fuel {
+        if let Some(fuel) = self.lowered.fuel {
             let global =
                 instance.exports.get_global(FUEL_EXPORT).map_err(|e| Error::Engine { reason: e.to_string() })?;
             global.set(&mut store, Value::I64(fuel as i64)).map_err(|e| Error::Engine { reason: e.to_string() })?;
@@ -307,7 +177,13 @@ impl WasmSandbox {
                 p.signal_process(wasmer_wasix::types::wasi::Signal::Sigkill);
             }
         }));
-        let timers = self.start_timers(&control, started);
+        run.timeout(started, self.lowered.timeout);
+        if let Some(clock) = crate::sys::current_thread_cpu_clock() {
+            let base = crate::sys::clock_time(clock).unwrap_or_default();
+            run.cpu_budget(self.lowered.cpu_time, Duration::from_millis(1), move || {
+                crate::sys::clock_time(clock).unwrap_or_default().saturating_sub(base)
+            });
+        }
 
         // Run.
         let entry = program.entry_point().unwrap_or("_start");
@@ -328,8 +204,7 @@ impl WasmSandbox {
         let result = result.and_then(|_| func.call(&mut store, &params));
         let grow_refused = engine::take_grow_refused();
 
-        drop(timers);
-        control.disarm();
+        run.finish();
         let cpu = crate::sys::thread_cpu_time().saturating_sub(cpu_start);
         // SAFETY: the stopper is disarmed, nothing else writes the flag; reading it through the
         // global API is ordinary store access.
@@ -360,7 +235,7 @@ impl WasmSandbox {
         }
         let peak_memory_bytes =
             instance.exports.iter().memories().map(|(_, m)| m.view(&store).data_size()).sum::<u64>();
-        let fuel = self.policy.fuel.map(|budget| {
+        let fuel = self.lowered.fuel.map(|budget| {
             let left =
                 instance.exports.get_global(FUEL_EXPORT).ok().and_then(|g| g.get(&mut store).i64()).unwrap_or(0) as u64;
             budget.saturating_sub(left)
@@ -372,152 +247,6 @@ impl WasmSandbox {
         drop(store);
         let usage = Usage { wall: started.elapsed(), cpu, peak_memory_bytes, fuel, artifact: Some(source) };
         Ok(self.outcome(status, &sink, usage))
-    }
-
-    /// The WASI preview 1 imports with sandcell's wrappers (descriptor cap, no sockets), for the
-    /// functions `wanted` says the module uses (each wrapper costs time per run).
-    pub(crate) fn wasi_imports(
-        &self,
-        store: &mut Store,
-        fenv: &WasiFunctionEnv,
-        wanted: impl Fn(&str) -> bool,
-    ) -> Imports {
-        let mut imports = wasmer_wasix::generate_import_object_from_env(store, &fenv.env, WasiVersion::Snapshot1);
-        if wanted("path_open") {
-            limit_descriptors(store, &mut imports, self.policy.max_open_files);
-        }
-        no_sockets(store, &mut imports, &wanted);
-        imports
-    }
-
-    /// The WASI environment of a run: arguments, environment, capped stdio, the policy's mounts.
-    pub(crate) fn wasi_env(&self, program: &Program, sink: &Arc<Sink>, store: &mut Store) -> Result<WasiFunctionEnv> {
-        let limits = FsLimits::new(self.policy.max_open_files, self.policy.max_file_size);
-        let root = fs::build_root(&self.mounts, &limits)
-            .map_err(|e| Error::Engine { reason: format!("cannot assemble the guest filesystem: {e}") })?;
-        let mut builder = WasiEnv::builder(program.argv0())
-            .args(program.arguments())
-            .envs(program.merged_env(&self.policy.env))
-            .stdin(Box::new(StdinFile::new(program.stdin_shared())))
-            .stdout(Box::new(OutputFile::new(Stream::Stdout, sink.clone())))
-            .stderr(Box::new(OutputFile::new(Stream::Stderr, sink.clone())))
-            .runtime(self.runtime.clone())
-            .mount_fs(root);
-        for ((guest, _), mount) in self.mounts.iter().zip(&self.policy.mounts) {
-            let writable = mount.writable;
-            builder
-                .add_preopen_build(|p| p.directory(guest).read(true).write(writable).create(writable))
-                .map_err(|e| Error::Engine { reason: format!("cannot preopen `{}`: {e}", guest.display()) })?;
-        }
-        let env = builder.build().map_err(|e| Error::invalid_program(format!("cannot set up WASI: {e}")))?;
-        Ok(WasiFunctionEnv::new(store, env))
-    }
-
-    fn start_timers(&self, control: &Arc<RunControl>, started: Instant) -> Vec<watchdog::TimerGuard> {
-        let mut timers = Vec::new();
-        if let Some(timeout) = self.policy.timeout {
-            let c = control.clone();
-            timers.push(watchdog::schedule(
-                started + timeout,
-                Box::new(move |_| {
-                    c.stop(StopReason::Timeout);
-                    None
-                }),
-            ));
-        }
-        if let (Some(limit), Some(clock)) = (self.policy.cpu_time, crate::sys::current_thread_cpu_clock()) {
-            let base = crate::sys::clock_time(clock).unwrap_or_default();
-            timers.push(watchdog::cpu_budget(control, limit, Duration::from_millis(1), move || {
-                crate::sys::clock_time(clock).unwrap_or_default().saturating_sub(base)
-            }));
-        }
-        timers
-    }
-}
-
-/// Caps the number of descriptors the guest holds open (`max_open_files`). In WASI preview 1
-/// only `path_open` creates descriptors, so sandcell wraps it and `fd_close`: an open beyond the
-/// cap fails with `EMFILE`. (wasix keeps each descriptor in host memory and has no cap of its
-/// own, so without this a guest could grow host memory by opening one file forever.) Closing
-/// the initial descriptors (stdio, preopens) frees at most that many extra slots.
-fn limit_descriptors(store: &mut Store, imports: &mut Imports, max: Option<u64>) {
-    const ERRNO_MFILE: i32 = 33;
-    let Some(max) = max else { return };
-    let (Some(wasmer::Extern::Function(open)), Some(wasmer::Extern::Function(close))) =
-        (imports.get_export(WASI_MODULE, "path_open"), imports.get_export(WASI_MODULE, "fd_close"))
-    else {
-        return;
-    };
-    struct Descriptors {
-        open: Function,
-        close: Function,
-        count: u64,
-        max: u64,
-    }
-    let env = FunctionEnv::new(store, Descriptors { open, close, count: 0, max });
-    type OpenArgs = (i32, i32, i32, i32, i32, i64, i64, i32, i32);
-    let path_open = Function::new_typed_with_env(
-        store,
-        &env,
-        |mut ctx: FunctionEnvMut<Descriptors>,
-         a: i32,
-         b: i32,
-         c: i32,
-         d: i32,
-         e: i32,
-         f: i64,
-         g: i64,
-         h: i32,
-         i: i32| {
-            let (count, max, inner) = {
-                let data = ctx.data();
-                (data.count, data.max, data.open.clone())
-            };
-            if count >= max {
-                return Ok(ERRNO_MFILE);
-            }
-            let typed = inner.typed::<OpenArgs, i32>(&ctx)?;
-            let errno = typed.call(&mut ctx, a, b, c, d, e, f, g, h, i)?;
-            if errno == 0 {
-                ctx.data_mut().count += 1;
-            }
-            Ok::<i32, RuntimeError>(errno)
-        },
-    );
-    let fd_close = Function::new_typed_with_env(store, &env, |mut ctx: FunctionEnvMut<Descriptors>, fd: i32| {
-        let inner = ctx.data().close.clone();
-        let errno = inner.typed::<i32, i32>(&ctx)?.call(&mut ctx, fd)?;
-        if errno == 0 {
-            let data = ctx.data_mut();
-            data.count = data.count.saturating_sub(1);
-        }
-        Ok::<i32, RuntimeError>(errno)
-    });
-    imports.define(WASI_MODULE, "path_open", path_open);
-    imports.define(WASI_MODULE, "fd_close", fd_close);
-}
-
-/// A sandbox has no network, so no descriptor is ever a socket: WASI preview 1's `sock_accept`,
-/// `sock_recv`, `sock_send` and `sock_shutdown` fail with `EBADF` on a descriptor that is not
-/// open and `ENOTSOCK` on any other (wasix would answer `EACCES` or `ENOTSUP` there). wasix still
-/// checks the descriptor; its networking is `Unsupported`, so it can never succeed.
-fn no_sockets(store: &mut Store, imports: &mut Imports, wanted: &impl Fn(&str) -> bool) {
-    const ERRNO_BADF: i32 = 8;
-    const ERRNO_NOTSOCK: i32 = 57;
-    for name in ["sock_accept", "sock_recv", "sock_send", "sock_shutdown"].into_iter().filter(|n| wanted(n)) {
-        let Some(wasmer::Extern::Function(inner)) = imports.get_export(WASI_MODULE, name) else { continue };
-        let ty = inner.ty(store);
-        let env = FunctionEnv::new(store, inner);
-        let wrapped = Function::new_with_env(store, &env, ty, |mut ctx: FunctionEnvMut<Function>, args: &[Value]| {
-            let inner = ctx.data().clone();
-            let result = inner.call(&mut ctx, args)?;
-            let errno = match result.first().and_then(Value::i32) {
-                Some(0) | Some(ERRNO_BADF) => result[0].i32().unwrap_or(ERRNO_BADF),
-                _ => ERRNO_NOTSOCK,
-            };
-            Ok(vec![Value::I32(errno)])
-        });
-        imports.define(WASI_MODULE, name, wrapped);
     }
 }
 

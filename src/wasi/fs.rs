@@ -325,11 +325,11 @@ impl VirtualFile for GuardedFile {
 /// The guest's whole filesystem: the policy's mounts and nothing else. Directories above a mount
 /// point exist (empty, read-only); no in-memory root is writable.
 pub(crate) fn build_root(
-    mounts: &[(PathBuf, Arc<MountRoot>)],
+    mounts: &[(PathBuf, bool, Arc<MountRoot>)],
     limits: &Arc<FsLimits>,
 ) -> FsResult<virtual_fs::MountFileSystem> {
     let root = virtual_fs::MountFileSystem::new();
-    for (guest, mount) in mounts {
+    for (guest, _, mount) in mounts {
         root.mount(guest, Arc::new(MountDir::new(mount.clone(), limits.clone())))?;
     }
     Ok(root)
