@@ -36,6 +36,69 @@ use crate::{Error, Mount, Program, Result, Stream};
 /// The WASI preview 1 namespace, the only one a sandbox provides.
 pub(crate) const WASI_MODULE: &str = "wasi_snapshot_preview1";
 
+/// Parameter types of each WASI preview 1 function (`i` = i32, `I` = i64), by the index of
+/// the micro-VM ABI's WASI function table; every one returns an i32 errno.
+pub(crate) const SIGNATURES: &[(&str, &str)] = &[
+    ("args_get", "ii"),
+    ("args_sizes_get", "ii"),
+    ("environ_get", "ii"),
+    ("environ_sizes_get", "ii"),
+    ("clock_res_get", "ii"),
+    ("clock_time_get", "iIi"),
+    ("fd_advise", "iIIi"),
+    ("fd_allocate", "iII"),
+    ("fd_close", "i"),
+    ("fd_datasync", "i"),
+    ("fd_fdstat_get", "ii"),
+    ("fd_fdstat_set_flags", "ii"),
+    ("fd_fdstat_set_rights", "iII"),
+    ("fd_filestat_get", "ii"),
+    ("fd_filestat_set_size", "iI"),
+    ("fd_filestat_set_times", "iIIi"),
+    ("fd_pread", "iiiIi"),
+    ("fd_prestat_get", "ii"),
+    ("fd_prestat_dir_name", "iii"),
+    ("fd_pwrite", "iiiIi"),
+    ("fd_read", "iiii"),
+    ("fd_readdir", "iiiIi"),
+    ("fd_renumber", "ii"),
+    ("fd_seek", "iIii"),
+    ("fd_sync", "i"),
+    ("fd_tell", "ii"),
+    ("fd_write", "iiii"),
+    ("path_create_directory", "iii"),
+    ("path_filestat_get", "iiiii"),
+    ("path_filestat_set_times", "iiiiIIi"),
+    ("path_link", "iiiiiii"),
+    ("path_open", "iiiiiIIii"),
+    ("path_readlink", "iiiiii"),
+    ("path_remove_directory", "iii"),
+    ("path_rename", "iiiiii"),
+    ("path_symlink", "iiiii"),
+    ("path_unlink_file", "iii"),
+    ("poll_oneoff", "iiii"),
+    ("proc_exit", "i"),
+    ("proc_raise", "i"),
+    ("random_get", "ii"),
+    ("sched_yield", ""),
+    ("sock_accept", "iii"),
+    ("sock_recv", "iiiiii"),
+    ("sock_send", "iiiii"),
+    ("sock_shutdown", "ii"),
+];
+
+/// The parameters of WASI function `name` that are descriptors. (`poll_oneoff` names
+/// descriptors inside its subscriptions, in memory: not here.)
+fn fd_params(name: &str) -> &'static [usize] {
+    match name {
+        "fd_renumber" => &[0, 1],
+        "path_link" | "path_rename" => &[0, 3],
+        "path_symlink" => &[2],
+        n if n.starts_with("fd_") || n.starts_with("path_") || n.starts_with("sock_") => &[0],
+        _ => &[],
+    }
+}
+
 /// The tokio runtime wasmer-wasix needs for its file operations; one for the process.
 pub(crate) fn tokio_runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -104,6 +167,8 @@ impl WasiHost {
                 .map_err(|e| Error::invalid_policy(&field, format!("`{}`: {e}", host.display())))?;
             opened.push((m.guest.clone(), m.writable, Arc::new(root)));
         }
+        // A mount at `/` is preopened first (right after wasix's own root, see `root_fd`).
+        opened.sort_by_key(|(guest, _, _)| guest != std::path::Path::new("/"));
         Ok(WasiHost { runtime: Arc::new(runtime), mounts: opened, env: env.clone(), max_open_files, max_file_size })
     }
 
@@ -130,14 +195,17 @@ impl WasiHost {
         Ok(WasiFunctionEnv::new(store, env))
     }
 
-    /// The WASI preview 1 imports with sandcell's wrappers (descriptor cap, no sockets), for the
-    /// functions `wanted` says the module uses (each wrapper costs time per run).
+    /// The WASI preview 1 imports with sandcell's wrappers (descriptor cap, no sockets, the
+    /// root), for the functions `wanted` says the module uses (each wrapper costs time per run).
     pub(crate) fn imports(&self, store: &mut Store, fenv: &WasiFunctionEnv, wanted: impl Fn(&str) -> bool) -> Imports {
         let mut imports = wasmer_wasix::generate_import_object_from_env(store, &fenv.env, WasiVersion::Snapshot1);
         if wanted("path_open") {
-            limit_descriptors(store, &mut imports, self.max_open_files);
+            wrap_path_open(store, &mut imports, self.max_open_files);
         }
         no_sockets(store, &mut imports, &wanted);
+        if self.mounts.first().is_some_and(|(guest, _, _)| guest == std::path::Path::new("/")) {
+            root_first(store, &mut imports, fenv, &wanted);
+        }
         imports
     }
 }
@@ -165,14 +233,92 @@ pub(crate) fn define_exit_and_raise(store: &mut Store, imports: &mut Imports, ra
     }
 }
 
-/// Caps the number of descriptors the guest holds open (`max_open_files`). In WASI preview 1
-/// only `path_open` creates descriptors, so sandcell wraps it and `fd_close`: an open beyond the
-/// cap fails with `EMFILE`. (wasix keeps each descriptor in host memory and has no cap of its
-/// own, so without this a guest could grow host memory by opening one file forever.) Closing
-/// the initial descriptors (stdio, preopens) frees at most that many extra slots.
-fn limit_descriptors(store: &mut Store, imports: &mut Imports, max: Option<u64>) {
+/// wasix's own root directory, always descriptor 3 and preopened as `/`.
+const WASIX_ROOT_FD: i32 = 3;
+/// The preopen of a mount at `/`, which is preopened first, right after wasix's root.
+const ROOT_MOUNT_FD: i32 = 4;
+
+/// Makes a mount at `/` the guest's root: the first preopen named `/`, which is what programs
+/// built with wasi-libc (Rust's standard library among them) resolve absolute paths against.
+///
+/// wasix always keeps a virtual root of its own at descriptor 3, preopened as `/`, in which
+/// nothing can be created, and refuses to let another descriptor replace it. So the guest's
+/// descriptors 3 and 4 are swapped at the import boundary: the guest's 3 is the mount, its 4
+/// wasix's root — which `fd_prestat_get` then describes as a preopen of another kind than a
+/// directory, so that no guest takes it for a second `/` (wasi-libc takes the last of equal
+/// prefixes, other code the first). Preopens cannot be closed or renumbered, and no new
+/// descriptor is ever 3 or 4, so only descriptor arguments need translating, never results.
+/// (`poll_oneoff` names descriptors inside its subscriptions, which are not translated:
+/// polling a directory is meaningless.)
+fn root_first(store: &mut Store, imports: &mut Imports, fenv: &WasiFunctionEnv, wanted: &impl Fn(&str) -> bool) {
+    let swap = |fd: i32| match fd {
+        WASIX_ROOT_FD => ROOT_MOUNT_FD,
+        ROOT_MOUNT_FD => WASIX_ROOT_FD,
+        other => other,
+    };
+    for (name, _) in SIGNATURES.iter().filter(|(n, _)| wanted(n)) {
+        let positions = fd_params(name);
+        if positions.is_empty() {
+            continue;
+        }
+        let Some(wasmer::Extern::Function(inner)) = imports.get_export(WASI_MODULE, name) else { continue };
+        let ty = inner.ty(store);
+        let env = FunctionEnv::new(store, inner);
+        let wrapped =
+            Function::new_with_env(store, &env, ty, move |mut ctx: FunctionEnvMut<Function>, args: &[Value]| {
+                let mut args = args.to_vec();
+                for &p in positions {
+                    if let Some(Value::I32(fd)) = args.get(p) {
+                        args[p] = Value::I32(swap(*fd));
+                    }
+                }
+                let inner = ctx.data().clone();
+                Ok(inner.call(&mut ctx, &args)?.into_vec())
+            });
+        imports.define(WASI_MODULE, name, wrapped);
+    }
+    if !wanted("fd_prestat_get") {
+        return;
+    }
+    let Some(wasmer::Extern::Function(inner)) = imports.get_export(WASI_MODULE, "fd_prestat_get") else { return };
+    struct Prestat {
+        inner: Function,
+        wasi: FunctionEnv<WasiEnv>,
+    }
+    let env = FunctionEnv::new(store, Prestat { inner, wasi: fenv.env.clone() });
+    let prestat = Function::new_typed_with_env(store, &env, |mut ctx: FunctionEnvMut<Prestat>, fd: i32, out: i32| {
+        const ERRNO_FAULT: i32 = 21;
+        if fd != ROOT_MOUNT_FD {
+            // The wrapper above translates the descriptor.
+            let inner = ctx.data().inner.clone();
+            return inner.typed::<(i32, i32), i32>(&ctx)?.call(&mut ctx, fd, out);
+        }
+        // wasix's root, which the guest sees at 4: a preopen, but not of a directory
+        // (`prestat`: tag 1, name length 0).
+        let wasi = ctx.data().wasi.clone();
+        let answer = [1u8, 0, 0, 0, 0, 0, 0, 0];
+        let written =
+            wasi.as_ref(&ctx).try_memory_view(&ctx).is_some_and(|view| view.write(out as u32 as u64, &answer).is_ok());
+        Ok::<i32, RuntimeError>(if written { 0 } else { ERRNO_FAULT })
+    });
+    imports.define(WASI_MODULE, "fd_prestat_get", prestat);
+}
+
+/// Wraps `path_open` (and `fd_close`) for two things wasix lacks:
+///
+/// - the cap on descriptors the guest holds open (`max_open_files`). In WASI preview 1 only
+///   `path_open` creates descriptors: an open beyond the cap fails with `EMFILE`. (wasix keeps
+///   each descriptor in host memory and has no cap of its own, so without this a guest could
+///   grow host memory by opening one file forever.) Closing the initial descriptors (stdio,
+///   preopens) frees at most that many extra slots;
+/// - opening a directory (`O_DIRECTORY`) with rights that include `fd_write`, as a guest asking
+///   for a directory descriptor with the rights of the one it came from does (the WASI test
+///   suite's Rust tests open their root so): wasix refuses that with `EISDIR`, but a directory
+///   descriptor cannot be written anyway, so the right is dropped and the open goes ahead.
+fn wrap_path_open(store: &mut Store, imports: &mut Imports, max: Option<u64>) {
     const ERRNO_MFILE: i32 = 33;
-    let Some(max) = max else { return };
+    const OFLAGS_DIRECTORY: i32 = 1 << 1;
+    const RIGHTS_FD_WRITE: i64 = 1 << 6;
     let (Some(wasmer::Extern::Function(open)), Some(wasmer::Extern::Function(close))) =
         (imports.get_export(WASI_MODULE, "path_open"), imports.get_export(WASI_MODULE, "fd_close"))
     else {
@@ -182,7 +328,7 @@ fn limit_descriptors(store: &mut Store, imports: &mut Imports, max: Option<u64>)
         open: Function,
         close: Function,
         count: u64,
-        max: u64,
+        max: Option<u64>,
     }
     let env = FunctionEnv::new(store, Descriptors { open, close, count: 0, max });
     type OpenArgs = (i32, i32, i32, i32, i32, i64, i64, i32, i32);
@@ -190,41 +336,47 @@ fn limit_descriptors(store: &mut Store, imports: &mut Imports, max: Option<u64>)
         store,
         &env,
         |mut ctx: FunctionEnvMut<Descriptors>,
-         a: i32,
-         b: i32,
-         c: i32,
-         d: i32,
-         e: i32,
-         f: i64,
-         g: i64,
-         h: i32,
-         i: i32| {
+         dirfd: i32,
+         dirflags: i32,
+         path: i32,
+         path_len: i32,
+         oflags: i32,
+         mut rights: i64,
+         inheriting: i64,
+         fdflags: i32,
+         opened: i32| {
             let (count, max, inner) = {
                 let data = ctx.data();
                 (data.count, data.max, data.open.clone())
             };
-            if count >= max {
+            if max.is_some_and(|max| count >= max) {
                 return Ok(ERRNO_MFILE);
             }
+            if oflags & OFLAGS_DIRECTORY != 0 {
+                rights &= !RIGHTS_FD_WRITE;
+            }
             let typed = inner.typed::<OpenArgs, i32>(&ctx)?;
-            let errno = typed.call(&mut ctx, a, b, c, d, e, f, g, h, i)?;
+            let errno =
+                typed.call(&mut ctx, dirfd, dirflags, path, path_len, oflags, rights, inheriting, fdflags, opened)?;
             if errno == 0 {
                 ctx.data_mut().count += 1;
             }
             Ok::<i32, RuntimeError>(errno)
         },
     );
-    let fd_close = Function::new_typed_with_env(store, &env, |mut ctx: FunctionEnvMut<Descriptors>, fd: i32| {
-        let inner = ctx.data().close.clone();
-        let errno = inner.typed::<i32, i32>(&ctx)?.call(&mut ctx, fd)?;
-        if errno == 0 {
-            let data = ctx.data_mut();
-            data.count = data.count.saturating_sub(1);
-        }
-        Ok::<i32, RuntimeError>(errno)
-    });
     imports.define(WASI_MODULE, "path_open", path_open);
-    imports.define(WASI_MODULE, "fd_close", fd_close);
+    if max.is_some() {
+        let fd_close = Function::new_typed_with_env(store, &env, |mut ctx: FunctionEnvMut<Descriptors>, fd: i32| {
+            let inner = ctx.data().close.clone();
+            let errno = inner.typed::<i32, i32>(&ctx)?.call(&mut ctx, fd)?;
+            if errno == 0 {
+                let data = ctx.data_mut();
+                data.count = data.count.saturating_sub(1);
+            }
+            Ok::<i32, RuntimeError>(errno)
+        });
+        imports.define(WASI_MODULE, "fd_close", fd_close);
+    }
 }
 
 /// A sandbox has no network, so no descriptor is ever a socket: WASI preview 1's `sock_accept`,

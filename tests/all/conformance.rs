@@ -33,11 +33,23 @@ impl Fixture {
     }
 
     /// A sandbox of this backend with `policy`, plus what the backend needs to reach the guest.
-    pub fn sandbox(&self, mut policy: Policy) -> Box<dyn Sandbox> {
+    pub fn sandbox(&self, policy: Policy) -> Box<dyn Sandbox> {
+        self.try_sandbox(policy).unwrap_or_else(|e| panic!("{}: {e}", self.kind))
+    }
+
+    /// As [`Fixture::sandbox`], or the error of building it.
+    pub fn try_sandbox(&self, mut policy: Policy) -> Result<Box<dyn Sandbox>, sandcell::Error> {
         if self.kind == BackendKind::Process {
             policy.mounts.push(Mount::read_only(self.guest.parent().unwrap(), GUEST_DIR));
+            // Over a root of its own (a mount at `/`, as a container image's), a native program
+            // needs its libraries: the host's, as an image would carry its own.
+            if policy.mounts.iter().any(|m| m.guest == std::path::Path::new("/")) && policy.system_dirs.is_none() {
+                let dirs = ["/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache"];
+                policy.system_dirs =
+                    Some(dirs.iter().map(PathBuf::from).filter(|d| std::fs::symlink_metadata(d).is_ok()).collect());
+            }
         }
-        SandboxBuilder::new(self.kind).policy(policy).build().unwrap_or_else(|e| panic!("{}: {e}", self.kind))
+        SandboxBuilder::new(self.kind).policy(policy).build()
     }
 }
 
@@ -421,4 +433,300 @@ fn working_directory_is_set_or_refused() {
             assert!(err.to_string().contains("working directory"), "{err}");
         }
     }
+}
+
+/// What a case of the cross-backend table expects.
+#[derive(Debug)]
+enum Expect {
+    /// Exits with this code, with this on stdout (`None`: not checked) and `stderr` containing
+    /// this (`None`: not checked).
+    Exit(i32, Option<&'static str>, Option<&'static str>),
+    /// Ends with this status, whatever it printed.
+    Ends(Status),
+}
+
+/// One case: the same policy and program on every backend.
+struct Case {
+    name: &'static str,
+    policy: fn(&Dirs) -> Policy,
+    mode: &'static str,
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    stdin: &'static [u8],
+    expect: Expect,
+    /// Backends that refuse the case when the sandbox is built, with the field, as documented.
+    refused: &'static [(BackendKind, sandcell::PolicyField)],
+    /// A check of the host afterwards (files a run wrote).
+    after: Option<fn(&Dirs) -> Result<(), String>>,
+}
+
+/// Host directories a case may mount: `ro` holds `data.txt`, `rw` holds `existing.txt`, `root`
+/// is a directory for a mount at `/`, holding `file.txt`.
+struct Dirs {
+    ro: TempDir,
+    rw: TempDir,
+    root: TempDir,
+}
+
+impl Dirs {
+    fn new() -> Dirs {
+        let (ro, rw) = mount_fixture();
+        let root = TempDir::new("root");
+        std::fs::write(root.join("file.txt"), "in the root").unwrap();
+        Dirs { ro, rw, root }
+    }
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "exit code",
+        policy: |_| policy(),
+        mode: "exit",
+        args: &["42"],
+        env: &[],
+        stdin: b"",
+        expect: Expect::Exit(42, Some(""), Some("")),
+        refused: &[],
+        after: None,
+    },
+    Case {
+        name: "arguments, stdin, environment, two streams",
+        policy: |_| Policy { env: [("GREETING".into(), "from the policy".into())].into(), ..policy() },
+        mode: "hello",
+        args: &["one", "two words"],
+        env: &[],
+        stdin: b"piped",
+        expect: Expect::Exit(
+            0,
+            Some("Hello from testguest\nargs: one two words\nstdin: piped\nGREETING=from the policy\n"),
+            Some("a line on stderr\n"),
+        ),
+        refused: &[],
+        after: None,
+    },
+    Case {
+        name: "the program's environment wins over the policy's",
+        policy: |_| Policy { env: [("GREETING".into(), "policy".into())].into(), ..policy() },
+        mode: "hello",
+        args: &[],
+        env: &[("GREETING", "program")],
+        stdin: b"",
+        expect: Expect::Exit(0, Some("Hello from testguest\nargs: \nstdin: \nGREETING=program\n"), None),
+        refused: &[],
+        after: None,
+    },
+    Case {
+        name: "output cap",
+        policy: |_| Policy { max_output: 64 << 10, ..policy() },
+        mode: "flood",
+        args: &["1048576"],
+        env: &[],
+        stdin: b"",
+        expect: Expect::Ends(Status::OutputLimit),
+        refused: &[],
+        after: None,
+    },
+    Case {
+        name: "memory within the cap",
+        policy: |_| Policy { memory: Some(128 << 20), ..policy() },
+        mode: "alloc",
+        args: &["16"],
+        env: &[],
+        stdin: b"",
+        expect: Expect::Exit(0, Some("allocated 16 MiB\n"), None),
+        refused: &[],
+        after: None,
+    },
+    Case {
+        name: "memory over the cap",
+        policy: |_| Policy { memory: Some(64 << 20), ..policy() },
+        mode: "alloc",
+        args: &["256"],
+        env: &[],
+        stdin: b"",
+        expect: Expect::Ends(Status::MemoryLimit),
+        refused: &[],
+        after: None,
+    },
+    Case {
+        name: "timeout of a busy guest",
+        policy: |_| Policy { timeout: Some(Duration::from_millis(300)), ..policy() },
+        mode: "spin",
+        args: &[],
+        env: &[],
+        stdin: b"",
+        expect: Expect::Ends(Status::Timeout),
+        refused: &[],
+        after: None,
+    },
+    Case {
+        name: "timeout of a sleeping guest",
+        policy: |_| Policy { timeout: Some(Duration::from_millis(300)), ..policy() },
+        mode: "sleep",
+        args: &["10000"],
+        env: &[],
+        stdin: b"",
+        expect: Expect::Ends(Status::Timeout),
+        refused: &[],
+        after: None,
+    },
+    Case {
+        name: "a raised signal",
+        policy: |_| policy(),
+        mode: "raise",
+        args: &["15"],
+        env: &[],
+        stdin: b"",
+        expect: Expect::Ends(Status::Signaled(15)),
+        refused: &[],
+        after: None,
+    },
+    Case {
+        name: "a read-only mount reads",
+        policy: |d| Policy { mounts: vec![Mount::read_only(d.ro.path(), "/data")], ..policy() },
+        mode: "read",
+        args: &["/data/data.txt"],
+        env: &[],
+        stdin: b"",
+        expect: Expect::Exit(0, Some("ok read-only data\n"), None),
+        refused: &[],
+        after: None,
+    },
+    Case {
+        name: "a read-only mount refuses a write",
+        policy: |d| Policy { mounts: vec![Mount::read_only(d.ro.path(), "/data")], ..policy() },
+        mode: "write",
+        args: &["/data/data.txt", "changed"],
+        env: &[],
+        stdin: b"",
+        expect: Expect::Exit(0, None, None),
+        refused: &[],
+        after: Some(|d| {
+            let now = std::fs::read_to_string(d.ro.join("data.txt")).unwrap();
+            (now == "read-only data").then_some(()).ok_or(format!("the read-only file became {now:?}"))
+        }),
+    },
+    Case {
+        name: "a read-write mount writes to the host",
+        policy: |d| Policy { mounts: vec![Mount::read_write(d.rw.path(), "/out")], ..policy() },
+        mode: "write",
+        args: &["/out/new.txt", "written"],
+        env: &[],
+        stdin: b"",
+        expect: Expect::Exit(0, Some("ok\n"), None),
+        refused: &[],
+        after: Some(|d| {
+            let now = std::fs::read_to_string(d.rw.join("new.txt")).map_err(|e| e.to_string())?;
+            (now == "written").then_some(()).ok_or(format!("the host file holds {now:?}"))
+        }),
+    },
+    Case {
+        name: "a mount at / is the root, readable",
+        policy: |d| Policy { mounts: vec![Mount::read_write(d.root.path(), "/")], ..policy() },
+        mode: "read",
+        args: &["/file.txt"],
+        env: &[],
+        stdin: b"",
+        expect: Expect::Exit(0, Some("ok in the root\n"), None),
+        refused: &[],
+        after: None,
+    },
+    Case {
+        name: "a mount at / is the root, writable",
+        policy: |d| Policy { mounts: vec![Mount::read_write(d.root.path(), "/")], ..policy() },
+        mode: "write",
+        args: &["/made-in-root.txt", "root write"],
+        env: &[],
+        stdin: b"",
+        expect: Expect::Exit(0, Some("ok\n"), None),
+        refused: &[],
+        after: Some(|d| {
+            let now = std::fs::read_to_string(d.root.join("made-in-root.txt")).map_err(|e| e.to_string())?;
+            (now == "root write").then_some(()).ok_or(format!("the host file holds {now:?}"))
+        }),
+    },
+    Case {
+        name: "a private loopback",
+        policy: |_| Policy { network: sandcell::Network::Loopback, ..policy() },
+        mode: "exit",
+        args: &["0"],
+        env: &[],
+        stdin: b"",
+        expect: Expect::Exit(0, None, None),
+        refused: &[
+            (BackendKind::Wasm, sandcell::PolicyField::Network),
+            (BackendKind::MicroVm, sandcell::PolicyField::Network),
+        ],
+        after: None,
+    },
+    Case {
+        name: "fuel",
+        policy: |_| Policy { fuel: Some(1_000_000), ..policy() },
+        mode: "spin",
+        args: &[],
+        env: &[],
+        stdin: b"",
+        expect: Expect::Ends(Status::CpuLimit(CpuBudget::Fuel)),
+        refused: &[(BackendKind::Process, sandcell::PolicyField::Fuel)],
+        after: None,
+    },
+];
+
+/// The cross-backend table: each case, on every backend here, ends the same way — or is
+/// refused by a backend, as documented, naming the field.
+#[test]
+fn the_same_policy_and_program_behave_the_same_on_every_backend() {
+    let fixtures = fixtures();
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for case in CASES {
+        for f in &fixtures {
+            let dirs = Dirs::new();
+            let refusal = case.refused.iter().find(|(k, _)| *k == f.kind).map(|(_, field)| *field);
+            let built = f.try_sandbox((case.policy)(&dirs));
+            let sb = match (built, refusal) {
+                (Ok(sb), None) => sb,
+                (Err(sandcell::Error::Unenforceable { field, .. }), Some(expected)) if field == expected => continue,
+                (Ok(_), Some(field)) => {
+                    failures.push(format!("{} on {}: expected a refusal of `{field}`", case.name, f.kind));
+                    continue;
+                }
+                (Err(e), _) => {
+                    failures.push(format!("{} on {}: cannot build: {e}", case.name, f.kind));
+                    continue;
+                }
+            };
+            let mut program = f.guest(case.mode, case.args).stdin(case.stdin.to_vec());
+            for (k, v) in case.env {
+                program = program.env(*k, *v);
+            }
+            ran += 1;
+            let out = match sb.run(&program) {
+                Ok(out) => out,
+                Err(e) => {
+                    failures.push(format!("{} on {}: host error {e}", case.name, f.kind));
+                    continue;
+                }
+            };
+            let wrong = match &case.expect {
+                Expect::Exit(code, stdout, stderr) => {
+                    if out.status != Status::Exited(*code) {
+                        Some(format!("status {:?}, stderr {}", out.status, text(&out.stderr)))
+                    } else if stdout.is_some_and(|o| text(&out.stdout) != o) {
+                        Some(format!("stdout {:?}", text(&out.stdout)))
+                    } else if stderr.is_some_and(|e| !text(&out.stderr).contains(e)) {
+                        Some(format!("stderr {:?}", text(&out.stderr)))
+                    } else {
+                        None
+                    }
+                }
+                Expect::Ends(status) => (out.status != *status).then(|| format!("status {:?}", out.status)),
+            };
+            if let Some(wrong) = wrong.or_else(|| case.after.and_then(|check| check(&dirs).err())) {
+                failures.push(format!("{} on {}: {wrong} (expected {:?})", case.name, f.kind, case.expect));
+            }
+        }
+    }
+    assert!(ran > 0, "no backend to run the cases on");
+    assert!(failures.is_empty(), "{} of {ran} runs differ:\n{}", failures.len(), failures.join("\n"));
 }

@@ -167,7 +167,7 @@ fn run_suite(backend: BackendKind) {
     };
     let mut ran = 0;
     let mut failures = Vec::new();
-    for set in ["c", "assemblyscript"] {
+    for set in ["c", "assemblyscript", "rust"] {
         let dir = data.join("wasi-testsuite").join(set).join("testsuite/wasm32-wasip1");
         for wasm in cases(&dir) {
             let name = format!("{set}/{}", wasm.file_stem().unwrap().to_string_lossy());

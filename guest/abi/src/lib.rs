@@ -15,6 +15,7 @@
 //! from the kernel stack and ends the run.
 #![no_std]
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 /// Port of the hypercall doorbell.
 pub const HYPERCALL_PORT: u16 = 0x5c0;
@@ -116,6 +117,7 @@ pub mod host_call_error {
 }
 
 /// Trap kinds reported by [`op::TRAP`].
+#[allow(missing_docs)] // named after the wasm trap each reports
 pub mod trap {
     pub const UNREACHABLE: u64 = 1;
     pub const DIVISION_BY_ZERO: u64 = 2;
@@ -142,11 +144,17 @@ const _: () = assert!(layout::MAILBOX + layout::MAX_VCPUS as u64 * layout::MAILB
 /// `magic: u32, version: u16, op: u16, args: [u64; 13], ret: i64, ret2: u64`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mailbox {
+    /// [`MAGIC`].
     pub magic: u32,
+    /// [`VERSION`].
     pub version: u16,
+    /// The operation ([`op`]).
     pub op: u16,
+    /// The operation's arguments (see [`decode`] for each operation's).
     pub args: [u64; MAILBOX_ARGS],
+    /// The host's answer.
     pub ret: i64,
+    /// A second answer, where an operation has one.
     pub ret2: u64,
 }
 
@@ -193,7 +201,9 @@ impl Mailbox {
 /// overflow; the host still checks that the span lies in memory the guest may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
+    /// Guest address of the first byte.
     pub addr: u64,
+    /// Length in bytes.
     pub len: u64,
 }
 
@@ -211,28 +221,45 @@ pub const MAX_NAME: u64 = 256;
 
 /// A decoded, validated hypercall.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)] // the fields are described with each variant
 pub enum Request {
+    /// [`op::EXIT`]: the guest ends with `code`, having used `fuel_used` (wasm guests), and
+    /// hands over its last buffered stdout in `output`.
     Exit { code: i32, fuel_used: Option<u64>, output: Span },
+    /// [`op::WRITE`]: `buf` to stdout (`fd` 1) or stderr (`fd` 2).
     Write { fd: u8, buf: Span },
+    /// [`op::READ`]: stdin into `buf`.
     Read { buf: Span },
+    /// [`op::HOST_CALL`]: the host function `name` with `input`, its answer into `output`.
     HostCall { name: Span, input: Span, output: Span },
+    /// [`op::WASI`]: WASI function `function` (index into [`WASI_FUNCTIONS`]) with `nargs`
+    /// of `args`, on the linear memory `memory`.
     Wasi { function: u16, memory: Span, args: [u64; 9], nargs: u8 },
+    /// [`op::TRAP`]: the wasm guest trapped ([`trap`] kinds), with a `message`.
     Trap { kind: u64, message: Span, fuel_used: Option<u64> },
 }
 
 /// Why a mailbox is not a valid request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
+    /// The mailbox's magic is not [`MAGIC`].
     BadMagic(u32),
+    /// The mailbox's version is not [`VERSION`].
     BadVersion(u16),
+    /// No such operation.
     UnknownOp(u16),
     /// A buffer's address plus length overflows, or the length is over [`MAX_SPAN`].
     BadSpan {
+        /// The span's address.
         addr: u64,
+        /// Its length.
         len: u64,
     },
+    /// An output stream other than 1 and 2.
     BadFd(u64),
+    /// A WASI function index outside [`WASI_FUNCTIONS`].
     UnknownWasiFunction(u64),
+    /// More arguments than a WASI call has.
     BadArgCount(u64),
 }
 
