@@ -351,6 +351,7 @@ pub(crate) fn number(name: &str) -> Option<i64> {
 }
 
 /// The name of system call `nr`.
+#[cfg_attr(not(process_backend), allow(dead_code))]
 pub(crate) fn name(nr: i64) -> Option<&'static str> {
     TABLE.iter().find(|(_, n)| *n == nr).map(|(name, _)| *name)
 }

@@ -609,7 +609,7 @@ fn compiling_an_untrusted_module_is_bounded_by_budgets_of_its_own() {
     let e = sb.run(&Program::bytes(m.clone())).unwrap_err();
     assert!(matches!(e, Error::CompileBudget { limit: sandcell::CompileLimit::Functions, .. }), "{e}");
     assert_eq!(e.kind(), ErrorKind::InvalidProgram);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 
     // Within the count, the time budget stops a compilation that runs over.
     let mut wat_text = String::from("(module\n");
@@ -622,7 +622,7 @@ fn compiling_an_untrusted_module_is_bounded_by_budgets_of_its_own() {
     let started = Instant::now();
     let e = sb.run(&wat(&wat_text)).unwrap_err();
     assert!(matches!(e, Error::CompileBudget { limit: sandcell::CompileLimit::Time, .. }), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
     // With its default budgets, the same module compiles and runs.
     let out = sandbox(policy).run(&wat(&wat_text)).unwrap();
     assert_eq!(out.status, Status::Exited(0));

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::sys;
 use crate::{Error, Result};
 
 /// How many clean arenas are kept for reuse.
@@ -36,9 +37,6 @@ pub(crate) struct Arena {
 
 /// Clean arenas, with when each was freed.
 static FREE: Mutex<Vec<(Arena, Instant)>> = Mutex::new(Vec::new());
-
-const PROT: i32 = libc::PROT_READ | libc::PROT_WRITE;
-const FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
 
 impl Arena {
     /// A clean arena of `len` bytes (reused, or mapped now).
@@ -60,11 +58,7 @@ impl Arena {
         if let Some(arena) = reused {
             return Ok(arena);
         }
-        // SAFETY: a new anonymous mapping; nothing else refers to it.
-        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, PROT, FLAGS, -1, 0) };
-        if base == libc::MAP_FAILED {
-            return Err(Error::setup("map guest memory", std::io::Error::last_os_error()));
-        }
+        let base = sys::map_anonymous(len).map_err(|e| Error::setup("map guest memory", e))?;
         Ok(Arena { base: base as usize, len })
     }
 
@@ -84,9 +78,9 @@ impl Arena {
         if end == 0 {
             return true;
         }
-        // SAFETY: `[base, base+end)` lies inside this arena, which only this run uses now.
-        let at = unsafe { libc::mmap(self.base as *mut libc::c_void, end, PROT, FLAGS | libc::MAP_FIXED, -1, 0) };
-        at != libc::MAP_FAILED
+        // SAFETY: `[base, base+end)` lies inside this arena, which only this run uses now, and
+        // nothing refers to its contents any more (the run's guest memory is dropped).
+        unsafe { sys::remap_anonymous(self.base(), end) }
     }
 
     /// Discards every page (they read as zeros next time) and offers the arena for reuse. The
@@ -97,7 +91,7 @@ impl Arena {
             return; // dropped: unmapped
         }
         // SAFETY: the whole arena, which nothing uses any more (its VM is destroyed).
-        if unsafe { libc::madvise(self.base as *mut libc::c_void, self.len, libc::MADV_DONTNEED) } != 0 {
+        if !unsafe { sys::discard(self.base(), self.len) } {
             return;
         }
         let mut free = FREE.lock();
@@ -126,8 +120,8 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        // SAFETY: the arena owns its mapping.
-        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+        // SAFETY: the arena owns its mapping, and nothing uses it once the arena is dropped.
+        unsafe { sys::unmap(self.base(), self.len) };
     }
 }
 

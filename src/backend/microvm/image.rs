@@ -10,12 +10,12 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use sandcell_abi::layout;
 
+use super::sys;
 use crate::{Error, Result};
 
 const PAGE: u64 = 0x1000;
@@ -227,13 +227,7 @@ pub(crate) struct GuestImage {
 }
 
 fn memfd(size: u64) -> io::Result<File> {
-    // SAFETY: a NUL-terminated name and flags; the returned descriptor is owned below.
-    let fd = unsafe { libc::memfd_create(c"sandcell-guest-image".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and is owned by nothing else.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let file = File::from(sys::memfd_create(c"sandcell-guest-image")?);
     file.set_len(size)?;
     Ok(file)
 }

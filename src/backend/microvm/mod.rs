@@ -25,6 +25,7 @@ pub(crate) mod image;
 mod lower;
 mod reaper;
 pub(crate) mod seccomp_vcpu;
+mod sys;
 pub(crate) mod vm;
 pub(crate) mod wasi;
 

@@ -15,12 +15,13 @@
 //! At most [`MAX_PENDING`] VMs wait for destruction: beyond that, or if the reaper cannot be
 //! started or reached, a run destroys its VM and cleans its arena itself.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::OnceLock;
 
 use super::arena::Arena;
+use super::sys;
 
 /// How many VMs may wait for the reaper at once.
 const MAX_PENDING: usize = 4;
@@ -44,14 +45,7 @@ fn reaper() -> Option<&'static Reaper> {
 }
 
 fn start() -> Option<Reaper> {
-    let mut pair = [0; 2];
-    // SAFETY: `pair` has room for the two descriptors.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) } != 0
-    {
-        return None;
-    }
-    // SAFETY: socketpair returned two new descriptors that nothing else owns.
-    let (send, recv) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+    let (send, recv) = sys::socketpair().ok()?;
     let (go, wait) = channel();
     std::thread::Builder::new().name("sandcell-vm-reaper".into()).spawn(move || serve(recv, wait)).ok()?;
     Some(Reaper { sock: send, go, handing: parking_lot::Mutex::new(()) })
@@ -66,19 +60,18 @@ fn serve(sock: OwnedFd, go: Receiver<()>) {
         loop {
             // No control buffer: the kernel releases the passed files inside this call (and
             // with them the VM), marking the message MSG_CTRUNC.
-            // SAFETY: `raw` is a valid 16-byte buffer.
-            let n = unsafe { libc::recv(sock.as_raw_fd(), raw.as_mut_ptr().cast(), 16, 0) };
-            if n == 16 {
-                // SAFETY: the sender put an arena it gave up (`into_raw`) in the message, once.
-                unsafe { Arena::from_raw(raw) }.recycle();
-                break;
+            match sys::recv(sock.as_fd(), &mut raw) {
+                Ok(16) => {
+                    // SAFETY: the sender put an arena it gave up (`into_raw`) in the message,
+                    // once.
+                    unsafe { Arena::from_raw(raw) }.recycle();
+                    break;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // Cannot happen while the process lives (the sending end is never closed); the
+                // arena, if any, is left mapped rather than reused.
+                _ => break,
             }
-            if n == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            // Cannot happen while the process lives (the sending end is never closed); the
-            // arena, if any, is left mapped rather than reused.
-            break;
         }
         PENDING.fetch_sub(1, Ordering::SeqCst);
     }
@@ -100,7 +93,8 @@ impl Drop for Handed {
 /// Hands the descriptors of one finished VM (its VM and vCPU descriptors) and its guest RAM to
 /// the reaper. On `Err`, the caller destroys the VM itself and gets the arena back. On `Ok`, the
 /// caller closes its own descriptors (cheap: the message holds references to the files), then
-/// drops the `Handed`.
+/// drops the `Handed`. One message carries at most 32 descriptors (`sys::send_fds`): a VM and 16
+/// vCPUs fit.
 pub(super) fn hand_over(fds: &[RawFd], arena: Arena) -> Result<Handed, Arena> {
     let Some(reaper) = reaper() else { return Err(arena) };
     if PENDING.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING {
@@ -109,7 +103,7 @@ pub(super) fn hand_over(fds: &[RawFd], arena: Arena) -> Result<Handed, Arena> {
     }
     let turn = reaper.handing.lock();
     let raw = arena.into_raw();
-    if send_fds(reaper.sock.as_raw_fd(), &raw, fds).is_err() {
+    if sys::send_fds(reaper.sock.as_fd(), &raw, fds).is_err() {
         PENDING.fetch_sub(1, Ordering::SeqCst);
         // SAFETY: `raw` came from `into_raw` just now and was not sent.
         return Err(unsafe { Arena::from_raw(raw) });
@@ -117,41 +111,10 @@ pub(super) fn hand_over(fds: &[RawFd], arena: Arena) -> Result<Handed, Arena> {
     Ok(Handed { reaper, _turn: turn })
 }
 
-/// Sends `data` with `fds` attached (at most 32 descriptors: a VM and 16 vCPUs fit).
-fn send_fds(sock: RawFd, data: &[u64; 2], fds: &[RawFd]) -> std::io::Result<()> {
-    if fds.is_empty() || fds.len() > 32 {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    let mut control = [0u64; 24]; // CMSG_SPACE(32 * 4) = 144 bytes, 8-byte aligned
-    let mut iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: 16 };
-    // SAFETY: msghdr is plain data; all-zero is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    let bytes = std::mem::size_of_val(fds) as u32;
-    // SAFETY: CMSG_SPACE and CMSG_LEN are pure computations.
-    let (space, len) = unsafe { (libc::CMSG_SPACE(bytes) as usize, libc::CMSG_LEN(bytes) as usize) };
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: `control` holds `space` bytes (at most 144 for 32 descriptors), room for one
-    // header and the descriptors; the CMSG macros stay inside it.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = len;
-        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
-    }
-    // SAFETY: `msg` describes valid buffers for the duration of the call.
-    if unsafe { libc::sendmsg(sock, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) } == 16 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::fd::{AsRawFd, FromRawFd};
+
     use super::*;
 
     #[test]
@@ -176,8 +139,8 @@ mod tests {
 
     #[test]
     fn nothing_or_too_many_descriptors_are_refused() {
-        let sock = reaper().unwrap().sock.as_raw_fd();
-        assert!(send_fds(sock, &[0, 0], &[]).is_err());
-        assert!(send_fds(sock, &[0, 0], &[0; 33]).is_err());
+        let sock = reaper().unwrap().sock.as_fd();
+        assert!(sys::send_fds(sock, &[0, 0], &[]).is_err());
+        assert!(sys::send_fds(sock, &[0, 0], &[0; 33]).is_err());
     }
 }

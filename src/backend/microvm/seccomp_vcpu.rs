@@ -65,15 +65,5 @@ pub(crate) fn filter() -> Arc<Vec<seccompiler::sock_filter>> {
 
 /// Installs the filter on the calling thread only.
 pub(crate) fn apply(program: &[seccompiler::sock_filter]) -> std::io::Result<()> {
-    let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
-    // SAFETY: PR_SET_NO_NEW_PRIVS and seccomp(SET_MODE_FILTER) on the calling thread, with a
-    // program that outlives the call (seccompiler's sock_filter has libc's layout).
-    unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
-            || libc::syscall(libc::SYS_seccomp, 1, 0, &prog as *const libc::sock_fprog) < 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    super::sys::seccomp_install_thread(program)
 }

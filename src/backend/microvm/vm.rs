@@ -7,7 +7,7 @@
 //! a thread resets `immediate_exit` before each entry only if no stop was asked, so a stop that
 //! races the entry into the guest is never lost.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, OnceLock};
@@ -20,7 +20,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestR
 
 use super::arena::Arena;
 use super::image::{GuestImage, Sharing};
-use super::reaper;
+use super::{reaper, sys};
 use crate::{BackendKind, Error, Result};
 
 /// The process's handle on `/dev/kvm`, opened once, with its keeper VM.
@@ -61,24 +61,14 @@ impl Keeper {
 
 /// The signal that kicks a vCPU thread out of `KVM_RUN`.
 fn kick_signal() -> i32 {
-    libc::SIGRTMIN() + 2
+    sys::sigrtmin() + 2
 }
-
-extern "C" fn on_kick(_: libc::c_int) {}
 
 /// Installs the (empty) kick handler once per process. Without `SA_RESTART`, the signal makes
 /// `KVM_RUN` return `EINTR`.
 fn install_kick_handler() {
     static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        // SAFETY: a sigaction with an async-signal-safe empty handler.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_kick as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
-        }
-    });
+    ONCE.get_or_init(|| sys::set_empty_handler(kick_signal()));
 }
 
 /// A CPU exception inside the guest, as its stub reported it.
@@ -184,15 +174,8 @@ impl Vm {
         // SAFETY: the arena is a live anonymous mapping of `ram` bytes with these protections
         // and flags; `Vm` keeps the arena (which unmaps it) until after the VM is closed, and
         // the region does not unmap it.
-        let region = unsafe {
-            MmapRegion::<()>::build_raw(
-                arena.base(),
-                arena.len(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            )
-        }
-        .map_err(|e| Error::setup("map guest memory", std::io::Error::other(e.to_string())))?;
+        let region = unsafe { MmapRegion::<()>::build_raw(arena.base(), arena.len(), sys::ANON_PROT, sys::ANON_FLAGS) }
+            .map_err(|e| Error::setup("map guest memory", std::io::Error::other(e.to_string())))?;
         // The program's read-only pages are mapped shared, straight from the image: KVM maps a
         // guest page (and prefetches its neighbours) only where the host mapping is present and
         // writable, which for a private mapping means a copy of every page; shared, the image's
@@ -200,25 +183,13 @@ impl Vm {
         // (`GuestImage::writable`, checked on every write the host makes for the guest) writes
         // them.
         for (start, end, sharing) in &image.content {
-            let flags = match sharing {
-                Sharing::Private => libc::MAP_PRIVATE,
-                Sharing::Shared => libc::MAP_SHARED,
-            };
-            // SAFETY: the range lies inside the arena, which only this run uses and which is
-            // unmapped or reset as a whole; the file is the image, at least `ram` bytes long.
-            let at = unsafe {
-                libc::mmap(
-                    region.as_ptr().add(*start as usize).cast(),
-                    (end - start) as usize,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    flags | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                    std::os::fd::AsRawFd::as_raw_fd(&image.memfd),
-                    *start as libc::off_t,
-                )
-            };
-            if at == libc::MAP_FAILED {
-                return Err(Error::setup("map the guest image", std::io::Error::last_os_error()));
-            }
+            let shared = *sharing == Sharing::Shared;
+            // SAFETY: the range lies inside the arena, which only this run uses, which is
+            // unmapped or reset as a whole, and whose fresh contents nothing refers to yet; the
+            // file is the image, at least `ram` bytes long; shared ranges are never written (see
+            // above).
+            unsafe { sys::map_file_over(region.as_ptr(), *start, *end, image.memfd.as_fd(), shared) }
+                .map_err(|e| Error::setup("map the guest image", e))?;
         }
         let host_addr = region.as_ptr() as u64;
         let region = GuestRegionMmap::new(region, GuestAddress(0))
@@ -236,9 +207,8 @@ impl Vm {
         // which this `Vm` keeps until the VM file descriptor is closed.
         unsafe { vm.set_user_memory_region(slot) }.map_err(kvm_err("give the VM its memory"))?;
         for (start, end) in &image.hot {
-            // SAFETY: the range lies inside the mapping (the image builder keeps it below `ram`);
-            // MADV_POPULATE_WRITE only faults pages in (copy-on-write), it changes no contents.
-            unsafe { libc::madvise((host_addr + start) as *mut libc::c_void, (end - start) as usize, 23) };
+            // The range lies inside the mapping (the image builder keeps it below `ram`).
+            sys::populate_write((host_addr + start) as *mut u8, (end - start) as usize);
         }
         memory
             .write_slice(boot, GuestAddress(layout::BOOT_INFO))
@@ -422,8 +392,8 @@ impl Stopper {
         // SAFETY: see the `Send` impl: the `kvm_run` mapping is alive; the byte is only read by
         // the kernel at the next KVM_RUN.
         unsafe { std::ptr::write_volatile(p, 1) };
-        // SAFETY: the thread has not handed its vCPU back yet (same argument).
-        unsafe { libc::pthread_kill(*thread, kick_signal()) };
+        // SAFETY: the thread has not handed its vCPU back yet (same argument), so it is alive.
+        unsafe { sys::signal_thread(*thread, kick_signal()) };
     }
 }
 
@@ -618,8 +588,7 @@ mod pool {
 
         /// Lets the (waiting) worker run on any CPU it may use.
         pub(super) fn unpin(&self) {
-            // SAFETY: `cpus` is a valid set and `tid` names a live thread of this process.
-            unsafe { libc::sched_setaffinity(self.tid, std::mem::size_of::<libc::cpu_set_t>(), &self.cpus) };
+            sys::set_affinity(self.tid, &self.cpus);
         }
 
         /// Hands the worker its job (it has been taken from the idle list, so it is waiting).
@@ -658,15 +627,13 @@ mod pool {
         std::thread::Builder::new()
             .name("sandcell-vcpu".into())
             .spawn(move || {
-                // SAFETY: pthread_self is always valid for the calling thread.
-                let pthread = unsafe { libc::pthread_self() };
+                let pthread = sys::pthread_self();
                 let me = Worker {
                     id,
                     jobs: own_jobs,
                     pthread,
                     clock: crate::sys::current_thread_cpu_clock(),
-                    // SAFETY: gettid has no preconditions.
-                    tid: unsafe { libc::gettid() },
+                    tid: sys::gettid(),
                     cpus: crate::sys::allowed_cpus(),
                 };
                 // From here this thread may only run vCPUs and talk to supervisors.
@@ -721,9 +688,9 @@ pub(crate) fn resident_bytes(memory: &vm_memory::GuestMemoryMmap) -> u64 {
     let len = memory.last_addr().0 as usize + 1;
     let pages = len.div_ceil(4096);
     let mut vec = vec![0u8; pages];
-    // SAFETY: `base..base+len` is the guest RAM mapping, alive while `memory` is; `vec` has one
-    // byte per page.
-    if unsafe { libc::mincore(base.cast(), len, vec.as_mut_ptr()) } != 0 {
+    // `base..base+len` is the guest RAM mapping, alive while `memory` is; `vec` has one byte per
+    // page.
+    if !sys::mincore(base, len, &mut vec) {
         return 0;
     }
     vec.iter().filter(|b| **b & 1 != 0).count() as u64 * 4096
