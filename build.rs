@@ -2,8 +2,10 @@
 //! - short names for the platform conditions of each backend, so that the code says
 //!   `cfg(process_backend)` instead of repeating `all(feature = ..., target_os = ...)`;
 //! - the micro-VM's guest runtime (`guest/runtime`, wasmi), compiled for `x86_64-unknown-none`
-//!   and embedded. If that target is not installed, a warning says how to add it and the
-//!   micro-VM backend runs native guests only.
+//!   and embedded, with its SHA-256 (part of every guest image's cache key: computing it at run
+//!   time cost each new process about 3 ms). Everything is written under `OUT_DIR`. If the
+//!   target is not installed, a warning says how to add it and the micro-VM backend runs native
+//!   guests only.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -16,13 +18,17 @@ fn main() {
     if feature("process") && os == "linux" {
         println!("cargo::rustc-cfg=process_backend");
     }
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("sandcell-runtime.elf");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let out = out_dir.join("sandcell-runtime.elf");
     if feature("microvm") && os == "linux" && arch == "x86_64" {
         println!("cargo::rustc-cfg=microvm_backend");
         build_guest_runtime(&out);
     } else {
         std::fs::write(&out, b"").expect("write OUT_DIR");
     }
+    let runtime = std::fs::read(&out).expect("read the guest runtime back");
+    let digest: [u8; 32] = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&runtime)).into();
+    std::fs::write(out_dir.join("sandcell-runtime.sha256"), digest).expect("write OUT_DIR");
 }
 
 fn build_guest_runtime(out: &Path) {
@@ -33,7 +39,9 @@ fn build_guest_runtime(out: &Path) {
     }
     println!("cargo::rerun-if-changed={}", guest.join("Cargo.toml").display());
     println!("cargo::rerun-if-env-changed=SANDCELL_SKIP_GUEST_RUNTIME");
-    let target_dir = manifest.join("target").join("guest");
+    // Its own target directory under OUT_DIR: nothing is written into the source tree (which may
+    // be read-only, as a crate from crates.io is).
+    let target_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("guest-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = if std::env::var_os("SANDCELL_SKIP_GUEST_RUNTIME").is_some() {
         None

@@ -10,7 +10,8 @@
  *    with its *_free() function. Every *_free() accepts NULL. Strings handed out (char **) are
  *    released with sandcell_string_free().
  *  - Pointers into an object (sandcell_error_message, sandcell_outcome_output,
- *    sandcell_outcome_detail) stay valid until that object is freed.
+ *    sandcell_outcome_detail, those of sandcell_outcome_summary_t) stay valid until that object
+ *    is freed.
  *  - Inputs are borrowed: the library copies what it keeps.
  *
  * Bad input never crashes: NULL pointers, strings that are not UTF-8, lengths that overflow, and
@@ -23,7 +24,28 @@
  * run programs on it at once. Interrupt handles may be triggered from any thread. Outcomes and
  * errors are immutable and may be read from any thread. Policies and programs may be used from any
  * thread but must not be modified concurrently (and not freed while another thread uses them).
- * Output callbacks run on the thread that called sandcell_sandbox_run().
+ * Output callbacks (sandcell_output_fn, sandcell_output_fn2) run on the thread that called
+ * sandcell_sandbox_run(), during that call.
+ *
+ * EXTENSIBLE STRUCTS: every struct passed by pointer (sandcell_run_options_t, sandcell_usage_t,
+ * sandcell_outcome_summary_t) starts with `size_t size`, which the caller sets to the struct's
+ * sizeof, zeroing the rest:
+ *     sandcell_run_options_t options = {.size = sizeof(sandcell_run_options_t)};
+ * A smaller size (0: not set) is refused with SANDCELL_ERROR_INVALID_ARGUMENT. A larger one (a
+ * program built against a newer header) is accepted: the library ignores the fields it does not
+ * know. The library reads and writes only the first `size` bytes; on a struct it fills in, it
+ * sets `size` to the number of bytes it wrote (fields beyond it were left alone).
+ *
+ * SETTERS: for every numeric setter (sandcell_policy_set_*), 0 means unset: the value of a new
+ * policy (the default, given with each setter). SANDCELL_UNLIMITED (SANDCELL_UNLIMITED_U32 for the
+ * uint32_t setters) means no limit. A limit of exactly zero, where that means something, has its
+ * own function (sandcell_policy_set_max_output_zero(), sandcell_policy_set_max_file_size_zero()).
+ * A JSON policy (sandcell_policy_from_json()) takes every value as written.
+ *
+ * VERSIONS: SANDCELL_VERSION_MAJOR/_MINOR/_PATCH are the version this header belongs to;
+ * sandcell_version() is the loaded library's. SANDCELL_ABI_VERSION is bumped on every incompatible
+ * change; it is the N of the library's SONAME, libsandcell.so.N, and sandcell_abi_version()
+ * returns the loaded library's. The library exports the sandcell_* functions and nothing else.
  */
 
 #ifndef SANDCELL_H
@@ -36,6 +58,22 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+
+// The version of sandcell this header belongs to: MAJOR.MINOR.PATCH (sandcell_version() is the
+// loaded library's).
+#define SANDCELL_VERSION_MAJOR 0
+
+// See SANDCELL_VERSION_MAJOR.
+#define SANDCELL_VERSION_MINOR 1
+
+// See SANDCELL_VERSION_MAJOR.
+#define SANDCELL_VERSION_PATCH 0
+
+// The version of this ABI: bumped on every incompatible change (a function, type, field or
+// constant changed or removed), not for additions (new functions, constants, or fields at the
+// end of an extensible struct). It is the N of the library's SONAME, libsandcell.so.N; a program
+// may compare it with sandcell_abi_version() at start-up.
+#define SANDCELL_ABI_VERSION 0
 
 // Error kind (sandcell_error_kind()): a policy field has a value that makes no sense.
 #define SANDCELL_ERROR_INVALID_POLICY 1
@@ -98,6 +136,14 @@
 // Network policy: a private loopback interface only (process backend).
 #define SANDCELL_NETWORK_LOOPBACK 1
 
+// Passed to a uint64_t setter of a limit (sandcell_policy_set_memory(), _timeout_ms(), ...): no
+// limit at all. (0 means the default.)
+#define SANDCELL_UNLIMITED UINT64_MAX
+
+// Passed to a uint32_t setter of a limit (sandcell_policy_set_max_processes(), _cpus()): no
+// limit at all. (0 means the default.)
+#define SANDCELL_UNLIMITED_U32 UINT32_MAX
+
 // An error: a kind and a message.
 typedef struct sandcell_error_t sandcell_error_t;
 
@@ -120,18 +166,34 @@ typedef struct sandcell_sandbox_t sandcell_sandbox_t;
 // the thread that called sandcell_sandbox_run().
 typedef void (*sandcell_output_fn)(void *user_data, uint32_t stream, const uint8_t *data, size_t len);
 
-// Options of one run (all optional: zero-initialise the struct).
+// Like sandcell_output_fn, and its result decides whether the run goes on: 0 to continue,
+// non-zero to stop the run, which then ends with SANDCELL_STATUS_INTERRUPTED (the guest is
+// stopped as an interrupt handle stops it; the callback is not called again for that run).
+// Called on the thread that called sandcell_sandbox_run().
+typedef int (*sandcell_output_fn2)(void *user_data, uint32_t stream, const uint8_t *data, size_t len);
+
+// Options of one run. Set `size` and zero the rest, then set what you need:
+// `sandcell_run_options_t options = {.size = sizeof(sandcell_run_options_t)};`
 typedef struct {
+  // sizeof(sandcell_run_options_t), set by the caller (see EXTENSIBLE STRUCTS at the top).
+  size_t size;
   // Called with each chunk of output as the guest produces it (also captured in the outcome).
   sandcell_output_fn on_output;
-  // Passed to `on_output`.
+  // Passed to `on_output` and `on_output2`.
   void *user_data;
   // Stops the run when triggered (in addition to the sandbox's own interrupt).
   const sandcell_interrupt_t *interrupt;
+  // Like `on_output`, and returns non-zero to stop the run (see sandcell_output_fn2). Set
+  // `on_output` or `on_output2`, not both.
+  sandcell_output_fn2 on_output2;
 } sandcell_run_options_t;
 
-// What a run consumed.
+// What a run consumed. Set `size` before passing it to sandcell_outcome_usage():
+// `sandcell_usage_t usage = {.size = sizeof(sandcell_usage_t)};`
 typedef struct {
+  // sizeof(sandcell_usage_t), set by the caller; the library sets it to the number of bytes it
+  // wrote (see EXTENSIBLE STRUCTS at the top).
+  size_t size;
   // Wall-clock time of the run, in nanoseconds.
   uint64_t wall_ns;
   // CPU time of the guest (all its threads and processes), in nanoseconds.
@@ -146,8 +208,12 @@ typedef struct {
 
 // Everything about an outcome, read in one call (sandcell_outcome_summary()): what bindings
 // for other languages use, so that reading an outcome costs one crossing of the ABI. Every
-// pointer stays valid until the outcome is freed.
+// pointer stays valid until the outcome is freed. Set `size` before passing it:
+// `sandcell_outcome_summary_t summary = {.size = sizeof(sandcell_outcome_summary_t)};`
 typedef struct {
+  // sizeof(sandcell_outcome_summary_t), set by the caller; the library sets it to the number of
+  // bytes it wrote (see EXTENSIBLE STRUCTS at the top).
+  size_t size;
   // SANDCELL_STATUS_* (0 for a status this version of the header does not know).
   uint32_t status;
   // The exit code (EXITED), the signal (SIGNALED), 0 otherwise.
@@ -166,7 +232,7 @@ typedef struct {
   const uint8_t *stderr_data;
   // Its length in bytes.
   size_t stderr_len;
-  // What the run consumed.
+  // What the run consumed (the library sets `usage.size` to the bytes of it written).
   sandcell_usage_t usage;
 } sandcell_outcome_summary_t;
 
@@ -187,14 +253,20 @@ void sandcell_error_free(sandcell_error_t *error);
 // Frees a string the library handed out (NULL, or a string already freed, is ignored).
 void sandcell_string_free(char *s);
 
-// The library's version, a static string.
+// The loaded library's version, "MAJOR.MINOR.PATCH", a static string.
 const char *sandcell_version(void);
+
+// The loaded library's ABI version: SANDCELL_ABI_VERSION of the header it was built with. A
+// program built against a header with another SANDCELL_ABI_VERSION must not use it (the SONAME,
+// libsandcell.so.N, keeps the dynamic linker from loading it; a library opened with dlopen() by
+// path should be checked with this function).
+uint32_t sandcell_abi_version(void);
 
 // What this host supports, as JSON (`sandcell probe --json`). Free with sandcell_string_free().
 sandcell_error_t *sandcell_probe_json(char **json);
 
-// A new policy with the defaults (512 MiB memory, 16 MiB per output stream, 64 processes, no
-// network, no mounts).
+// A new policy with the defaults (512 MiB memory, 16 MiB per output stream, 64 processes, 256
+// open files, no network, no mounts, no time limits).
 sandcell_error_t *sandcell_policy_new(sandcell_policy_t **policy);
 
 // A policy from its JSON document (the schema of the README; unknown fields are refused).
@@ -203,32 +275,42 @@ sandcell_error_t *sandcell_policy_from_json(const char *json, sandcell_policy_t 
 // The policy as a JSON document. Free with sandcell_string_free().
 sandcell_error_t *sandcell_policy_to_json(const sandcell_policy_t *policy, char **json);
 
-// Memory cap in bytes (0: no cap).
+// Memory cap in bytes. 0: the default (512 MiB); SANDCELL_UNLIMITED: no cap.
 sandcell_error_t *sandcell_policy_set_memory(sandcell_policy_t *policy, uint64_t bytes);
 
-// Wall-clock limit in milliseconds (0: none).
+// Wall-clock limit in milliseconds. 0: the default (none); SANDCELL_UNLIMITED: none.
 sandcell_error_t *sandcell_policy_set_timeout_ms(sandcell_policy_t *policy, uint64_t ms);
 
-// CPU-time limit in milliseconds (0: none).
+// CPU-time limit in milliseconds. 0: the default (none); SANDCELL_UNLIMITED: none.
 sandcell_error_t *sandcell_policy_set_cpu_time_ms(sandcell_policy_t *policy, uint64_t ms);
 
-// Instruction budget for wasm guests (0: unmetered).
+// Instruction budget for wasm guests. 0: the default (unmetered); SANDCELL_UNLIMITED: unmetered.
 sandcell_error_t *sandcell_policy_set_fuel(sandcell_policy_t *policy, uint64_t fuel);
 
-// CPUs the guest may use (0: unset).
+// CPUs the guest may use. 0: the default (unset: the backend's own); SANDCELL_UNLIMITED_U32:
+// unset.
 sandcell_error_t *sandcell_policy_set_cpus(sandcell_policy_t *policy, uint32_t cpus);
 
-// Maximum processes (0: no limit).
+// Maximum processes (and threads). 0: the default (64); SANDCELL_UNLIMITED_U32: no limit.
 sandcell_error_t *sandcell_policy_set_max_processes(sandcell_policy_t *policy, uint32_t n);
 
-// Maximum open files (0: no limit).
+// Maximum open files. 0: the default (256); SANDCELL_UNLIMITED: no limit.
 sandcell_error_t *sandcell_policy_set_max_open_files(sandcell_policy_t *policy, uint64_t n);
 
-// Maximum size of a file the guest writes (0: no limit).
+// Maximum size of a file the guest writes. 0: the default (no limit); SANDCELL_UNLIMITED: no
+// limit. For a limit of zero (no file may grow), sandcell_policy_set_max_file_size_zero().
 sandcell_error_t *sandcell_policy_set_max_file_size(sandcell_policy_t *policy, uint64_t bytes);
 
-// Cap on each of stdout and stderr, in bytes.
+// Sets the maximum size of a file the guest writes to zero: no file may grow.
+sandcell_error_t *sandcell_policy_set_max_file_size_zero(sandcell_policy_t *policy);
+
+// Cap on each of stdout and stderr, in bytes. 0: the default (16 MiB); SANDCELL_UNLIMITED: no
+// cap. For a cap of zero (any output ends the run), sandcell_policy_set_max_output_zero().
 sandcell_error_t *sandcell_policy_set_max_output(sandcell_policy_t *policy, uint64_t bytes);
+
+// Sets the cap on stdout and stderr to zero bytes: the first byte of output ends the run with
+// SANDCELL_STATUS_OUTPUT_LIMIT.
+sandcell_error_t *sandcell_policy_set_max_output_zero(sandcell_policy_t *policy);
 
 // Run even when a field cannot be enforced (the outcome lists what was skipped).
 sandcell_error_t *sandcell_policy_set_best_effort(sandcell_policy_t *policy, bool yes);
@@ -330,7 +412,7 @@ sandcell_error_t *sandcell_interrupt_trigger(const sandcell_interrupt_t *interru
 // Frees an interrupt handle (NULL is fine).
 void sandcell_interrupt_free(sandcell_interrupt_t *interrupt);
 
-// Everything about the outcome in one call (see sandcell_outcome_summary_t).
+// Everything about the outcome in one call (see sandcell_outcome_summary_t; set its `size`).
 sandcell_error_t *sandcell_outcome_summary(const sandcell_outcome_t *outcome,
                                            sandcell_outcome_summary_t *summary);
 
@@ -361,7 +443,7 @@ sandcell_error_t *sandcell_outcome_output(const sandcell_outcome_t *outcome,
                                           const uint8_t **data,
                                           size_t *len);
 
-// What the run consumed.
+// What the run consumed (set `usage->size` first).
 sandcell_error_t *sandcell_outcome_usage(const sandcell_outcome_t *outcome,
                                          sandcell_usage_t *usage);
 

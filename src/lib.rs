@@ -98,6 +98,11 @@ pub mod __private {
     pub fn wasm_engine(metered: bool, memory_cap: Option<u64>) -> wasmer::Engine {
         crate::backend::wasm::engine::base(metered).capped(memory_cap)
     }
+    /// Compiles `wasm` (binary) on the engine [`wasm_engine`] returns, as a sandbox does but
+    /// without its budgets: one compilation at a time on the engine, with no deadline.
+    pub fn compile(metered: bool, memory_cap: Option<u64>, wasm: &[u8]) -> Result<wasmer::Module, String> {
+        crate::backend::wasm::engine::base(metered).compile_unbudgeted(&wasm_engine(metered, memory_cap), wasm)
+    }
     /// The export the wasm backend's compiler gives a module's start function, which it takes
     /// out of instantiation (a run calls it under its limits).
     pub const START_EXPORT: &str = crate::backend::wasm::guard::START_EXPORT;

@@ -185,6 +185,7 @@ impl SandboxBuilder {
 
     /// Validates the policy, lowers it onto the backend, and returns the sandbox.
     pub fn build(self) -> Result<Box<dyn Sandbox>> {
+        let _span = tracing::info_span!("sandcell.build", backend = %self.backend).entered();
         self.policy.validate()?;
         if !self.host_functions.is_empty() && self.backend != BackendKind::MicroVm {
             return Err(Error::invalid_policy(

@@ -28,13 +28,21 @@ int main(int argc, char **argv) {
     sandcell_outcome_t *outcome = NULL;
     int rc = 1;
 
+    /* The library found at run time must have the ABI this program was compiled for (its SONAME
+     * already says so, unless it was loaded by path). */
+    if (sandcell_abi_version() != SANDCELL_ABI_VERSION) {
+        fprintf(stderr, "libsandcell has ABI %u, this program needs %u\n", sandcell_abi_version(),
+                (unsigned)SANDCELL_ABI_VERSION);
+        return 1;
+    }
     if (failed(sandcell_policy_new(&policy), "policy")) goto out;
     if (failed(sandcell_policy_set_memory(policy, 64u << 20), "memory")) goto out;
     if (failed(sandcell_policy_set_timeout_ms(policy, 2000), "timeout")) goto out;
     if (failed(sandcell_sandbox_new("wasm", policy, NULL, &sandbox), "sandbox")) goto out;
     if (failed(sandcell_program_from_path(path, &program), "program")) goto out;
 
-    sandcell_run_options_t options = {0};
+    /* Extensible structs start with their size; the rest zeroed. */
+    sandcell_run_options_t options = {.size = sizeof(sandcell_run_options_t)};
     options.on_output = on_output;
     if (failed(sandcell_sandbox_run(sandbox, program, &options, &outcome), "run")) goto out;
 

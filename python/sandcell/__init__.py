@@ -362,6 +362,7 @@ class Usage(NamedTuple):
 
 
 _Summary = _lib.Summary
+_SUMMARY_SIZE = _lib.SUMMARY_SIZE
 _outcome_summary = lib.sandcell_outcome_summary
 _string_at = ctypes.string_at
 _EXITED = _lib.STATUS_EXITED
@@ -401,7 +402,7 @@ class Outcome:
         self._handle: Optional[c_void_p] = handle
         self._doc: Optional[Dict[str, Any]] = None
         # One call reads everything (each crossing of the ABI costs about a microsecond).
-        s = _Summary()
+        s = _Summary(_SUMMARY_SIZE)
         error = _outcome_summary(handle, byref(s))
         if error:
             _check(error)
@@ -573,7 +574,7 @@ class Sandbox:
                 if args or stdin is not None or env or cwd is not None or entry is not None or name is not None:
                     _configure(prog, args, stdin, env, cwd, entry, name)
                 if on_stdout is None and on_stderr is None:
-                    options = _lib.RunOptions(_lib.OUTPUT_FN(), None, interrupt._handle) if interrupt else None
+                    options = _lib.RunOptions(_lib.RUN_OPTIONS_SIZE, interrupt=interrupt._handle) if interrupt else None
                     out = c_void_p()
                     error = _sandbox_run(handle, prog, byref(options) if options else None, byref(out))
                     if error:
@@ -594,13 +595,12 @@ class Sandbox:
         interrupt: Optional[Interrupt],
     ) -> Outcome:
         failure: List[BaseException] = []
-        # A callback that raises stops the run through an interrupt handle: the caller's if they
-        # gave one (it stays triggered, as it would if they had triggered it), else the run's own.
-        stopper = interrupt if interrupt is not None else Interrupt()
 
-        def deliver(_user: Any, stream: int, data: Any, length: int) -> None:
+        # A callback that raises stops the run: `deliver` returns non-zero (the run ends as
+        # interrupted; the caller's interrupt handle, if any, is not triggered).
+        def deliver(_user: Any, stream: int, data: Any, length: int) -> int:
             if failure:
-                return
+                return 1
             try:
                 chunk = ctypes.string_at(data, length)
                 cb = on_stdout if stream == _lib.STREAM_STDOUT else on_stderr
@@ -608,10 +608,13 @@ class Sandbox:
                     cb(chunk)
             except BaseException as e:  # re-raised after the run
                 failure.append(e)
-                stopper.trigger()
+                return 1
+            return 0
 
-        callback = _lib.OUTPUT_FN(deliver)
-        options = _lib.RunOptions(callback, None, stopper._handle)
+        callback = _lib.OUTPUT_FN2(deliver)
+        options = _lib.RunOptions(
+            _lib.RUN_OPTIONS_SIZE, interrupt=interrupt._handle if interrupt else None, on_output2=callback
+        )
         out = c_void_p()
         _check(_sandbox_run(sandbox, prog, byref(options), byref(out)))
         outcome = Outcome(out)

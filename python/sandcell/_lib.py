@@ -14,6 +14,7 @@ from ctypes import (
     Structure,
     c_bool,
     c_char_p,
+    c_int,
     c_int32,
     c_size_t,
     c_uint8,
@@ -40,15 +41,29 @@ def _library_path() -> str:
 
 lib = ctypes.CDLL(_library_path())
 
+# The SANDCELL_ABI_VERSION of include/sandcell.h these declarations follow.
+ABI_VERSION = 0
+
 OUTPUT_FN = CFUNCTYPE(None, c_void_p, c_uint32, POINTER(c_uint8), c_size_t)
+# Returns non-zero to stop the run (it then ends as interrupted).
+OUTPUT_FN2 = CFUNCTYPE(c_int, c_void_p, c_uint32, POINTER(c_uint8), c_size_t)
 
 
+# The extensible structs start with `size`, which the caller sets to the struct's size: pass the
+# *_SIZE constant below as the first positional argument.
 class RunOptions(Structure):
-    _fields_ = [("on_output", OUTPUT_FN), ("user_data", c_void_p), ("interrupt", c_void_p)]
+    _fields_ = [
+        ("size", c_size_t),
+        ("on_output", OUTPUT_FN),
+        ("user_data", c_void_p),
+        ("interrupt", c_void_p),
+        ("on_output2", OUTPUT_FN2),
+    ]
 
 
 class Usage(Structure):
     _fields_ = [
+        ("size", c_size_t),
         ("wall_ns", c_uint64),
         ("cpu_ns", c_uint64),
         ("peak_memory_bytes", c_uint64),
@@ -59,6 +74,7 @@ class Usage(Structure):
 
 class Summary(Structure):
     _fields_ = [
+        ("size", c_size_t),
         ("status", c_uint32),
         ("code", c_int32),
         ("kind", c_void_p),
@@ -72,6 +88,11 @@ class Summary(Structure):
     ]
 
 
+RUN_OPTIONS_SIZE = ctypes.sizeof(RunOptions)
+USAGE_SIZE = ctypes.sizeof(Usage)
+SUMMARY_SIZE = ctypes.sizeof(Summary)
+
+
 P = c_void_p  # every handle, and the returned sandcell_error_t *
 PP = POINTER(c_void_p)
 
@@ -82,6 +103,7 @@ _SIGNATURES = {
     "sandcell_error_free": ([P], None),
     "sandcell_string_free": ([P], None),
     "sandcell_version": ([], c_char_p),
+    "sandcell_abi_version": ([], c_uint32),
     "sandcell_probe_json": ([PP], P),
     "sandcell_policy_from_json": ([c_char_p, PP], P),
     "sandcell_policy_to_json": ([P, PP], P),
@@ -117,6 +139,12 @@ for _name, (_args, _res) in _SIGNATURES.items():
     _fn = getattr(lib, _name)
     _fn.argtypes = _args
     _fn.restype = _res
+
+if lib.sandcell_abi_version() != ABI_VERSION:
+    raise ImportError(
+        f"sandcell: {_library_path()} has ABI version {lib.sandcell_abi_version()}, this package "
+        f"needs {ABI_VERSION}: install the package and the library from the same source"
+    )
 
 # Constants of include/sandcell.h.
 ERROR_INVALID_POLICY = 1

@@ -197,6 +197,23 @@ def test_a_callback_that_raises_stops_the_run_and_the_exception_propagates() -> 
         assert sb.run(HELLO_WAT.encode()).ok
 
 
+def test_a_callback_that_raises_leaves_the_callers_interrupt_handle_alone() -> None:
+    class Stop(Exception):
+        pass
+
+    def boom(chunk: bytes) -> None:
+        raise Stop(chunk)
+
+    handle = sandcell.Interrupt()
+    with sandcell.Sandbox("wasm", timeout=20) as sb:
+        with pytest.raises(Stop):
+            sb.run(GO_SPIN, interrupt=handle, on_stdout=boom)
+        # The handle was not triggered: a run with it goes to the end; it still stops runs.
+        assert sb.run(HELLO_WAT.encode(), interrupt=handle).ok
+        handle.trigger()
+        assert sb.run(HELLO_WAT.encode(), interrupt=handle).status == "interrupted"
+
+
 def test_an_interrupt_handle_stops_a_run_from_another_thread() -> None:
     handle = sandcell.Interrupt()
     go = threading.Event()

@@ -174,6 +174,14 @@ impl From<Error> for Failure {
 }
 
 fn main() -> ExitCode {
+    // `SANDCELL_LOG=debug` (a tracing filter) prints each span as it closes, with its time.
+    if let Ok(filter) = std::env::var("SANDCELL_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let raw: Vec<String> = std::env::args().collect();
     // Whether `--json` was asked for, for errors before (or in) argument parsing: among the
     // run options, that is before the program.

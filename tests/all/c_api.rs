@@ -3,7 +3,8 @@
 //! run directly and under valgrind, and the checked-in header compared with cbindgen's output.
 //!
 //! These tests use the `libsandcell.so` that `cargo build -p sandcell-ffi` (or `cargo test
-//! --workspace`, as the README's test command runs) put next to this test binary.
+//! --workspace`, as the README's test command runs) put next to this test binary. They also check
+//! what the library exports (the header's functions and nothing else) and its SONAME.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -88,8 +89,22 @@ fn examples_build_with_pkg_config_and_run() {
     let prefix = or_skip!(install(), "no C library");
     let work = TempDir::new("c-examples");
 
+    // The installed layout: the file, its SONAME link, the linker's link.
+    let abi = header_abi_version();
+    let lib = prefix.path().join("lib");
+    let soname = format!("libsandcell.so.{abi}");
+    assert_eq!(std::fs::read_link(lib.join("libsandcell.so")).unwrap(), Path::new(&soname));
+    let real = std::fs::read_link(lib.join(&soname)).unwrap();
+    assert!(real.to_str().unwrap().starts_with(&format!("{soname}.")), "{}", real.display());
+    assert!(lib.join(&real).is_file());
+
     let hello = work.join("hello");
     compile(prefix.path(), "examples/c/hello.c", &hello);
+    // A program records the SONAME, not the file name.
+    if tool("readelf").is_ok() {
+        let needed = dynamic_section(&hello);
+        assert!(needed.contains(&format!("Shared library: [{soname}]")), "{needed}");
+    }
     let out = run_in_repo(&hello, &["examples/hello.wat"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "Hello, world!\n");
@@ -223,4 +238,78 @@ fn checked_in_header_matches_cbindgen() {
         fresh == checked_in,
         "include/sandcell.h is out of date: regenerate it with\n  cbindgen --config ffi/cbindgen.toml --crate sandcell-ffi --output include/sandcell.h ffi"
     );
+}
+
+/// `SANDCELL_ABI_VERSION` of the checked-in header.
+fn header_abi_version() -> u32 {
+    let header = std::fs::read_to_string(common::repo().join("include/sandcell.h")).unwrap();
+    header
+        .lines()
+        .find_map(|l| l.strip_prefix("#define SANDCELL_ABI_VERSION ")?.trim().parse().ok())
+        .expect("include/sandcell.h defines SANDCELL_ABI_VERSION")
+}
+
+/// The functions include/sandcell.h declares.
+fn header_functions() -> Vec<String> {
+    let header = std::fs::read_to_string(common::repo().join("include/sandcell.h")).unwrap();
+    let mut names = Vec::new();
+    for line in header.lines() {
+        let trimmed = line.trim_start();
+        if line.starts_with(' ') || trimmed.starts_with('/') || trimmed.starts_with('*') || trimmed.starts_with('#') {
+            continue;
+        }
+        // A declaration: `type *sandcell_name(args...`.
+        if let Some(open) = line.find('(') {
+            let before = &line[..open];
+            let name = before.rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or("");
+            if name.starts_with("sandcell_") {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+fn dynamic_section(file: &Path) -> String {
+    let out = Command::new("readelf").arg("-d").arg(file).output().unwrap();
+    assert!(out.status.success(), "readelf -d {}: {}", file.display(), text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// libsandcell.so exports the header's functions and nothing else (wasmer's own C symbols,
+/// `wasmer_vm_*`, and the Rust standard library's are hidden: ffi/build.rs), and its SONAME is
+/// `libsandcell.so.<SANDCELL_ABI_VERSION>`.
+#[test]
+fn library_exports_the_header_functions_only() {
+    or_skip!(tool("nm"), "no nm (binutils)");
+    or_skip!(tool("readelf"), "no readelf (binutils)");
+    let lib = profile_dir().join("libsandcell.so");
+    if !lib.is_file() {
+        crate::skip!("{} is not built: run `cargo build -p sandcell-ffi`", lib.display());
+    }
+    let out = Command::new("nm").args(["-D", "--defined-only"]).arg(&lib).output().unwrap();
+    assert!(out.status.success(), "nm: {}", text(&out.stderr));
+    let mut exported = Vec::new();
+    let mut foreign = Vec::new();
+    for line in text(&out.stdout).lines() {
+        // `ADDRESS TYPE NAME`
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (kind, name) = match fields.as_slice() {
+            [_, kind, name] => (*kind, *name),
+            _ => continue,
+        };
+        if kind == "T" && name.starts_with("sandcell_") {
+            exported.push(name.to_owned());
+        } else {
+            foreign.push(line.to_owned());
+        }
+    }
+    assert!(foreign.is_empty(), "libsandcell.so exports more than the C API:\n{}", foreign.join("\n"));
+    exported.sort();
+    assert_eq!(exported, header_functions(), "the exported functions differ from those of include/sandcell.h");
+
+    let dynamic = dynamic_section(&lib);
+    let soname = format!("Library soname: [libsandcell.so.{}]", header_abi_version());
+    assert!(dynamic.contains(&soname), "no `{soname}` in:\n{dynamic}");
 }

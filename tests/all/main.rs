@@ -11,5 +11,6 @@ mod conformance;
 mod microvm;
 mod policy;
 mod process;
+mod spec;
 mod wasi_testsuite;
 mod wasm;

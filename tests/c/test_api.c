@@ -10,6 +10,7 @@
 #include <sandcell.h>
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -104,6 +105,17 @@ static const char *EXIT3 =
 static const char *TRAP = "(module (memory (export \"memory\") 1) (func (export \"_start\") unreachable))";
 
 static const char *SPIN = "(module (memory (export \"memory\") 1) (func (export \"_start\") (loop $l (br $l))))";
+
+/* Writes "go\n" to stdout, then spins. */
+static const char *GO_SPIN =
+    "(module " WASI("fd_write", "i32 i32 i32 i32")
+    "  (memory (export \"memory\") 1)"
+    "  (data (i32.const 16) \"go\\n\")"
+    "  (func (export \"_start\")"
+    "    (i32.store (i32.const 0) (i32.const 16))"
+    "    (i32.store (i32.const 4) (i32.const 3))"
+    "    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))"
+    "    (loop $l (br $l))))";
 
 /* Writes 4 KiB to stdout forever. */
 static const char *FLOOD =
@@ -203,6 +215,12 @@ static double now_s(void) {
 static void test_basics(void) {
     const char *v = sandcell_version();
     CHECK(v != NULL && strchr(v, '.') != NULL);
+    /* The header's version is the library's; so is its ABI version. */
+    char expected[64];
+    snprintf(expected, sizeof expected, "%d.%d.%d", SANDCELL_VERSION_MAJOR, SANDCELL_VERSION_MINOR,
+             SANDCELL_VERSION_PATCH);
+    CHECK(v != NULL && strcmp(v, expected) == 0);
+    CHECK(sandcell_abi_version() == SANDCELL_ABI_VERSION);
 
     CHECK(strcmp(sandcell_error_message(NULL), "(no error: NULL)") == 0);
     CHECK(sandcell_error_kind(NULL) == 0);
@@ -228,6 +246,89 @@ static void test_basics(void) {
 
 /* ------------------------------------------------------------------------------------------ */
 /* Policies. */
+
+/* Whether the policy's JSON contains `needle`. */
+static int policy_json_has(const sandcell_policy_t *p, const char *needle) {
+    char *json = NULL;
+    OK(sandcell_policy_to_json(p, &json));
+    int found = json != NULL && strstr(json, needle) != NULL;
+    if (!found) fprintf(stderr, "policy JSON lacks `%s`: %s\n", needle, json ? json : "(null)");
+    sandcell_string_free(json);
+    return found;
+}
+
+/* Every numeric setter: 0 is the default of a new policy, SANDCELL_UNLIMITED no limit, other
+ * values themselves; the explicit zeros. */
+static void test_policy_setters(void) {
+    sandcell_policy_t *p = NULL;
+    OK(sandcell_policy_new(&p));
+    OK(sandcell_policy_set_memory(p, 1u << 20));
+    OK(sandcell_policy_set_timeout_ms(p, 1500));
+    OK(sandcell_policy_set_cpu_time_ms(p, 700));
+    OK(sandcell_policy_set_fuel(p, 99));
+    OK(sandcell_policy_set_cpus(p, 2));
+    OK(sandcell_policy_set_max_processes(p, 5));
+    OK(sandcell_policy_set_max_open_files(p, 17));
+    OK(sandcell_policy_set_max_file_size(p, 4096));
+    OK(sandcell_policy_set_max_output(p, 1000));
+    CHECK(policy_json_has(p, "\"memory\":1048576"));
+    CHECK(policy_json_has(p, "\"timeout\":\"1500ms\""));
+    CHECK(policy_json_has(p, "\"fuel\":99"));
+    CHECK(policy_json_has(p, "\"cpus\":2"));
+    CHECK(policy_json_has(p, "\"max_processes\":5"));
+    CHECK(policy_json_has(p, "\"max_open_files\":17"));
+    CHECK(policy_json_has(p, "\"max_file_size\":4096"));
+    CHECK(policy_json_has(p, "\"max_output\":1000"));
+
+    /* 0: back to the defaults. */
+    OK(sandcell_policy_set_memory(p, 0));
+    OK(sandcell_policy_set_timeout_ms(p, 0));
+    OK(sandcell_policy_set_cpu_time_ms(p, 0));
+    OK(sandcell_policy_set_fuel(p, 0));
+    OK(sandcell_policy_set_cpus(p, 0));
+    OK(sandcell_policy_set_max_processes(p, 0));
+    OK(sandcell_policy_set_max_open_files(p, 0));
+    OK(sandcell_policy_set_max_file_size(p, 0));
+    OK(sandcell_policy_set_max_output(p, 0));
+    sandcell_policy_t *fresh = NULL;
+    OK(sandcell_policy_new(&fresh));
+    char *a = NULL, *b = NULL;
+    OK(sandcell_policy_to_json(p, &a));
+    OK(sandcell_policy_to_json(fresh, &b));
+    CHECK(a && b && strcmp(a, b) == 0);
+    sandcell_string_free(a);
+    sandcell_string_free(b);
+    sandcell_policy_free(fresh);
+    CHECK(policy_json_has(p, "\"memory\":536870912"));
+    CHECK(policy_json_has(p, "\"max_output\":16777216"));
+
+    /* SANDCELL_UNLIMITED: no limit. */
+    OK(sandcell_policy_set_memory(p, SANDCELL_UNLIMITED));
+    OK(sandcell_policy_set_timeout_ms(p, SANDCELL_UNLIMITED));
+    OK(sandcell_policy_set_max_processes(p, SANDCELL_UNLIMITED_U32));
+    OK(sandcell_policy_set_max_open_files(p, SANDCELL_UNLIMITED));
+    OK(sandcell_policy_set_max_output(p, SANDCELL_UNLIMITED));
+    CHECK(policy_json_has(p, "\"memory\":null"));
+    CHECK(policy_json_has(p, "\"timeout\":null"));
+    CHECK(policy_json_has(p, "\"max_processes\":null"));
+    CHECK(policy_json_has(p, "\"max_open_files\":null"));
+    CHECK(policy_json_has(p, "\"max_output\":18446744073709551615"));
+    OK(sandcell_policy_validate(p));
+
+    /* A limit of exactly zero has its own call; JSON takes it as written. */
+    OK(sandcell_policy_set_max_output_zero(p));
+    OK(sandcell_policy_set_max_file_size_zero(p));
+    CHECK(policy_json_has(p, "\"max_output\":0"));
+    CHECK(policy_json_has(p, "\"max_file_size\":0"));
+    OK(sandcell_policy_validate(p));
+    sandcell_policy_t *q = NULL;
+    OK(sandcell_policy_from_json("{\"max_output\": 0, \"max_file_size\": 0}", &q));
+    CHECK(policy_json_has(q, "\"max_output\":0") && policy_json_has(q, "\"max_file_size\":0"));
+    sandcell_policy_free(q);
+    FAILS(sandcell_policy_set_max_output_zero(NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "policy");
+    FAILS(sandcell_policy_set_max_file_size_zero(NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "policy");
+    sandcell_policy_free(p);
+}
 
 static void test_policy(void) {
     sandcell_policy_t *p = NULL;
@@ -284,6 +385,8 @@ static void test_policy(void) {
     CHECK(q == NULL); /* out-parameters are written only on success */
 
     /* Setters: bad values, NULL and freed handles, bad strings. */
+    test_policy_setters();
+
     FAILS(sandcell_policy_set_network(p, 7), SANDCELL_ERROR_INVALID_ARGUMENT, "network");
     FAILS(sandcell_policy_set_memory(NULL, 1), SANDCELL_ERROR_INVALID_ARGUMENT, "policy");
     FAILS(sandcell_policy_add_mount(p, NULL, "/x", false), SANDCELL_ERROR_INVALID_ARGUMENT, "host_path");
@@ -387,6 +490,208 @@ static void *trigger_later(void *arg) {
     return NULL;
 }
 
+/* The structs the library fills in: it writes only within their `size` and sets `size` to what it
+ * wrote; a size too small for this version of the struct is refused and nothing is written. */
+static void test_extensible_outputs(const sandcell_outcome_t *o) {
+    /* A newer caller's bigger struct: the library fills in the fields it knows. */
+    struct {
+        sandcell_outcome_summary_t summary;
+        unsigned char newer_fields[64];
+    } big;
+    memset(&big, 0xab, sizeof big);
+    big.summary.size = sizeof big;
+    OK(sandcell_outcome_summary(o, &big.summary));
+    CHECK(big.summary.size == sizeof(sandcell_outcome_summary_t));
+    CHECK(big.summary.usage.size == sizeof(sandcell_usage_t));
+    CHECK(big.summary.status == SANDCELL_STATUS_EXITED && big.summary.stdout_len == 14);
+    int untouched = 1;
+    for (size_t i = 0; i < sizeof big.newer_fields; i++) untouched &= big.newer_fields[i] == 0xab;
+    CHECK(untouched);
+
+    struct {
+        sandcell_usage_t usage;
+        unsigned char newer_fields[64];
+    } big_usage;
+    memset(&big_usage, 0xab, sizeof big_usage);
+    big_usage.usage.size = sizeof big_usage;
+    OK(sandcell_outcome_usage(o, &big_usage.usage));
+    CHECK(big_usage.usage.size == sizeof(sandcell_usage_t) && big_usage.usage.wall_ns > 0);
+    untouched = 1;
+    for (size_t i = 0; i < sizeof big_usage.newer_fields; i++) untouched &= big_usage.newer_fields[i] == 0xab;
+    CHECK(untouched);
+
+    /* Not set, or too small: refused, nothing written. */
+    sandcell_outcome_summary_t small;
+    memset(&small, 0xab, sizeof small);
+    small.size = 0;
+    FAILS(sandcell_outcome_summary(o, &small), SANDCELL_ERROR_INVALID_ARGUMENT, "summary->size");
+    CHECK(small.size == 0 && small.status == 0xababababu);
+    small.size = offsetof(sandcell_outcome_summary_t, usage);
+    FAILS(sandcell_outcome_summary(o, &small), SANDCELL_ERROR_INVALID_ARGUMENT,
+          "sizeof(sandcell_outcome_summary_t)");
+    CHECK(small.status == 0xababababu);
+    sandcell_usage_t small_usage;
+    memset(&small_usage, 0xab, sizeof small_usage);
+    small_usage.size = offsetof(sandcell_usage_t, has_fuel);
+    FAILS(sandcell_outcome_usage(o, &small_usage), SANDCELL_ERROR_INVALID_ARGUMENT, "sizeof(sandcell_usage_t)");
+    CHECK(small_usage.wall_ns == 0xababababababababull);
+}
+
+static void ignore_output(void *user_data, uint32_t stream, const uint8_t *data, size_t len) {
+    (void)user_data, (void)stream, (void)data, (void)len;
+}
+
+/* Run options: `size` must be set; a newer caller's bigger struct is accepted. */
+static void test_extensible_options(const sandcell_sandbox_t *sb, const sandcell_program_t *hello) {
+    sandcell_outcome_t *o = NULL;
+    sandcell_run_options_t unset = {0};
+    FAILS(sandcell_sandbox_run(sb, hello, &unset, &o), SANDCELL_ERROR_INVALID_ARGUMENT, "options->size");
+    unset.size = offsetof(sandcell_run_options_t, on_output2);
+    FAILS(sandcell_sandbox_run(sb, hello, &unset, &o), SANDCELL_ERROR_INVALID_ARGUMENT,
+          "sizeof(sandcell_run_options_t)");
+    CHECK(o == NULL);
+
+    struct {
+        sandcell_run_options_t options;
+        unsigned char newer_fields[64];
+    } big;
+    memset(&big, 0, sizeof big);
+    memset(big.newer_fields, 0xff, sizeof big.newer_fields); /* unknown here: ignored */
+    big.options.size = sizeof big;
+    big.options.on_output = ignore_output;
+    if ((o = run(sb, hello, &big.options))) {
+        CHECK(status_of(o, NULL) == SANDCELL_STATUS_EXITED);
+        CHECK(output_is(o, SANDCELL_STREAM_STDOUT, "Hello, world!\n"));
+        sandcell_outcome_free(o);
+    }
+}
+
+typedef struct {
+    int calls;
+    int stop_at;      /* the call that returns non-zero (1-based); 0: none */
+    size_t bytes;
+    int wrong_thread;
+    pthread_t thread;
+    atomic_int seen;  /* set at the first call, for another thread */
+} stopper_t;
+
+static int count_and_stop(void *user_data, uint32_t stream, const uint8_t *data, size_t len) {
+    stopper_t *s = user_data;
+    (void)stream, (void)data;
+    s->calls++;
+    s->bytes += len;
+    if (!pthread_equal(pthread_self(), s->thread)) s->wrong_thread++;
+    atomic_store(&s->seen, 1);
+    return s->stop_at != 0 && s->calls >= s->stop_at;
+}
+
+static void stopper_reset(stopper_t *s, int stop_at) {
+    s->calls = 0;
+    s->stop_at = stop_at;
+    s->bytes = 0;
+    s->wrong_thread = 0;
+    s->thread = pthread_self();
+    atomic_store(&s->seen, 0);
+}
+
+typedef struct {
+    stopper_t *stopper;
+    const sandcell_interrupt_t *handle;
+} trigger_on_output_t;
+
+/* Triggers the handle once the guest has written something. */
+static void *trigger_on_output(void *arg) {
+    trigger_on_output_t *t = arg;
+    for (int i = 0; i < 10000 && !atomic_load(&t->stopper->seen); i++) sleep_ms(1);
+    OK(sandcell_interrupt_trigger(t->handle));
+    return NULL;
+}
+
+/* sandcell_output_fn2: its result stops the run. */
+static void test_output_fn2(const sandcell_sandbox_t *sb) {
+    sandcell_outcome_t *o = NULL;
+    stopper_t st;
+    stopper_reset(&st, 0);
+    sandcell_run_options_t opts = {.size = sizeof(sandcell_run_options_t)};
+    opts.on_output2 = count_and_stop;
+    opts.user_data = &st;
+    sandcell_program_t *hello = wat(HELLO);
+    sandcell_program_t *flood = wat(FLOOD);
+    sandcell_program_t *go = wat(GO_SPIN);
+
+    /* 0: the run goes on. */
+    if ((o = run(sb, hello, &opts))) {
+        int32_t code = -1;
+        CHECK(status_of(o, &code) == SANDCELL_STATUS_EXITED && code == 0);
+        CHECK(st.calls >= 1 && st.bytes == 14 && st.wrong_thread == 0);
+        sandcell_outcome_free(o);
+    }
+
+    /* Non-zero: the run ends as interrupted, and the callback is not called again. */
+    stopper_reset(&st, 3);
+    double start = now_s();
+    if ((o = run(sb, flood, &opts))) {
+        CHECK(status_of(o, NULL) == SANDCELL_STATUS_INTERRUPTED);
+        CHECK(strcmp(kind_of(o), "interrupted") == 0);
+        CHECK(st.calls == 3 && st.wrong_thread == 0);
+        CHECK(now_s() - start < 5.0);
+        sandcell_outcome_free(o);
+    }
+    stopper_reset(&st, 1);
+    if ((o = run(sb, hello, &opts))) {
+        CHECK(status_of(o, NULL) == SANDCELL_STATUS_INTERRUPTED);
+        CHECK(st.calls == 1);
+        sandcell_outcome_free(o);
+    }
+
+    /* With an interrupt handle: a stop by the callback does not trigger the handle... */
+    sandcell_interrupt_t *irq = NULL;
+    OK(sandcell_interrupt_new(&irq));
+    opts.interrupt = irq;
+    stopper_reset(&st, 1);
+    if ((o = run(sb, flood, &opts))) {
+        CHECK(status_of(o, NULL) == SANDCELL_STATUS_INTERRUPTED);
+        CHECK(st.calls == 1);
+        sandcell_outcome_free(o);
+    }
+    stopper_reset(&st, 0);
+    if ((o = run(sb, hello, &opts))) {
+        CHECK(status_of(o, NULL) == SANDCELL_STATUS_EXITED);
+        sandcell_outcome_free(o);
+    }
+    /* ... and the handle still stops the run, from another thread... */
+    stopper_reset(&st, 0);
+    trigger_on_output_t t = {&st, irq};
+    pthread_t th;
+    pthread_create(&th, NULL, trigger_on_output, &t);
+    start = now_s();
+    if ((o = run(sb, go, &opts))) {
+        CHECK(status_of(o, NULL) == SANDCELL_STATUS_INTERRUPTED);
+        CHECK(output_is(o, SANDCELL_STREAM_STDOUT, "go\n"));
+        CHECK(now_s() - start < 5.0);
+        sandcell_outcome_free(o);
+    }
+    pthread_join(th, NULL);
+    /* ... and, triggered, stops the next run at once. */
+    stopper_reset(&st, 0);
+    if ((o = run(sb, hello, &opts))) {
+        CHECK(status_of(o, NULL) == SANDCELL_STATUS_INTERRUPTED);
+        sandcell_outcome_free(o);
+    }
+    sandcell_interrupt_free(irq);
+
+    /* One of on_output and on_output2, not both. */
+    opts.interrupt = NULL;
+    opts.on_output = ignore_output;
+    o = NULL;
+    FAILS(sandcell_sandbox_run(sb, hello, &opts, &o), SANDCELL_ERROR_INVALID_ARGUMENT, "not both");
+    CHECK(o == NULL);
+
+    sandcell_program_free(go);
+    sandcell_program_free(flood);
+    sandcell_program_free(hello);
+}
+
 static void test_runs(const char *backend) {
     sandcell_policy_t *pol = policy_with(64u << 20, 10000);
     OK(sandcell_policy_set_env(pol, "GREETING", "hello"));
@@ -399,7 +704,7 @@ static void test_runs(const char *backend) {
     sandcell_program_t *hello = wat(HELLO);
     collected_t *c = calloc(1, sizeof *c);
     c->thread = pthread_self();
-    sandcell_run_options_t opts = {0};
+    sandcell_run_options_t opts = {.size = sizeof(sandcell_run_options_t)};
     opts.on_output = collect;
     opts.user_data = c;
     sandcell_outcome_t *o = run(sb, hello, &opts);
@@ -418,18 +723,23 @@ static void test_runs(const char *backend) {
         CHECK(c->calls >= 1 && c->wrong_thread == 0);
         sandcell_usage_t u;
         memset(&u, 0xff, sizeof u);
+        u.size = sizeof u;
         OK(sandcell_outcome_usage(o, &u));
+        CHECK(u.size == sizeof u);
         CHECK(u.wall_ns > 0 && u.wall_ns < 10ull * 1000000000ull);
         CHECK(!u.has_fuel && u.fuel == 0);
         sandcell_outcome_summary_t sum;
         memset(&sum, 0xff, sizeof sum);
+        sum.size = sizeof sum;
         OK(sandcell_outcome_summary(o, &sum));
+        CHECK(sum.size == sizeof sum && sum.usage.size == sizeof sum.usage);
         CHECK(sum.status == SANDCELL_STATUS_EXITED && sum.code == 0 && strcmp(sum.kind, "exited") == 0);
         CHECK(sum.trap_kind == NULL && sum.detail == NULL);
         CHECK(sum.stdout_len == 14 && memcmp(sum.stdout_data, "Hello, world!\n", 14) == 0 && sum.stderr_len == 0);
         CHECK(sum.usage.wall_ns == u.wall_ns && !sum.usage.has_fuel);
         FAILS(sandcell_outcome_summary(o, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "summary");
         FAILS(sandcell_outcome_summary(NULL, &sum), SANDCELL_ERROR_INVALID_ARGUMENT, "outcome");
+        test_extensible_outputs(o);
         char *json = NULL;
         OK(sandcell_outcome_to_json(o, &json));
         CHECK(json && strstr(json, "\"kind\":\"exited\"") && strstr(json, "Hello, world!\\n"));
@@ -496,7 +806,7 @@ static void test_runs(const char *backend) {
         const char *tk = NULL, *detail = NULL;
         OK(sandcell_outcome_trap_kind(o, &tk));
         CHECK(tk && strcmp(tk, "unreachable") == 0);
-        sandcell_outcome_summary_t sum;
+        sandcell_outcome_summary_t sum = {.size = sizeof(sandcell_outcome_summary_t)};
         OK(sandcell_outcome_summary(o, &sum));
         CHECK(sum.status == SANDCELL_STATUS_TRAP && sum.trap_kind == tk && sum.detail && strstr(sum.detail, "unreachable"));
         OK(sandcell_outcome_detail(o, &detail));
@@ -537,16 +847,18 @@ static void test_runs(const char *backend) {
     FAILS(sandcell_sandbox_run(NULL, hello, NULL, &o), SANDCELL_ERROR_INVALID_ARGUMENT, "sandbox");
     FAILS(sandcell_sandbox_run(sb, NULL, NULL, &o), SANDCELL_ERROR_INVALID_ARGUMENT, "program");
     FAILS(sandcell_sandbox_run(sb, hello, NULL, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "outcome");
-    sandcell_run_options_t bad_opts = {0};
+    sandcell_run_options_t bad_opts = {.size = sizeof(sandcell_run_options_t)};
     bad_opts.interrupt = (const sandcell_interrupt_t *)hello;
     FAILS(sandcell_sandbox_run(sb, hello, &bad_opts, &o), SANDCELL_ERROR_INVALID_ARGUMENT, "interrupt");
+    test_extensible_options(sb, hello);
+    test_output_fn2(sb);
     FAILS(sandcell_sandbox_interrupt(NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "sandbox");
 
     /* Interrupt handles: one triggered from another thread stops a spinning guest. */
     sandcell_program_t *spin = wat(SPIN);
     sandcell_interrupt_t *irq = NULL;
     OK(sandcell_interrupt_new(&irq));
-    sandcell_run_options_t iopts = {0};
+    sandcell_run_options_t iopts = {.size = sizeof(sandcell_run_options_t)};
     iopts.interrupt = irq;
     trigger_t t = {irq, NULL, 200};
     pthread_t th;
@@ -617,6 +929,21 @@ static void test_runs(const char *backend) {
         sandcell_sandbox_free(sb);
         sb = NULL;
     }
+    /* A cap of zero bytes: the first byte of output ends the run. */
+    OK(sandcell_policy_set_max_output_zero(pol));
+    OK(sandcell_sandbox_new(backend, pol, NULL, &sb));
+    if (sb) {
+        sandcell_program_t *hello0 = wat(HELLO);
+        if ((o = run(sb, hello0, NULL))) {
+            CHECK(status_of(o, NULL) == SANDCELL_STATUS_OUTPUT_LIMIT);
+            CHECK(output_is(o, SANDCELL_STREAM_STDOUT, ""));
+            sandcell_outcome_free(o);
+        }
+        sandcell_program_free(hello0);
+        sandcell_sandbox_free(sb);
+        sb = NULL;
+    }
+    OK(sandcell_policy_set_max_output(pol, 0)); /* back to the default */
     OK(sandcell_policy_set_fuel(pol, 100000));
     OK(sandcell_policy_set_timeout_ms(pol, 0));
     OK(sandcell_sandbox_new(backend, pol, NULL, &sb));
@@ -626,7 +953,7 @@ static void test_runs(const char *backend) {
             const char *detail = NULL;
             OK(sandcell_outcome_detail(o, &detail));
             CHECK(detail && strstr(detail, "fuel"));
-            sandcell_usage_t u;
+            sandcell_usage_t u = {.size = sizeof(sandcell_usage_t)};
             OK(sandcell_outcome_usage(o, &u));
             CHECK(u.has_fuel && u.fuel >= 100000);
             sandcell_outcome_free(o);

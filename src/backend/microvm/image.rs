@@ -232,14 +232,32 @@ fn memfd(size: u64) -> io::Result<File> {
     Ok(file)
 }
 
-/// Writes 8-byte little-endian values into the image buffer at guest addresses.
-struct Writer<'a>(&'a File);
+/// Writes the image at guest addresses. The VM's structures (below [`layout::PAGE_TABLES_END`],
+/// written a few bytes at a time: a page-table entry is 8) are gathered in memory and written
+/// with one system call ([`Writer::finish`]); larger pieces go to the file directly.
+struct Writer<'a> {
+    file: &'a File,
+    low: std::cell::RefCell<Vec<u8>>,
+}
 impl Writer<'_> {
     fn put(&self, addr: u64, bytes: &[u8]) -> io::Result<()> {
-        self.0.write_all_at(bytes, addr)
+        let end = addr + bytes.len() as u64;
+        if end <= layout::PAGE_TABLES_END {
+            let mut low = self.low.borrow_mut();
+            if low.len() < end as usize {
+                low.resize(end as usize, 0);
+            }
+            low[addr as usize..end as usize].copy_from_slice(bytes);
+            Ok(())
+        } else {
+            self.file.write_all_at(bytes, addr)
+        }
     }
     fn u64(&self, addr: u64, v: u64) -> io::Result<()> {
         self.put(addr, &v.to_le_bytes())
+    }
+    fn finish(self) -> io::Result<()> {
+        self.file.write_all_at(&self.low.into_inner(), 0)
     }
 }
 
@@ -310,7 +328,7 @@ const HAS_ERROR_CODE: [u8; 8] = [8, 10, 11, 12, 13, 14, 17, 21];
 pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Result<Arc<GuestImage>> {
     let setup = |what: &'static str| move |e: io::Error| Error::setup(format!("build the guest image ({what})"), e);
     let file = memfd(ram).map_err(setup("memfd"))?;
-    let w = Writer(&file);
+    let w = Writer { file: &file, low: std::cell::RefCell::new(Vec::with_capacity(layout::PAGE_TABLES_END as usize)) };
 
     // GDT: null, kernel code 0x08, kernel data 0x10, user code 0x18, user data 0x20, TSS 0x28.
     // Accessed bits are preset so that the CPU never writes to the table.
@@ -459,6 +477,7 @@ pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Resul
     if heap_start > program_at {
         content.push((program_at, heap_start, Sharing::Private));
     }
+    w.finish().map_err(setup("structures"))?;
     let image_writable = loaded.pages.iter().map(|p| p.is_some_and(|p| p.write)).collect();
     let content_end = content.iter().map(|(_, end, _)| *end).max().unwrap_or(0);
     Ok(Arc::new(GuestImage {

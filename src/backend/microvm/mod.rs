@@ -52,6 +52,8 @@ use crate::{
 /// The guest runtime for wasm programs, built by `build.rs` for `x86_64-unknown-none` (empty
 /// when that target was not installed at build time).
 static RUNTIME: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sandcell-runtime.elf"));
+/// Its SHA-256, computed by `build.rs`.
+static RUNTIME_DIGEST: &[u8; 32] = include_bytes!(concat!(env!("OUT_DIR"), "/sandcell-runtime.sha256"));
 
 use crate::sandbox::HostFunction;
 
@@ -97,17 +99,17 @@ pub(crate) fn support(host: &crate::HostSupport) -> (bool, String) {
 
 impl MicroVmSandbox {
     pub(crate) fn new(builder: SandboxBuilder) -> Result<Self> {
-        let host = crate::probe::host();
+        let host = tracing::debug_span!("probe").in_scope(crate::probe::host);
         if !host.kvm {
             return Err(Error::BackendUnavailable {
                 backend: BackendKind::MicroVm,
                 reason: host.kvm_error.clone().unwrap_or_else(|| "no /dev/kvm on this host".into()),
             });
         }
-        vm::kvm()?;
+        tracing::debug_span!("kvm").in_scope(vm::kvm)?;
         let policy = builder.policy.clone();
         let cache = builder.cache_dir.as_deref().map(crate::cache::ArtifactCache::open).transpose()?;
-        let lowered = lower::lower(&policy, wasi::proxy_engine())?;
+        let lowered = tracing::debug_span!("lower").in_scope(|| lower::lower(&policy, wasi::proxy_engine()))?;
         arena::sandbox_created();
         Ok(MicroVmSandbox {
             policy,
@@ -192,9 +194,8 @@ impl MicroVmSandbox {
         let mut h = Sha256::new();
         h.update([u8::from(wasm)]);
         if wasm {
-            // The runtime is 1.6 MB: its digest is computed once, not per run (≈ 1 ms).
-            static RUNTIME_DIGEST: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
-            h.update(RUNTIME_DIGEST.get_or_init(|| Sha256::digest(RUNTIME).into()));
+            // The runtime is 1.6 MB: its digest is computed when sandcell is built.
+            h.update(RUNTIME_DIGEST);
         } else {
             h.update(elf);
         }
@@ -205,7 +206,7 @@ impl MicroVmSandbox {
         if let Some(img) = self.images.lock().get(&key) {
             return Ok((img.clone(), wasm, ArtifactSource::Memory, key));
         }
-        let loaded = image::load_elf(elf)?;
+        let loaded = tracing::debug_span!("load_elf").in_scope(|| image::load_elf(elf))?;
         if layout::HEAP + data.len() as u64 + (8 << 20) > ram {
             return Err(Error::invalid_program(format!(
                 "the module ({} bytes) does not fit {} MiB of guest RAM",
@@ -213,7 +214,7 @@ impl MicroVmSandbox {
                 ram >> 20
             )));
         }
-        let img = image::build(&loaded, &data, ram, vcpus)?;
+        let img = tracing::debug_span!("build").in_scope(|| image::build(&loaded, &data, ram, vcpus))?;
         let mut images = self.images.lock();
         if images.len() >= 64 {
             images.clear();
@@ -286,7 +287,7 @@ impl MicroVmSandbox {
         if program.entry_point().is_some() {
             return Err(Error::invalid_program("entry points are a wasm-backend feature; a micro-VM runs `_start`"));
         }
-        let (image, wasm, source) = self.image(program)?;
+        let (image, wasm, source) = tracing::debug_span!("image").in_scope(|| self.image(program))?;
         let mut record = self.lowered.record.clone();
         if !wasm && self.lowered.fuel.is_some() {
             let reason = "native guest code cannot be metered instruction by instruction; use cpu_time";
@@ -314,6 +315,7 @@ impl MicroVmSandbox {
             capture: parking_lot::Mutex::new(Capture::new(self.lowered.max_output, options.on_output)),
             control: control.clone(),
         });
+        let wasi_span = tracing::debug_span!("wasi").entered();
         let mut wasi = if wasm {
             Some(wasi::WasiService::new(&self.lowered.wasi, self.cache.as_ref(), program, &sink)?)
         } else {
@@ -334,7 +336,8 @@ impl MicroVmSandbox {
             return Ok(outcome(reason.status(), Usage { wall: started.elapsed(), ..Usage::default() }));
         }
 
-        let vm = Vm::start(&image, &boot, seccomp_vcpu::filter())?;
+        drop(wasi_span);
+        let vm = tracing::debug_span!("vm.start").in_scope(|| Vm::start(&image, &boot, seccomp_vcpu::filter()))?;
         let stopper = vm.stopper();
         let process = wasi.as_ref().map(|w| w.process());
         control.arm(Box::new(move || {
@@ -363,11 +366,11 @@ impl MicroVmSandbox {
             status: None,
             fuel: None,
         };
-        session.serve();
+        tracing::debug_span!("guest").in_scope(|| session.serve());
         let (status, fuel) = (session.status.take(), session.fuel);
 
         run.finish();
-        let (cpu, peak) = vm.finish();
+        let (cpu, peak) = tracing::debug_span!("vm.finish").in_scope(|| vm.finish());
         let status = match (control.reason(), status) {
             (Some(reason), _) => reason.status(),
             (None, Some(s)) => s,
@@ -706,6 +709,7 @@ impl crate::Sandbox for MicroVmSandbox {
     }
 
     fn run_with(&self, program: &Program, options: RunOptions) -> Result<Outcome> {
+        let _span = tracing::info_span!("sandcell.run", backend = "microvm").entered();
         self.run_inner(program, options, Instant::now())
     }
 

@@ -123,6 +123,7 @@ impl crate::Sandbox for ProcessSandbox {
     }
 
     fn run_with(&self, program: &Program, options: RunOptions) -> Result<Outcome> {
+        let _span = tracing::info_span!("sandcell.run", backend = "process").entered();
         self.run_inner(program, options, Instant::now())
     }
 

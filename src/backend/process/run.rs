@@ -162,15 +162,17 @@ impl ProcessSandbox {
         control.arm(Box::new(move || {
             let _ = sys::pidfd_kill(pidfd.as_raw_fd(), libc::SIGKILL);
         }));
-        let result = self.supervise(
-            &child,
-            &mut run,
-            cgroup.as_deref(),
-            Io { stdin_w, stdout_r, stderr_r, error_r, sync: sync_parent },
-            program,
-            options,
-            started,
-        );
+        let result = tracing::debug_span!("supervise").in_scope(|| {
+            self.supervise(
+                &child,
+                &mut run,
+                cgroup.as_deref(),
+                Io { stdin_w, stdout_r, stderr_r, error_r, sync: sync_parent },
+                program,
+                options,
+                started,
+            )
+        });
         run.finish();
         match result {
             Ok(outcome) => {

@@ -79,9 +79,11 @@ impl Guard {
         self.timed_out.store(false, Ordering::SeqCst);
     }
 
-    /// Whether the last compilation was stopped at its deadline.
-    pub(crate) fn timed_out(&self) -> bool {
-        self.timed_out.load(Ordering::SeqCst)
+    /// Ends the compilation `begin` started: whether it was stopped at its deadline. After
+    /// this, compilations on the engine have no deadline (and nothing left of this one's).
+    pub(crate) fn end(&self) -> bool {
+        *self.deadline.lock() = None;
+        self.timed_out.swap(false, Ordering::SeqCst)
     }
 }
 

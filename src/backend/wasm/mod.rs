@@ -125,6 +125,7 @@ impl WasmSandbox {
         let mut store = Store::new(self.lowered.engine.clone());
 
         // Instantiate, with WASI only when the module imports it.
+        let instantiating = tracing::debug_span!("instantiate").entered();
         let mut wasi = None;
         let instantiated = if compiled.uses_wasi {
             let host = &self.lowered.wasi;
@@ -164,6 +165,7 @@ impl WasmSandbox {
             global.set(&mut store, Value::I64(fuel as i64)).map_err(|e| Error::Engine { reason: e.to_string() })?;
         }
 
+        drop(instantiating);
         // Arm the stop mechanism: the flag, and a kill that wakes a guest blocked in WASI.
         let flag = stop_flag(&instance, &mut store)?;
         let process = wasi.as_ref().map(|f| f.data(&store).process.clone());
@@ -196,6 +198,7 @@ impl WasmSandbox {
         })?;
         let params = entry_params(func.ty(&store).params(), program, entry)?;
         engine::take_grow_refused();
+        let guest = tracing::debug_span!("guest").entered();
         // The module's start function first (see `guard::START_EXPORT`), under the same limits.
         let result = match instance.exports.get_function(START_EXPORT) {
             Ok(start) => start.call(&mut store, &[]),
@@ -203,6 +206,7 @@ impl WasmSandbox {
         };
         let result = result.and_then(|_| func.call(&mut store, &params));
         let grow_refused = engine::take_grow_refused();
+        drop(guest);
 
         run.finish();
         let cpu = crate::sys::thread_cpu_time().saturating_sub(cpu_start);
@@ -362,6 +366,7 @@ impl crate::Sandbox for WasmSandbox {
     }
 
     fn run_with(&self, program: &Program, options: RunOptions) -> Result<Outcome> {
+        let _span = tracing::info_span!("sandcell.run", backend = "wasm").entered();
         let started = Instant::now();
         program.validate()?;
         if let Some(cwd) = program.working_dir() {
@@ -371,7 +376,7 @@ impl crate::Sandbox for WasmSandbox {
                 cwd.display()
             )));
         }
-        let (compiled, source) = self.compile(program)?;
+        let (compiled, source) = tracing::debug_span!("compile").in_scope(|| self.compile(program))?;
         self.run_compiled(&compiled, source, program, options, started)
     }
 

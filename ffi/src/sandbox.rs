@@ -1,0 +1,208 @@
+//! Sandboxes and runs: a backend with a policy, the options of one run (output callbacks, an
+//! interrupt handle), and the run itself.
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::consts::*;
+use crate::error::{from_sandcell, guard, invalid, Error};
+use crate::extensible::{self, Extensible};
+use crate::handle::{get, register, release};
+use crate::interrupt::Interrupt;
+use crate::outcome::Outcome;
+use crate::policy::Policy;
+use crate::program::Program;
+use crate::util::{out, string};
+
+/// A sandbox: a backend with a policy applied. Shareable between threads.
+pub struct Sandbox(Box<dyn sandcell::Sandbox>);
+
+/// Receives output as it is produced: `stream` is SANDCELL_STREAM_STDOUT or _STDERR. Called on
+/// the thread that called sandcell_sandbox_run().
+pub type OutputFn = Option<unsafe extern "C" fn(user_data: *mut c_void, stream: u32, data: *const u8, len: usize)>;
+
+/// Like sandcell_output_fn, and its result decides whether the run goes on: 0 to continue,
+/// non-zero to stop the run, which then ends with SANDCELL_STATUS_INTERRUPTED (the guest is
+/// stopped as an interrupt handle stops it; the callback is not called again for that run).
+/// Called on the thread that called sandcell_sandbox_run().
+pub type OutputFn2 =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, stream: u32, data: *const u8, len: usize) -> c_int>;
+
+/// Options of one run. Set `size` and zero the rest, then set what you need:
+/// `sandcell_run_options_t options = {.size = sizeof(sandcell_run_options_t)};`
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RunOptions {
+    /// sizeof(sandcell_run_options_t), set by the caller (see EXTENSIBLE STRUCTS at the top).
+    pub size: usize,
+    /// Called with each chunk of output as the guest produces it (also captured in the outcome).
+    pub on_output: OutputFn,
+    /// Passed to `on_output` and `on_output2`.
+    pub user_data: *mut c_void,
+    /// Stops the run when triggered (in addition to the sandbox's own interrupt).
+    pub interrupt: *const Interrupt,
+    /// Like `on_output`, and returns non-zero to stop the run (see sandcell_output_fn2). Set
+    /// `on_output` or `on_output2`, not both.
+    pub on_output2: OutputFn2,
+}
+
+const _: () = assert!(std::mem::offset_of!(RunOptions, size) == 0);
+
+// SAFETY: repr(C), `size` first; integers, raw pointers and optional function pointers only.
+unsafe impl Extensible for RunOptions {
+    const C_NAME: &'static str = "sandcell_run_options_t";
+    const MIN_SIZE: usize = std::mem::offset_of!(RunOptions, on_output2) + std::mem::size_of::<OutputFn2>();
+}
+
+/// A sandbox of the backend named `backend` ("wasm", "process" or "microvm"; a backend added in
+/// a later version is reached by its name, without a change to this ABI), with `policy` (NULL: the
+/// default policy; copied) and an optional directory for compiled artifacts (NULL: none).
+#[no_mangle]
+pub unsafe extern "C" fn sandcell_sandbox_new(
+    backend: *const c_char,
+    policy: *const Policy,
+    cache_dir: *const c_char,
+    sandbox: *mut *mut Sandbox,
+) -> *mut Error {
+    guard(|| {
+        // SAFETY: checked string.
+        let name = unsafe { string(backend, "backend")? };
+        let kind: sandcell::BackendKind = name
+            .parse()
+            .map_err(|_| invalid(format!("unknown backend `{name}`: expected wasm, process or microvm")))?;
+        // SAFETY: checked handle, string and out-parameter.
+        unsafe {
+            let policy =
+                if policy.is_null() { sandcell::Policy::default() } else { get(policy, "policy", "policy")?.0.clone() };
+            if sandbox.is_null() {
+                return Err(invalid("the out-parameter `sandbox` is NULL"));
+            }
+            let mut builder = sandcell::SandboxBuilder::new(kind).policy(policy);
+            if !cache_dir.is_null() {
+                builder = builder.cache_dir(string(cache_dir, "cache_dir")?);
+            }
+            let built = builder.build().map_err(from_sandcell)?;
+            out(sandbox, register(Sandbox(built), "sandbox"), "sandbox")
+        }
+    })
+}
+
+/// The caller's output callback and its user data, as the run calls them.
+struct CallbackSink {
+    f: unsafe extern "C" fn(*mut c_void, u32, *const u8, usize),
+    user_data: *mut c_void,
+}
+
+/// An `on_output2` callback: once it asks to stop, `stop` is triggered and it is not called again.
+struct StoppingSink {
+    f: unsafe extern "C" fn(*mut c_void, u32, *const u8, usize) -> c_int,
+    user_data: *mut c_void,
+    stop: sandcell::InterruptHandle,
+    stopped: bool,
+}
+
+// SAFETY: the callbacks are only called on the thread that called `sandcell_sandbox_run`, during
+// that call, as the header documents; the pointer is the caller's.
+unsafe impl Send for CallbackSink {}
+// SAFETY: as for `CallbackSink`.
+unsafe impl Send for StoppingSink {}
+
+fn stream_number(stream: sandcell::Stream) -> u32 {
+    match stream {
+        sandcell::Stream::Stdout => SANDCELL_STREAM_STDOUT,
+        sandcell::Stream::Stderr => SANDCELL_STREAM_STDERR,
+    }
+}
+
+/// Runs `program` to completion. The outcome (whatever the guest did) is written to `outcome`;
+/// an error means the host could not run it. `options` may be NULL.
+#[no_mangle]
+pub unsafe extern "C" fn sandcell_sandbox_run(
+    sandbox: *const Sandbox,
+    program: *const Program,
+    options: *const RunOptions,
+    outcome: *mut *mut Outcome,
+) -> *mut Error {
+    guard(|| {
+        // SAFETY: checked handles and out-parameter; `options` is read only if non-NULL, within
+        // its size.
+        unsafe {
+            let sb = get(sandbox, "sandbox", "sandbox")?;
+            let prog = get(program, "program", "program")?;
+            if outcome.is_null() {
+                return Err(invalid("the out-parameter `outcome` is NULL"));
+            }
+            let mut run_options = sandcell::RunOptions::new();
+            // Keeps the run's own handle linked to the caller's interrupt handle during the run.
+            let mut _link = None;
+            if !options.is_null() {
+                let o = extensible::read(options, "options")?;
+                let interrupt = if o.interrupt.is_null() {
+                    None
+                } else {
+                    Some(get(o.interrupt, "interrupt", "options->interrupt")?)
+                };
+                match (o.on_output, o.on_output2) {
+                    (Some(_), Some(_)) => {
+                        return Err(invalid("set `options->on_output` or `options->on_output2`, not both"));
+                    }
+                    (Some(f), None) => {
+                        let sink = CallbackSink { f, user_data: o.user_data };
+                        run_options = run_options.on_output(move |stream, data| {
+                            let sink = &sink;
+                            // SAFETY: the caller's callback, with its own user data.
+                            (sink.f)(sink.user_data, stream_number(stream), data.as_ptr(), data.len());
+                        });
+                        if let Some(i) = interrupt {
+                            run_options = run_options.interrupt(i.handle().clone());
+                        }
+                    }
+                    (None, Some(f)) => {
+                        // The run gets its own handle, which the callback triggers to stop it, and
+                        // which the caller's handle triggers too while the run lasts.
+                        let own = sandcell::InterruptHandle::new();
+                        _link = interrupt.map(|i| i.link(&own));
+                        let mut sink = StoppingSink { f, user_data: o.user_data, stop: own.clone(), stopped: false };
+                        run_options = run_options.interrupt(own).on_output(move |stream, data| {
+                            let sink = &mut sink;
+                            if sink.stopped {
+                                return;
+                            }
+                            // SAFETY: the caller's callback, with its own user data.
+                            if (sink.f)(sink.user_data, stream_number(stream), data.as_ptr(), data.len()) != 0 {
+                                sink.stopped = true;
+                                sink.stop.interrupt();
+                            }
+                        });
+                    }
+                    (None, None) => {
+                        if let Some(i) = interrupt {
+                            run_options = run_options.interrupt(i.handle().clone());
+                        }
+                    }
+                }
+            }
+            let result = sb.0.run_with(&prog.0, run_options).map_err(from_sandcell)?;
+            let detail = result.status.detail().map(|d| CString::new(d.replace('\0', " ")).unwrap_or_default());
+            out(outcome, register(Outcome { inner: result, detail }, "outcome"), "outcome")
+        }
+    })
+}
+
+/// Stops every run in progress on this sandbox (they end with SANDCELL_STATUS_INTERRUPTED).
+#[no_mangle]
+pub unsafe extern "C" fn sandcell_sandbox_interrupt(sandbox: *const Sandbox) -> *mut Error {
+    guard(|| {
+        // SAFETY: checked handle.
+        let sb = unsafe { get(sandbox, "sandbox", "sandbox")? };
+        sb.0.interrupt_handle().interrupt();
+        Ok(())
+    })
+}
+
+/// Frees a sandbox (NULL is fine). Runs in progress on other threads must have returned.
+#[no_mangle]
+pub unsafe extern "C" fn sandcell_sandbox_free(sandbox: *mut Sandbox) {
+    // SAFETY: `release` checks the registry.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe { release(sandbox, "sandbox") }));
+}
