@@ -193,11 +193,13 @@ impl FileOpener for MountDir {
             limits.open_files.fetch_sub(1, Ordering::SeqCst);
             return Err(FsError::StorageFull);
         }
-        let opened = self.root.inner.new_open_options().options(conf.clone()).open(path);
+        // Appending is a property of the WASI descriptor, which wasix implements itself (it seeks
+        // to the end before each write, and `fd_fdstat_set_flags` can turn it off): a host file
+        // opened to append would keep appending after the guest turned that off.
+        let conf = OpenOptionsConfig { append: false, ..conf.clone() };
+        let opened = self.root.inner.new_open_options().options(conf).open(path);
         match opened {
-            Ok(inner) => {
-                Ok(Box::new(GuardedFile { inner, writable: self.root.writable, append: conf.append, pos: 0, limits }))
-            }
+            Ok(inner) => Ok(Box::new(GuardedFile { inner, writable: self.root.writable, pos: 0, limits })),
             Err(e) => {
                 limits.open_files.fetch_sub(1, Ordering::SeqCst);
                 Err(e)
@@ -212,7 +214,6 @@ impl FileOpener for MountDir {
 struct GuardedFile {
     inner: Box<dyn VirtualFile + Send + Sync + 'static>,
     writable: bool,
-    append: bool,
     /// Position after the last completed seek or write, for the file-size cap.
     pos: u64,
     limits: Arc<FsLimits>,
@@ -244,7 +245,7 @@ impl AsyncWrite for GuardedFile {
         if !self.writable {
             return Poll::Ready(Err(read_only()));
         }
-        let start = if self.append { self.inner.size() } else { self.pos };
+        let start = self.pos;
         let room = self.limits.max_file_size.saturating_sub(start);
         if room == 0 && !buf.is_empty() {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::FileTooLarge, "file size limit")));

@@ -92,7 +92,10 @@ pub(crate) const SIGNATURES: &[(&str, &str)] = &[
 fn fd_params(name: &str) -> &'static [usize] {
     match name {
         "fd_renumber" => &[0, 1],
-        "path_link" | "path_rename" => &[0, 3],
+        // path_link(old_fd, flags, old_path, old_len, new_fd, ...), path_rename(fd, old_path,
+        // old_len, new_fd, ...).
+        "path_link" => &[0, 4],
+        "path_rename" => &[0, 3],
         "path_symlink" => &[2],
         n if n.starts_with("fd_") || n.starts_with("path_") || n.starts_with("sock_") => &[0],
         _ => &[],
@@ -200,7 +203,7 @@ impl WasiHost {
     pub(crate) fn imports(&self, store: &mut Store, fenv: &WasiFunctionEnv, wanted: impl Fn(&str) -> bool) -> Imports {
         let mut imports = wasmer_wasix::generate_import_object_from_env(store, &fenv.env, WasiVersion::Snapshot1);
         if wanted("path_open") {
-            wrap_path_open(store, &mut imports, self.max_open_files);
+            wrap_path_open(store, &mut imports, fenv, self.max_open_files);
         }
         no_sockets(store, &mut imports, &wanted);
         if self.mounts.first().is_some_and(|(guest, _, _)| guest == std::path::Path::new("/")) {
@@ -304,33 +307,73 @@ fn root_first(store: &mut Store, imports: &mut Imports, fenv: &WasiFunctionEnv, 
     imports.define(WASI_MODULE, "fd_prestat_get", prestat);
 }
 
-/// Wraps `path_open` (and `fd_close`) for two things wasix lacks:
+/// What wasix says of a descriptor (`fd_fdstat_get`): its file type and rights.
+struct Fdstat {
+    filetype: u8,
+    rights: u64,
+}
+
+/// Asks wasix's own `fd_fdstat_get` (`raw`) about `fd`. It answers into guest memory: the
+/// 24 bytes it writes at offset 0 are saved before and put back after, so the guest sees no
+/// change (it is stopped while the host serves its call, and preview 1 has one thread).
+fn fdstat<T>(ctx: &mut FunctionEnvMut<T>, raw: &Function, wasi: &FunctionEnv<WasiEnv>, fd: i32) -> Option<Fdstat> {
+    let mut saved = [0u8; 24];
+    wasi.as_ref(ctx).try_memory_view(ctx)?.read(0, &mut saved).ok()?;
+    let errno = raw.typed::<(i32, i32), i32>(ctx).ok()?.call(ctx, fd, 0).ok()?;
+    let mut answer = [0u8; 24];
+    let view = wasi.as_ref(ctx).try_memory_view(ctx)?;
+    view.read(0, &mut answer).ok()?;
+    view.write(0, &saved).ok()?;
+    (errno == 0)
+        .then(|| Fdstat { filetype: answer[0], rights: u64::from_le_bytes(answer[8..16].try_into().expect("8 bytes")) })
+}
+
+/// Wraps `path_open` (and `fd_close`) for what wasix lacks:
 ///
 /// - the cap on descriptors the guest holds open (`max_open_files`). In WASI preview 1 only
 ///   `path_open` creates descriptors: an open beyond the cap fails with `EMFILE`. (wasix keeps
 ///   each descriptor in host memory and has no cap of its own, so without this a guest could
-///   grow host memory by opening one file forever.) Closing the initial descriptors (stdio,
-///   preopens) frees at most that many extra slots;
+///   grow host memory by opening one file forever.) A close that wasix answers with success but
+///   does not carry out (a descriptor for a preopened directory itself: wasix keeps it) gives no
+///   slot back;
 /// - opening a directory (`O_DIRECTORY`) with rights that include `fd_write`, as a guest asking
 ///   for a directory descriptor with the rights of the one it came from does (the WASI test
 ///   suite's Rust tests open their root so): wasix refuses that with `EISDIR`, but a directory
-///   descriptor cannot be written anyway, so the right is dropped and the open goes ahead.
-fn wrap_path_open(store: &mut Store, imports: &mut Imports, max: Option<u64>) {
+///   descriptor cannot be written anyway, so the right is dropped and the open goes ahead;
+/// - `O_TRUNC` needs `path_filestat_set_size` on the directory (wasix checks only
+///   `path_open`): `ENOTCAPABLE` otherwise;
+/// - a descriptor that is not a directory as the directory: `ENOTDIR` (wasix says `EACCES`).
+fn wrap_path_open(store: &mut Store, imports: &mut Imports, fenv: &WasiFunctionEnv, max: Option<u64>) {
+    const ERRNO_ACCES: i32 = 2;
     const ERRNO_MFILE: i32 = 33;
+    const ERRNO_NOTDIR: i32 = 54;
+    const ERRNO_NOTCAPABLE: i32 = 76;
     const OFLAGS_DIRECTORY: i32 = 1 << 1;
+    const OFLAGS_TRUNC: i32 = 1 << 3;
     const RIGHTS_FD_WRITE: i64 = 1 << 6;
-    let (Some(wasmer::Extern::Function(open)), Some(wasmer::Extern::Function(close))) =
-        (imports.get_export(WASI_MODULE, "path_open"), imports.get_export(WASI_MODULE, "fd_close"))
+    const RIGHTS_PATH_FILESTAT_SET_SIZE: u64 = 1 << 19;
+    const FILETYPE_DIRECTORY: u8 = 3;
+    let (
+        Some(wasmer::Extern::Function(open)),
+        Some(wasmer::Extern::Function(close)),
+        Some(wasmer::Extern::Function(stat)),
+    ) = (
+        imports.get_export(WASI_MODULE, "path_open"),
+        imports.get_export(WASI_MODULE, "fd_close"),
+        imports.get_export(WASI_MODULE, "fd_fdstat_get"),
+    )
     else {
         return;
     };
     struct Descriptors {
         open: Function,
         close: Function,
+        stat: Function,
+        wasi: FunctionEnv<WasiEnv>,
         count: u64,
         max: Option<u64>,
     }
-    let env = FunctionEnv::new(store, Descriptors { open, close, count: 0, max });
+    let env = FunctionEnv::new(store, Descriptors { open, close, stat, wasi: fenv.env.clone(), count: 0, max });
     type OpenArgs = (i32, i32, i32, i32, i32, i64, i64, i32, i32);
     let path_open = Function::new_typed_with_env(
         store,
@@ -345,9 +388,9 @@ fn wrap_path_open(store: &mut Store, imports: &mut Imports, max: Option<u64>) {
          inheriting: i64,
          fdflags: i32,
          opened: i32| {
-            let (count, max, inner) = {
+            let (count, max, inner, stat, wasi) = {
                 let data = ctx.data();
-                (data.count, data.max, data.open.clone())
+                (data.count, data.max, data.open.clone(), data.stat.clone(), data.wasi.clone())
             };
             if max.is_some_and(|max| count >= max) {
                 return Ok(ERRNO_MFILE);
@@ -355,11 +398,23 @@ fn wrap_path_open(store: &mut Store, imports: &mut Imports, max: Option<u64>) {
             if oflags & OFLAGS_DIRECTORY != 0 {
                 rights &= !RIGHTS_FD_WRITE;
             }
+            if oflags & OFLAGS_TRUNC != 0 {
+                if let Some(dir) = fdstat(&mut ctx, &stat, &wasi, dirfd) {
+                    if dir.rights & RIGHTS_PATH_FILESTAT_SET_SIZE == 0 {
+                        return Ok(ERRNO_NOTCAPABLE);
+                    }
+                }
+            }
             let typed = inner.typed::<OpenArgs, i32>(&ctx)?;
             let errno =
                 typed.call(&mut ctx, dirfd, dirflags, path, path_len, oflags, rights, inheriting, fdflags, opened)?;
             if errno == 0 {
                 ctx.data_mut().count += 1;
+            }
+            if errno == ERRNO_ACCES
+                && fdstat(&mut ctx, &stat, &wasi, dirfd).is_some_and(|d| d.filetype != FILETYPE_DIRECTORY)
+            {
+                return Ok(ERRNO_NOTDIR);
             }
             Ok::<i32, RuntimeError>(errno)
         },
@@ -367,9 +422,13 @@ fn wrap_path_open(store: &mut Store, imports: &mut Imports, max: Option<u64>) {
     imports.define(WASI_MODULE, "path_open", path_open);
     if max.is_some() {
         let fd_close = Function::new_typed_with_env(store, &env, |mut ctx: FunctionEnvMut<Descriptors>, fd: i32| {
-            let inner = ctx.data().close.clone();
+            let (inner, stat, wasi) = {
+                let data = ctx.data();
+                (data.close.clone(), data.stat.clone(), data.wasi.clone())
+            };
             let errno = inner.typed::<i32, i32>(&ctx)?.call(&mut ctx, fd)?;
-            if errno == 0 {
+            // Only a descriptor that is gone gives its slot back.
+            if errno == 0 && fdstat(&mut ctx, &stat, &wasi, fd).is_none() {
                 let data = ctx.data_mut();
                 data.count = data.count.saturating_sub(1);
             }

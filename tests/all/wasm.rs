@@ -661,3 +661,34 @@ fn raising_a_signal_ends_the_run_with_that_signal() {
     // Not a signal: EINVAL (28).
     assert_eq!(sb.run(&raise(99)).unwrap().status, Status::Exited(28));
 }
+
+#[test]
+fn opening_and_closing_a_preopen_forever_is_capped_like_any_descriptor() {
+    // wasix answers a close of a descriptor for a preopened directory itself with success but
+    // keeps it: without the cap, a guest opening "." of its mount and closing it in a loop grew
+    // the host's descriptor table without bound. Exit code: the errno that ended the loop.
+    let dir = TempDir::new("preopen-loop");
+    let sb = sandbox(Policy {
+        max_open_files: Some(64),
+        mounts: vec![Mount::read_only(dir.path(), "/data")],
+        ..Policy::default()
+    });
+    let out = sb
+        .run(&wat(r#"(module
+          (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 100) ".")
+          (func (export "_start") (local $i i32) (local $e i32)
+            (loop $l
+              (local.set $e (call $open (i32.const 4) (i32.const 0) (i32.const 100) (i32.const 1) (i32.const 2)
+                (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 200)))
+              (if (local.get $e) (then (call $exit (local.get $e))))
+              (drop (call $close (i32.load (i32.const 200))))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br_if $l (i32.lt_u (local.get $i) (i32.const 100000))))
+            (call $exit (i32.const 0))))"#))
+        .unwrap();
+    assert_eq!(out.status, Status::Exited(33), "the loop was never capped (EMFILE)");
+}
