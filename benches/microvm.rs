@@ -98,6 +98,26 @@ fn benches(c: &mut Criterion) {
     let wat = Program::bytes(include_bytes!("../examples/hello.wat").to_vec());
     assert_eq!(sandbox.run(&wat).unwrap().stdout, b"Hello, world!\n");
     c.bench_function("microvm/wasi_hello", |b| b.iter(|| sandbox.run(&wat).unwrap()));
+
+    // The whole command, as a user types it: `sandcell run --backend wasm|microvm hello.wat`, a
+    // new process each time, with the CLI's default artifact cache (warm after the first run).
+    let cache = std::env::temp_dir().join(format!("sandcell-bench-cli-{}", std::process::id()));
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello.wat");
+    for backend in ["wasm", "microvm"] {
+        let command = || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandcell"))
+                .args(["run", "--backend", backend])
+                .arg(&example)
+                .env("SANDCELL_CACHE_DIR", &cache)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            assert_eq!(out.stdout, b"Hello, world!\n", "{}", String::from_utf8_lossy(&out.stderr));
+        };
+        command();
+        c.bench_function(&format!("cli/{backend}_hello"), |b| b.iter(command));
+    }
+    let _ = std::fs::remove_dir_all(&cache);
     // SAFETY: unmapping the mapping made above.
     unsafe { libc::munmap(mem.cast(), 0x10000) };
 }

@@ -77,6 +77,13 @@ def microvm():
         t = criterion("microvm", name)
         print(f"| {label} | {fmt(t)} | {t / floor:.2f} | {t / deferred:.2f} |")
     print()
+    wasm_cli = criterion("cli", "wasm_hello")
+    vm_cli = criterion("cli", "microvm_hello")
+    print("| whole command, default cache warm | median | / `--backend wasm` |")
+    print("|---|---|---|")
+    print(f"| `sandcell run --backend wasm examples/hello.wat` | {fmt(wasm_cli)} | 1.00 |")
+    print(f"| `sandcell run --backend microvm examples/hello.wat` | {fmt(vm_cli)} | {vm_cli / wasm_cli:.2f} |")
+    print()
 
 
 def ffi():

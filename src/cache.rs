@@ -268,6 +268,33 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The body of the artifact-loader fuzz target (see [`crate::fuzz::artifact_cache`]).
+pub(crate) fn fuzz(data: &[u8]) {
+    static CACHE: std::sync::OnceLock<ArtifactCache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sandcell-fuzz-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        ArtifactCache::open(&dir).expect("the fuzzing cache opens")
+    });
+    let path = |name: &str| cache.dir.join(ArtifactCache::file_name(name));
+    // Any bytes under an artifact's name.
+    std::fs::write(path("raw"), data).expect("write the fuzzing artifact");
+    assert_eq!(cache.load("raw"), None, "a file the cache did not write was loaded");
+    // A stored artifact altered at one byte.
+    let Some((head, payload)) = data.split_first_chunk::<8>() else { return };
+    cache.store("altered", payload).expect("store the fuzzing artifact");
+    assert_eq!(cache.load("altered").as_deref(), Some(payload), "a stored artifact did not load");
+    let mut file = std::fs::read(path("altered")).expect("read the stored artifact");
+    let at = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize % file.len();
+    file[at] ^= head[4].max(1);
+    if head[5] & 1 == 1 {
+        // ... or cut short there.
+        file.truncate(at);
+    }
+    std::fs::write(path("altered"), &file).expect("write the altered artifact");
+    assert_eq!(cache.load("altered"), None, "an altered artifact was loaded");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

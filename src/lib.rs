@@ -49,6 +49,7 @@ mod cache;
 mod control;
 mod enforcement;
 mod error;
+mod fuzz;
 mod outcome;
 mod policy;
 mod probe;
@@ -110,4 +111,8 @@ pub mod __private {
     pub const STOP_EXPORT: &str = crate::backend::wasm::guard::STOP_EXPORT;
     /// The export of the remaining fuel (metered engines).
     pub const FUEL_EXPORT: &str = crate::backend::wasm::guard::FUEL_EXPORT;
+    /// The fuzz targets' bodies (`fuzz/`), also replayed over their corpora by the tests.
+    pub mod fuzz {
+        pub use crate::fuzz::*;
+    }
 }

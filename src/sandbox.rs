@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::control::{InterruptHandle, OutputCallback};
 use crate::{Error, Outcome, Policy, Program, Result};
@@ -56,15 +58,34 @@ impl FromStr for BackendKind {
     }
 }
 
-/// Per-run options beyond the [`Program`]: an interrupt handle and a streaming output callback.
+/// Per-run options beyond the [`Program`]: an interrupt handle, a streaming output callback, and
+/// limits of this run alone. A run's limits only ever narrow the sandbox's policy: the run gets
+/// the smaller of the two (a policy without a timeout takes the run's).
 #[derive(Default)]
 #[must_use]
+#[non_exhaustive]
 pub struct RunOptions {
     /// Attach the run to this handle as well as to the sandbox's own.
     pub interrupt: Option<InterruptHandle>,
     /// Called with each chunk of output as the guest produces it, on the thread running the
     /// guest. The chunks are also captured in the [`Outcome`], within the same cap.
     pub on_output: Option<OutputCallback>,
+    /// A wall-clock limit for this run (→ [`crate::Status::Timeout`]).
+    pub timeout: Option<Duration>,
+    /// A CPU-time limit for this run (→ [`crate::Status::CpuLimit`]).
+    pub cpu_time: Option<Duration>,
+    /// A cap on each of stdout and stderr for this run (→ [`crate::Status::OutputLimit`]).
+    pub max_output: Option<u64>,
+    /// The run's stdin, instead of the program's.
+    pub stdin: Option<Arc<[u8]>>,
+}
+
+/// The smaller of a policy's limit and a run's (either may be absent).
+pub(crate) fn narrowed<T: Ord + Copy>(policy: Option<T>, run: Option<T>) -> Option<T> {
+    match (policy, run) {
+        (Some(p), Some(r)) => Some(p.min(r)),
+        (p, r) => p.or(r),
+    }
 }
 
 impl RunOptions {
@@ -82,6 +103,34 @@ impl RunOptions {
         self.on_output = Some(Box::new(callback));
         self
     }
+    /// Sets [`RunOptions::timeout`].
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+    /// Sets [`RunOptions::cpu_time`].
+    pub fn cpu_time(mut self, limit: Duration) -> Self {
+        self.cpu_time = Some(limit);
+        self
+    }
+    /// Sets [`RunOptions::max_output`].
+    pub fn max_output(mut self, bytes: u64) -> Self {
+        self.max_output = Some(bytes);
+        self
+    }
+    /// Sets [`RunOptions::stdin`].
+    pub fn stdin(mut self, input: impl Into<Arc<[u8]>>) -> Self {
+        self.stdin = Some(input.into());
+        self
+    }
+
+    /// The program with this run's stdin, if it has one of its own.
+    pub(crate) fn program<'a>(&mut self, program: &'a Program) -> std::borrow::Cow<'a, Program> {
+        match self.stdin.take() {
+            Some(input) => std::borrow::Cow::Owned(program.clone().stdin(input)),
+            None => std::borrow::Cow::Borrowed(program),
+        }
+    }
 }
 
 impl fmt::Debug for RunOptions {
@@ -89,6 +138,10 @@ impl fmt::Debug for RunOptions {
         f.debug_struct("RunOptions")
             .field("interrupt", &self.interrupt)
             .field("on_output", &self.on_output.as_ref().map(|_| "callback"))
+            .field("timeout", &self.timeout)
+            .field("cpu_time", &self.cpu_time)
+            .field("max_output", &self.max_output)
+            .field("stdin", &self.stdin.as_ref().map(|s| s.len()))
             .finish()
     }
 }

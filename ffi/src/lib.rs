@@ -43,3 +43,6 @@ mod sandbox;
 mod interrupt;
 
 mod outcome;
+
+#[doc(hidden)]
+pub mod fuzz;

@@ -118,9 +118,13 @@ struct RunArgs {
     /// Call this wasm export instead of _start (ARGS are its parameters).
     #[arg(long, value_name = "NAME")]
     entry: Option<String>,
-    /// Keep compiled artifacts in DIR.
+    /// Keep compiled artifacts in DIR (default: $SANDCELL_CACHE_DIR, else $XDG_CACHE_HOME/sandcell,
+    /// else ~/.cache/sandcell).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// Compile everything afresh and keep nothing on disk.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
     /// Start from a JSON policy document (the flags above change it).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
@@ -270,6 +274,18 @@ fn execute(command: Command) -> Result<u8, Failure> {
     }
 }
 
+/// Where compiled artifacts go unless `--cache-dir` or `--no-cache` says otherwise.
+fn default_cache_dir() -> Option<PathBuf> {
+    let nonempty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
+    if let Some(dir) = nonempty("SANDCELL_CACHE_DIR") {
+        return Some(dir);
+    }
+    if let Some(dir) = nonempty("XDG_CACHE_HOME").filter(|d| d.is_absolute()) {
+        return Some(dir.join("sandcell"));
+    }
+    nonempty("HOME").filter(|d| d.is_absolute()).map(|home| home.join(".cache/sandcell"))
+}
+
 fn policy_of(a: &RunArgs) -> Result<Policy, Failure> {
     let mut policy = match &a.policy {
         Some(path) => {
@@ -348,11 +364,23 @@ fn run(a: RunArgs) -> Result<u8, Failure> {
     if let Some(entry) = &a.entry {
         program = program.entry(entry.clone());
     }
-    let mut builder = SandboxBuilder::new(a.backend.into()).policy(policy);
-    if let Some(dir) = &a.cache_dir {
-        builder = builder.cache_dir(dir.clone());
-    }
-    let sandbox = builder.build()?;
+    let builder = SandboxBuilder::new(a.backend.into()).policy(policy);
+    let sandbox = match (&a.cache_dir, a.no_cache) {
+        (Some(dir), _) => builder.cache_dir(dir.clone()).build()?,
+        (None, true) => builder.build()?,
+        // The default cache is a convenience: where it cannot be used (no home, a read-only or
+        // foreign directory), the run goes on without it.
+        (None, false) => match default_cache_dir() {
+            Some(dir) => match builder.clone().cache_dir(dir).build() {
+                Err(sandcell::Error::Cache { dir, reason }) => {
+                    tracing::debug!("not using the default cache {}: {reason}", dir.display());
+                    builder.build()?
+                }
+                other => other?,
+            },
+            None => builder.build()?,
+        },
+    };
     let mut options = RunOptions::new();
     if !a.json {
         // Pass output through as it is produced.

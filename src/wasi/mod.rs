@@ -102,12 +102,47 @@ fn fd_params(name: &str) -> &'static [usize] {
     }
 }
 
+/// Marks a stretch of wasm execution on this thread (a run on the wasm backend, a micro-VM run's
+/// WASI service). wasmer runs guest code on coroutine stacks of 1 MiB that it pools process-wide
+/// and never frees: a burst of 1,000 concurrent runs would keep 1,000 stacks mapped for the
+/// process's life. When the last stretch in progress ends after more than [`KEEP_STACKS`] ran at
+/// once, the pool is drained (sequential runs keep reusing their thread's cached stack).
+pub(crate) struct WasmerCalls(());
+
+static IN_PROGRESS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Concurrent stretches whose stacks the pool may keep.
+const KEEP_STACKS: usize = 4;
+
+impl WasmerCalls {
+    pub(crate) fn begin() -> Self {
+        use std::sync::atomic::Ordering::AcqRel;
+        let n = IN_PROGRESS.fetch_add(1, AcqRel) + 1;
+        PEAK.fetch_max(n, AcqRel);
+        WasmerCalls(())
+    }
+}
+
+impl Drop for WasmerCalls {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::AcqRel;
+        if IN_PROGRESS.fetch_sub(1, AcqRel) == 1 && PEAK.load(std::sync::atomic::Ordering::Acquire) > KEEP_STACKS {
+            PEAK.store(0, std::sync::atomic::Ordering::Release);
+            // Stacks in use by runs that start meanwhile are theirs, not the pool's.
+            wasmer_vm::drain_stack_pool();
+        }
+    }
+}
+
 /// The tokio runtime wasmer-wasix needs for its file operations; one for the process.
 pub(crate) fn tokio_runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            // Blocking file operations get threads of their own; after a burst of runs they
+            // end within a second (tokio's default keeps them 10 s).
+            .thread_keep_alive(std::time::Duration::from_secs(1))
             .thread_name("sandcell-wasi")
             .enable_all()
             .build()
@@ -209,7 +244,63 @@ impl WasiHost {
         if self.mounts.first().is_some_and(|(guest, _, _)| guest == std::path::Path::new("/")) {
             root_first(store, &mut imports, fenv, &wanted);
         }
+        aligned_pointers(store, &mut imports, &wanted);
         imports
+    }
+}
+
+/// The parameters of WASI function `name` that point at values wider than a byte, with their
+/// alignment (from the preview 1 witx: sizes and counts 4, descriptors 4, timestamps and file
+/// sizes 8, `fdstat`/`filestat`/subscriptions/events 8, `prestat` and iovec arrays 4, `roflags` 2).
+fn aligned_params(name: &str) -> &'static [(usize, u32)] {
+    match name {
+        "args_get" | "environ_get" => &[(0, 4)],
+        "args_sizes_get" | "environ_sizes_get" => &[(0, 4), (1, 4)],
+        "clock_res_get" | "fd_fdstat_get" | "fd_filestat_get" | "fd_tell" => &[(1, 8)],
+        "clock_time_get" => &[(2, 8)],
+        "fd_pread" | "fd_pwrite" | "sock_send" => &[(1, 4), (4, 4)],
+        "fd_prestat_get" => &[(1, 4)],
+        "fd_read" | "fd_write" => &[(1, 4), (3, 4)],
+        "fd_readdir" => &[(4, 4)],
+        "fd_seek" => &[(3, 8)],
+        "path_filestat_get" => &[(4, 8)],
+        "path_open" => &[(8, 4)],
+        "path_readlink" => &[(5, 4)],
+        "poll_oneoff" => &[(0, 8), (1, 8), (3, 4)],
+        "sock_accept" => &[(2, 4)],
+        "sock_recv" => &[(1, 4), (4, 4), (5, 2)],
+        _ => &[],
+    }
+}
+
+/// Answers `EFAULT` to a call whose pointer to a wider-than-byte value is misaligned, before
+/// wasix sees it. wasix makes a Rust reference of such a pointer, which a build with debug
+/// assertions (any `cargo build` without `--release`) turns into an abort of the whole host
+/// process: one guest could end every run of its host. (wasmtime traps on the same pointers;
+/// the error lets the guest go on. Compilers always align them, so no real program sees it.)
+fn aligned_pointers(store: &mut Store, imports: &mut Imports, wanted: &impl Fn(&str) -> bool) {
+    const ERRNO_FAULT: i32 = 21;
+    for (name, _) in SIGNATURES.iter().filter(|(n, _)| wanted(n)) {
+        let params = aligned_params(name);
+        if params.is_empty() {
+            continue;
+        }
+        let Some(wasmer::Extern::Function(inner)) = imports.get_export(WASI_MODULE, name) else { continue };
+        let ty = inner.ty(store);
+        let env = FunctionEnv::new(store, inner);
+        let wrapped =
+            Function::new_with_env(store, &env, ty, move |mut ctx: FunctionEnvMut<Function>, args: &[Value]| {
+                let misaligned = params.iter().any(|&(p, align)| match args.get(p) {
+                    Some(Value::I32(ptr)) => (*ptr as u32) % align != 0,
+                    _ => false,
+                });
+                if misaligned {
+                    return Ok(vec![Value::I32(ERRNO_FAULT)]);
+                }
+                let inner = ctx.data().clone();
+                Ok(inner.call(&mut ctx, args)?.into_vec())
+            });
+        imports.define(WASI_MODULE, name, wrapped);
     }
 }
 

@@ -5,13 +5,16 @@ use std::process::{Command, Output, Stdio};
 use crate::common::{text, TempDir};
 use crate::or_skip;
 
+/// The CLI, its default artifact cache in the build's own temporary directory (not the home
+/// directory's).
+fn cli() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandcell"));
+    cmd.env("SANDCELL_CACHE_DIR", concat!(env!("CARGO_TARGET_TMPDIR"), "/cli-cache"));
+    cmd
+}
+
 fn sandcell(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sandcell"))
-        .args(args)
-        .current_dir(crate::common::repo())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    cli().args(args).current_dir(crate::common::repo()).stdin(Stdio::null()).output().unwrap()
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -270,7 +273,7 @@ fn mounts_env_and_guest_arguments() {
 fn stdin_of_the_cli_reaches_the_guest() {
     let guest = or_skip!(crate::common::wasm_guest(), "no wasm test guest");
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sandcell"))
+    let mut child = cli()
         .args(["run", guest.to_str().unwrap(), "--", "cat"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -297,4 +300,31 @@ fn probe_lists_every_backend() {
     for b in backends {
         assert!(!b["reason"].as_str().unwrap().is_empty());
     }
+}
+
+#[test]
+fn compiled_modules_are_kept_in_the_default_cache_unless_told_not_to() {
+    let dir = TempDir::new("cli-default-cache");
+    let cache = dir.join("cache");
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sandcell"))
+            .env("SANDCELL_CACHE_DIR", &cache)
+            .args(["run", "--json"])
+            .args(extra)
+            .arg("examples/hello.wat")
+            .current_dir(crate::common::repo())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        json(&out)["usage"]["cache"].as_str().unwrap_or_default().to_owned()
+    };
+    assert_eq!(run(&[]), "compiled");
+    assert!(cache.join("key").exists(), "the default cache was not created");
+    assert_eq!(run(&[]), "disk", "a second process did not load the artifact from the default cache");
+    assert_eq!(run(&["--no-cache"]), "compiled");
+    // A default cache that cannot be used (here: a file in the way) is no reason to fail a run.
+    std::fs::remove_dir_all(&cache).unwrap();
+    std::fs::write(&cache, b"not a directory").unwrap();
+    assert_eq!(run(&[]), "compiled");
 }

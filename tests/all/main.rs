@@ -8,6 +8,7 @@ mod common;
 mod c_api;
 mod cli;
 mod conformance;
+mod fuzz_replay;
 mod microvm;
 mod policy;
 mod process;

@@ -304,6 +304,7 @@ fn the_cli_runs_native_and_wasm_guests_on_the_microvm_backend() {
     let guest = or_skip!(hostile(), "no micro-VM");
     let cli = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_sandcell"))
+            .env("SANDCELL_CACHE_DIR", concat!(env!("CARGO_TARGET_TMPDIR"), "/cli-cache"))
             .args(args)
             .current_dir(common::repo())
             .output()

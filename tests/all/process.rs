@@ -552,6 +552,7 @@ fn fuel_is_refused_unless_best_effort() {
 fn the_cli_runs_python_on_the_process_backend() {
     or_skip!(available(), "the process backend is unavailable");
     let out = Command::new(env!("CARGO_BIN_EXE_sandcell"))
+        .env("SANDCELL_CACHE_DIR", concat!(env!("CARGO_TARGET_TMPDIR"), "/cli-cache"))
         .args(["run", "--backend", "process", "--max-processes", "8", "--", "/usr/bin/python3", "-c", "print(1)"])
         .stdin(std::process::Stdio::null())
         .output()
@@ -559,6 +560,7 @@ fn the_cli_runs_python_on_the_process_backend() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "1\n");
     let out = Command::new(env!("CARGO_BIN_EXE_sandcell"))
+        .env("SANDCELL_CACHE_DIR", concat!(env!("CARGO_TARGET_TMPDIR"), "/cli-cache"))
         .args(["run", "--backend", "process", "--json", "--", "/bin/sh", "-c", "kill -SEGV $$"])
         .output()
         .unwrap();
@@ -607,6 +609,7 @@ fn a_cli_run_leaves_no_cgroup_behind() {
     }
     for _ in 0..10 {
         let child = Command::new(env!("CARGO_BIN_EXE_sandcell"))
+            .env("SANDCELL_CACHE_DIR", concat!(env!("CARGO_TARGET_TMPDIR"), "/cli-cache"))
             .args(["run", "--backend", "process", "--", "/bin/true"])
             .stdout(std::process::Stdio::null())
             .spawn()

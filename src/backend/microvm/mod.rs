@@ -206,6 +206,10 @@ impl MicroVmSandbox {
         if let Some(img) = self.images.lock().get(&key) {
             return Ok((img.clone(), wasm, ArtifactSource::Memory, key));
         }
+        if wasm {
+            // The runtime is read once per process: map its pages in one call (see `populate`).
+            image::populate(RUNTIME, 22 /* MADV_POPULATE_READ */);
+        }
         let loaded = tracing::debug_span!("load_elf").in_scope(|| image::load_elf(elf))?;
         if layout::HEAP + data.len() as u64 + (8 << 20) > ram {
             return Err(Error::invalid_program(format!(
@@ -312,10 +316,15 @@ impl MicroVmSandbox {
         let mut run = Run::begin(&self.interrupt, options.interrupt.as_ref());
         let control = run.control.clone();
         let sink = Arc::new(Sink {
-            capture: parking_lot::Mutex::new(Capture::new(self.lowered.max_output, options.on_output)),
+            capture: parking_lot::Mutex::new(Capture::new(
+                crate::sandbox::narrowed(Some(self.lowered.max_output), options.max_output)
+                    .unwrap_or(self.lowered.max_output),
+                options.on_output,
+            )),
             control: control.clone(),
         });
         let wasi_span = tracing::debug_span!("wasi").entered();
+        let _stacks = wasm.then(crate::wasi::WasmerCalls::begin);
         let mut wasi = if wasm {
             Some(wasi::WasiService::new(&self.lowered.wasi, self.cache.as_ref(), program, &sink)?)
         } else {
@@ -346,13 +355,15 @@ impl MicroVmSandbox {
                 p.signal_process(wasmer_wasix::types::wasi::Signal::Sigkill);
             }
         }));
-        run.timeout(started, self.lowered.timeout);
+        run.timeout(started, crate::sandbox::narrowed(self.lowered.timeout, options.timeout));
         // The vCPU threads' CPU time; the timer ends (`run.finish`) before the threads do, so the
         // clocks stay valid whenever it reads them.
         let clocks = vm.cpu_clocks();
-        run.cpu_budget(self.lowered.cpu_time, Duration::from_millis(1), move || {
-            clocks.iter().filter_map(|(k, base)| clock_time(*k).map(|t| t.saturating_sub(*base))).sum()
-        });
+        run.cpu_budget(
+            crate::sandbox::narrowed(self.lowered.cpu_time, options.cpu_time),
+            Duration::from_millis(1),
+            move || clocks.iter().filter_map(|(k, base)| clock_time(*k).map(|t| t.saturating_sub(*base))).sum(),
+        );
 
         let mut session = Session {
             vm: &vm,
@@ -708,12 +719,65 @@ impl crate::Sandbox for MicroVmSandbox {
         &self.policy
     }
 
-    fn run_with(&self, program: &Program, options: RunOptions) -> Result<Outcome> {
+    fn run_with(&self, program: &Program, mut options: RunOptions) -> Result<Outcome> {
         let _span = tracing::info_span!("sandcell.run", backend = "microvm").entered();
-        self.run_inner(program, options, Instant::now())
+        let program = options.program(program);
+        self.run_inner(&program, options, Instant::now())
     }
 
     fn interrupt_handle(&self) -> InterruptHandle {
         self.interrupt.clone()
     }
+}
+
+/// The body of the hypercall fuzz target (see [`crate::fuzz::microvm_hypercalls`]).
+pub(crate) fn fuzz_hypercalls(data: &[u8], mount: std::path::PathBuf) {
+    use std::sync::{Condvar, OnceLock};
+    const RAM: usize = 64 << 10;
+    static HOST: OnceLock<crate::wasi::WasiHost> = OnceLock::new();
+    let host = HOST.get_or_init(|| {
+        let mounts = [crate::Mount::read_only(mount, "/data")];
+        crate::wasi::WasiHost::new(wasi::proxy_engine(), &mounts, &Default::default(), Some(16), Some(1 << 20))
+            .expect("the fuzzing WASI host")
+    });
+    let mut ram = vec![0u8; RAM];
+    let n = data.len().min(RAM);
+    ram[..n].copy_from_slice(&data[..n]);
+    let control = RunControl::new();
+    let sink = Arc::new(Sink { capture: Mutex::new(Capture::new(4096, None)), control });
+    let program = Program::bytes(Vec::new()).arg("fuzz").stdin(b"some input\n".to_vec());
+    let mut service = wasi::WasiService::new(host, None, &program, &sink).expect("the WASI service starts");
+    // A call that blocks (a long poll_oneoff, a sleep) is killed as a run's timeout kills it.
+    let process = service.process();
+    let done = Arc::new((std::sync::Mutex::new(false), Condvar::new()));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let (lock, cv) = &*done;
+            let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let (guard, _) =
+                cv.wait_timeout_while(guard, Duration::from_millis(200), |d| !*d).unwrap_or_else(|e| e.into_inner());
+            if !*guard {
+                process.signal_process(wasmer_wasix::types::wasi::Signal::Sigkill);
+            }
+        })
+    };
+    for chunk in data[n..].chunks(MAILBOX_BYTES) {
+        let mut bytes = [0u8; MAILBOX_BYTES];
+        bytes[..chunk.len()].copy_from_slice(chunk);
+        let Ok(Request::Wasi { function, memory, args, nargs }) = sandcell_abi::decode(&bytes) else { continue };
+        if wasi::is_proc_raise(function) {
+            continue; // served by the session, not by WASI
+        }
+        // The session checks the span against guest RAM (`Session::check`, tested on real VMs);
+        // here it is folded into the buffer, so that fuzzed requests reach WASI's own checks.
+        let addr = (memory.addr % RAM as u64) as usize;
+        let len = (memory.len as usize).min(RAM - addr);
+        let args = args.get(..usize::from(nargs)).unwrap_or(&args);
+        let _ = service.call(usize::from(function), (ram[addr..].as_mut_ptr(), len), args);
+    }
+    *done.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    done.1.notify_all();
+    let _ = watchdog.join();
+    service.finish(0);
 }

@@ -376,6 +376,8 @@ fn setup(l: &Launch) -> Result<Option<sys::Fd>, (Step, i32)> {
     // 1. Die with the host: if the parent thread goes, so does this process, and with it (as
     //    pid 1 of its namespace) every process of the run.
     sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong).map_err(at(Step::WaitForParent))?;
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
 
     //    Every signal back to its default action (the host's ignore SIGPIPE, for one; the
     //    program inherits these), while the parent is busy anyway. The mask stays full: no
@@ -408,6 +410,13 @@ fn setup(l: &Launch) -> Result<Option<sys::Fd>, (Step, i32)> {
     // 3. Become the sandbox's root inside the user namespace. Outside, that is the unprivileged
     //    uid the parent mapped (never the host's root).
     sys::become_root().map_err(at(Step::BecomeRoot))?;
+    //    A change of user id clears the parent-death signal: set it again, and if the host died
+    //    in between (this process then has another parent), go now.
+    sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong).map_err(at(Step::BecomeRoot))?;
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        return Err((Step::BecomeRoot, libc::ESRCH));
+    }
 
     // 4. Nothing mounted here propagates back to the host: the mount namespace belongs to a
     //    less privileged user namespace, so the kernel made every copied mount a slave (receive

@@ -122,9 +122,10 @@ impl crate::Sandbox for ProcessSandbox {
         &self.policy
     }
 
-    fn run_with(&self, program: &Program, options: RunOptions) -> Result<Outcome> {
+    fn run_with(&self, program: &Program, mut options: RunOptions) -> Result<Outcome> {
         let _span = tracing::info_span!("sandcell.run", backend = "process").entered();
-        self.run_inner(program, options, Instant::now())
+        let program = options.program(program);
+        self.run_inner(&program, options, Instant::now())
     }
 
     fn interrupt_handle(&self) -> InterruptHandle {
@@ -152,4 +153,16 @@ pub(crate) fn support(host: &crate::HostSupport) -> (bool, String) {
         "rlimits (not root: no cgroups)".into()
     };
     (true, format!("namespaces, seccomp-bpf, {landlock}, {limits}"))
+}
+
+/// The body of the lowering fuzz target (see [`crate::fuzz::process_lowering`]).
+pub(crate) fn fuzz_lowering(policy: &Policy) {
+    match lower::lower(policy, crate::probe::host()) {
+        Ok(lowered) => seccomp::assert_invariants(&lowered.plan.seccomp, policy.unix_sockets, &policy.deny_syscalls),
+        Err(e) => assert!(
+            matches!(e.kind(), crate::ErrorKind::InvalidPolicy | crate::ErrorKind::Unenforceable),
+            "lowering a valid policy failed with {:?}: {e}",
+            e.kind()
+        ),
+    }
 }

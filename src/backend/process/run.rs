@@ -14,6 +14,7 @@ use super::jail::{self, Launch, Step};
 use super::lower::cstr;
 use super::{cgroup, netns, restore_dumpable, seccomp, stacks, sys, template, vforker, ProcessSandbox};
 use crate::control::{Capture, Run, RunControl, StopReason};
+use crate::sandbox::narrowed;
 use crate::{Artifact, CpuBudget, Error, Outcome, Program, Result, RunOptions, Status, Stream, Usage};
 
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
@@ -79,6 +80,7 @@ impl ProcessSandbox {
         let (sync_parent, sync_child) = sys::socketpair().map_err(setup_err("create the control socket"))?;
 
         // A run whose handle was interrupted before it started ends at once.
+        let cpu_limit = narrowed(self.policy.cpu_time, options.cpu_time);
         let mut run = Run::begin(&self.interrupt, options.interrupt.as_ref());
         let control = run.control.clone();
         if let Some(reason) = control.reason() {
@@ -89,6 +91,16 @@ impl ProcessSandbox {
             Some(pool) => Some(pool.take().map_err(setup_err("create the run's cgroup"))?),
             None => None,
         };
+        if cpu_limit != self.policy.cpu_time && cgroup.as_ref().and_then(|cg| cg.cpu_probe()).is_none() {
+            // Without a cgroup's CPU accounting the CPU limit is the sandbox's RLIMIT_CPU.
+            return Err(Error::Unenforceable {
+                backend: crate::BackendKind::Process,
+                field: crate::PolicyField::CpuTime,
+                reason: "a CPU-time limit for one run needs a cgroup with CPU accounting to measure the run's \
+                         processes (run as root or with a delegated cgroup), or set cpu_time in the sandbox's policy"
+                    .into(),
+            });
+        }
 
         // A network namespace made ahead by the pool (as root), else one made by clone3.
         let netns = if self.as_root { netns::take(self.plan.loopback) } else { None };
@@ -208,6 +220,7 @@ impl ProcessSandbox {
         options: RunOptions,
         started: Instant,
     ) -> Result<Outcome> {
+        let cpu_limit = narrowed(self.policy.cpu_time, options.cpu_time);
         let control = &run.control.clone();
         // The user namespace mapping: the sandbox's root is the unprivileged `nobody` when
         // sandcell runs as root, else the calling user.
@@ -254,10 +267,10 @@ impl ProcessSandbox {
             .map_err(|e| Error::setup("start the sandboxed process", io::Error::from_raw_os_error(e)))?;
         drop((idmapped, root));
 
-        run.timeout(started, self.policy.timeout);
+        run.timeout(started, narrowed(self.policy.timeout, options.timeout));
         // The tree's CPU time, from the cgroup (RLIMIT_CPU covers single processes anyway).
         if let Some(probe) = cgroup.and_then(|cg| cg.cpu_probe()) {
-            run.cpu_budget(self.policy.cpu_time, Duration::from_millis(5), move || probe.read().unwrap_or_default());
+            run.cpu_budget(cpu_limit, Duration::from_millis(5), move || probe.read().unwrap_or_default());
         }
 
         // The child reports a failed step on the status pipe; end-of-file means it executed.
@@ -307,7 +320,7 @@ impl ProcessSandbox {
         };
 
         // Collect output until every writer is gone and the init has exited.
-        let limit = self.policy.max_output;
+        let limit = narrowed(Some(self.policy.max_output), options.max_output).unwrap_or(self.policy.max_output);
         let mut capture = Capture::new(limit, options.on_output);
         let sync = io.sync.try_clone().map_err(|e| Error::setup("duplicate the control socket", e))?;
         let (denied, report) =
@@ -347,7 +360,7 @@ impl ProcessSandbox {
         let status = match (control.reason(), denied) {
             (Some(reason), _) => reason.status(),
             (None, Some(name)) => Status::SyscallDenied(Some(name)),
-            (None, None) => self.classify(status, oom, cpu, peak),
+            (None, None) => self.classify(status, oom, cpu, peak, cpu_limit),
         };
         let (stdout, stderr) = capture.take();
         Ok(Outcome {
@@ -371,13 +384,13 @@ impl ProcessSandbox {
         }
     }
 
-    fn classify(&self, wait_status: i32, oom: bool, cpu: Duration, peak: u64) -> Status {
+    fn classify(&self, wait_status: i32, oom: bool, cpu: Duration, peak: u64, cpu_limit: Option<Duration>) -> Status {
         if libc::WIFEXITED(wait_status) {
             let code = libc::WEXITSTATUS(wait_status);
             return if oom && code != 0 { Status::MemoryLimit } else { Status::Exited(code) };
         }
         let sig = libc::WTERMSIG(wait_status);
-        let over_cpu = self.policy.cpu_time.is_some_and(|limit| cpu >= limit);
+        let over_cpu = cpu_limit.is_some_and(|limit| cpu >= limit);
         // Without a cgroup there is no OOM kill to observe: RLIMIT_AS makes allocations fail
         // inside the guest, which typically aborts or faults. A crash with the process's peak
         // resident memory within 10% of the cap is taken as hitting the cap.

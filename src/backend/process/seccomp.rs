@@ -701,41 +701,74 @@ pub(super) fn as_libc(program: &BpfProgram) -> &[libc::sock_filter] {
     unsafe { std::slice::from_raw_parts(program.as_ptr().cast::<libc::sock_filter>(), program.len()) }
 }
 
+/// Runs a classic BPF seccomp program the way the kernel does, for the instructions the
+/// filters above use.
+pub(super) fn interpret(prog: &[seccompiler::sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+    let mut data = [0u8; 64];
+    data[..4].copy_from_slice(&nr.to_ne_bytes());
+    data[4..8].copy_from_slice(&arch.to_ne_bytes());
+    for (i, a) in args.iter().enumerate() {
+        data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_ne_bytes());
+    }
+    let (mut a, mut pc) = (0u32, 0usize);
+    loop {
+        let i = &prog[pc];
+        pc += 1;
+        match i.code {
+            0x20 => a = u32::from_ne_bytes(data[i.k as usize..i.k as usize + 4].try_into().unwrap()),
+            0x06 => return i.k,
+            0x05 => pc += i.k as usize,
+            0x15 | 0x25 | 0x35 | 0x45 => {
+                let taken = match i.code {
+                    0x15 => a == i.k,
+                    0x25 => a > i.k,
+                    0x35 => a >= i.k,
+                    _ => a & i.k != 0,
+                };
+                pc += if taken { i.jt } else { i.jf } as usize;
+            }
+            0x54 => a &= i.k,
+            other => panic!("instruction {other:#x} not interpreted (extend `interpret`)"),
+        }
+    }
+}
+
+/// What every jail's filter refuses, whatever the policy (the lowering fuzz target checks it on
+/// every plan): ptrace, setting setuid or setgid bits, other architectures' and 32-bit calls,
+/// Unix sockets unless `unix_sockets`, and each of `deny`.
+pub(super) fn assert_invariants(profile: &Profile, unix_sockets: bool, deny: &[String]) {
+    let answer = |nr: i64, args: [u64; 6]| interpret(&profile.filter, AUDIT_ARCH_X86_64, nr as u32, args);
+    let allow = libc::SECCOMP_RET_ALLOW;
+    assert_ne!(answer(libc::SYS_ptrace, [0; 6]), allow, "ptrace allowed");
+    assert_ne!(answer(libc::SYS_chmod, [0, S_ISUID | 0o755, 0, 0, 0, 0]), allow, "setuid chmod allowed");
+    assert_ne!(answer(libc::SYS_fchmodat, [3, 0, S_ISGID | 0o755, 0, 0, 0]), allow, "setgid fchmodat allowed");
+    let creat = libc::O_CREAT as u64 | libc::O_WRONLY as u64;
+    assert_ne!(answer(libc::SYS_openat, [3, 0, creat, S_ISUID | 0o755, 0, 0]), allow, "setuid creation allowed");
+    assert_ne!(answer(libc::SYS_openat2, [3, 0, 0, 24, 0, 0]), allow, "openat2 allowed");
+    assert_eq!(
+        interpret(&profile.filter, AUDIT_ARCH_X86_64, 0x4000_0000 | 39, [0; 6]),
+        libc::SECCOMP_RET_KILL_PROCESS,
+        "x32 calls allowed"
+    );
+    assert_eq!(
+        interpret(&profile.filter, 0x4000_0003, 20, [0; 6]),
+        libc::SECCOMP_RET_KILL_PROCESS,
+        "i386 calls allowed"
+    );
+    let unix = answer(libc::SYS_socket, [libc::AF_UNIX as u64, 1, 0, 0, 0, 0]);
+    if !unix_sockets {
+        assert_ne!(unix, allow, "AF_UNIX sockets allowed against the policy");
+    }
+    for name in deny {
+        if let Some(nr) = crate::syscalls::number(name) {
+            assert_ne!(answer(nr, [0; 6]), allow, "denied system call `{name}` allowed");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Runs a classic BPF seccomp program the way the kernel does, for the instructions the
-    /// filters above use.
-    fn interpret(prog: &[seccompiler::sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
-        let mut data = [0u8; 64];
-        data[..4].copy_from_slice(&nr.to_ne_bytes());
-        data[4..8].copy_from_slice(&arch.to_ne_bytes());
-        for (i, a) in args.iter().enumerate() {
-            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_ne_bytes());
-        }
-        let (mut a, mut pc) = (0u32, 0usize);
-        loop {
-            let i = &prog[pc];
-            pc += 1;
-            match i.code {
-                0x20 => a = u32::from_ne_bytes(data[i.k as usize..i.k as usize + 4].try_into().unwrap()),
-                0x06 => return i.k,
-                0x05 => pc += i.k as usize,
-                0x15 | 0x25 | 0x35 | 0x45 => {
-                    let taken = match i.code {
-                        0x15 => a == i.k,
-                        0x25 => a > i.k,
-                        0x35 => a >= i.k,
-                        _ => a & i.k != 0,
-                    };
-                    pc += if taken { i.jt } else { i.jf } as usize;
-                }
-                0x54 => a &= i.k,
-                other => panic!("instruction {other:#x} not interpreted"),
-            }
-        }
-    }
 
     #[test]
     fn the_number_tree_answers_exactly_the_set() {

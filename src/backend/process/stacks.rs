@@ -26,6 +26,9 @@ impl Stacks {
 
 static POOL: Mutex<Vec<Stacks>> = Mutex::new(Vec::new());
 
+/// How many pairs the pool keeps: a burst of runs maps more, and unmaps them as they end.
+const KEEP: usize = 8;
+
 /// A pair of stacks from the pool, or new ones.
 pub(super) fn take() -> std::io::Result<Stacks> {
     match POOL.lock().unwrap_or_else(|e| e.into_inner()).pop() {
@@ -48,7 +51,10 @@ impl Drop for Lease {
         let _ = sys::pidfd_kill(self.child.as_raw_fd(), libc::SIGKILL);
         sys::wait_pidfd(self.child.as_raw_fd());
         if let Some(stacks) = self.stacks.take() {
-            POOL.lock().unwrap_or_else(|e| e.into_inner()).push(stacks);
+            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < KEEP {
+                pool.push(stacks);
+            }
         }
     }
 }

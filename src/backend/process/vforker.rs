@@ -9,8 +9,9 @@
 //! child, and its parent is one of these threads, suspended in `clone3` until init exits (when
 //! the kernel lets it go). The caller goes on as soon as the kernel has made init.
 //!
-//! A thread serves one run at a time and waits for the next; as many exist as runs have been in
-//! progress at once. They block every signal (init inherits that mask: no handler of the host
+//! A thread serves one run at a time and waits for the next; as many exist as runs are in
+//! progress at once. A thread idle for [`IDLE_FOR`] ends, unless it is one of the last
+//! [`KEEP_IDLE`]: a burst of runs leaves no threads (or their descriptors) behind. They block every signal (init inherits that mask: no handler of the host
 //! may run in it).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -48,6 +49,11 @@ struct Thread {
 }
 
 static IDLE: Mutex<Vec<Thread>> = Mutex::new(Vec::new());
+
+/// How long a thread waits for another run before it may end.
+const IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// Idle threads kept however long they wait.
+const KEEP_IDLE: usize = 2;
 
 /// Starts init: `entry(arg)` on `stack`, in a new process with `flags` (namespaces), sharing
 /// this process's memory, optionally in cgroup v2 directory `cgroup` (and in the network
@@ -142,7 +148,23 @@ fn spawn() -> std::io::Result<Thread> {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         let _ = tid_tx.send(tid);
-        for job in inbox {
+        loop {
+            let job = match inbox.recv_timeout(IDLE_FOR) {
+                Ok(job) => job,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    // Under the lock: a caller that took this thread from the list has sent
+                    // (or is about to send) it a job, so a thread not in the list waits on.
+                    let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+                    if idle.len() > KEEP_IDLE {
+                        if let Some(i) = idle.iter().position(|t| t.tid == tid) {
+                            idle.swap_remove(i);
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            };
             run(&job, home.as_raw_fd());
             // The caller has its answer (init ran and has exited now, or clone3 failed).
             drop(job);

@@ -116,7 +116,11 @@ impl WasmSandbox {
         let mut run = Run::begin(&self.interrupt, options.interrupt.as_ref());
         let control = run.control.clone();
         let sink = Arc::new(Sink {
-            capture: Mutex::new(Capture::new(self.lowered.max_output, options.on_output)),
+            capture: Mutex::new(Capture::new(
+                crate::sandbox::narrowed(Some(self.lowered.max_output), options.max_output)
+                    .unwrap_or(self.lowered.max_output),
+                options.on_output,
+            )),
             control: control.clone(),
         });
         let _tokio = crate::wasi::tokio_runtime().enter();
@@ -179,12 +183,14 @@ impl WasmSandbox {
                 p.signal_process(wasmer_wasix::types::wasi::Signal::Sigkill);
             }
         }));
-        run.timeout(started, self.lowered.timeout);
+        run.timeout(started, crate::sandbox::narrowed(self.lowered.timeout, options.timeout));
         if let Some(clock) = crate::sys::current_thread_cpu_clock() {
             let base = crate::sys::clock_time(clock).unwrap_or_default();
-            run.cpu_budget(self.lowered.cpu_time, Duration::from_millis(1), move || {
-                crate::sys::clock_time(clock).unwrap_or_default().saturating_sub(base)
-            });
+            run.cpu_budget(
+                crate::sandbox::narrowed(self.lowered.cpu_time, options.cpu_time),
+                Duration::from_millis(1),
+                move || crate::sys::clock_time(clock).unwrap_or_default().saturating_sub(base),
+            );
         }
 
         // Run.
@@ -365,9 +371,11 @@ impl crate::Sandbox for WasmSandbox {
         &self.policy
     }
 
-    fn run_with(&self, program: &Program, options: RunOptions) -> Result<Outcome> {
+    fn run_with(&self, program: &Program, mut options: RunOptions) -> Result<Outcome> {
         let _span = tracing::info_span!("sandcell.run", backend = "wasm").entered();
         let started = Instant::now();
+        let program = &*options.program(program);
+        let _stacks = crate::wasi::WasmerCalls::begin();
         program.validate()?;
         if let Some(cwd) = program.working_dir() {
             return Err(Error::invalid_program(format!(
