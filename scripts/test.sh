@@ -26,6 +26,7 @@ need=()
 command -v valgrind >/dev/null || need+=(valgrind)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v trinity >/dev/null || need+=(trinity)
 command -v cc >/dev/null || need+=(gcc)
 command -v c++ >/dev/null || need+=(g++)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
@@ -52,21 +53,37 @@ cargo test --workspace --doc
 step "Micro-VM wire format (sandcell-abi) tests on the host"
 cargo test --quiet --manifest-path guest/Cargo.toml -p sandcell-abi --target "$(rustc -vV | sed -n 's/^host: //p')"
 
-step "Python package: build the wheel into a fresh virtual environment, run its suite"
+step "Python package: build the wheel, install it into a fresh virtual environment, run its suite"
 venv=target/python-venv
-rm -rf "$venv"
+dist=target/python-dist
+# python/build: setuptools' build directory, which would carry stale files into the wheel.
+rm -rf "$venv" "$dist" python/build
 python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --upgrade pip
-# The dev profile reuses what `cargo test` just built instead of building a release library.
-SANDCELL_CARGO_PROFILE=dev "$venv/bin/pip" install --quiet ./python pytest
+# build: the PEP 517 front end. setuptools: tests/test_packaging.py builds an sdist and a wheel
+# from it with the environment's own setuptools (no network in the test).
+"$venv/bin/pip" install --quiet build "setuptools>=77" pytest
+# The dev profile takes the library `cargo build --workspace` built above: cargo finds it fresh
+# (it re-links at most) instead of compiling wasmer again for a release library. --wheel builds
+# from the source tree; a wheel built from the sdist would compile the sdist's own copy of the
+# Rust sources.
+SANDCELL_CARGO_PROFILE=dev "$venv/bin/python" -m build --wheel --outdir "$dist" ./python
+wheels=("$dist"/sandcell-*-py3-none-*.whl)
+echo "built ${wheels[*]##*/}"
+"$venv/bin/pip" install --quiet "${wheels[@]}"
 "$venv/bin/pytest" -q python/tests
 
 fuzz_seconds="${SANDCELL_FUZZ_SECONDS:-20}"
 if [ "$fuzz_seconds" != 0 ]; then
+    # Every target's corpus was replayed by `cargo test` above (tests/all/fuzz_replay.rs and the
+    # C ABI's unit test); the other targets need an instrumented build of wasmer, so their long
+    # runs are scripts/fuzz.sh's, not CI's.
     step "Fuzz smoke run of the hypercall decoder (${fuzz_seconds}s)"
     if rustup toolchain list | grep -q '^nightly'; then
         command -v cargo-fuzz >/dev/null || cargo install --locked --quiet cargo-fuzz
-        cargo +nightly fuzz run hypercall_decode -- -max_total_time="$fuzz_seconds" 2>&1 | tail -3
+        mkdir -p fuzz/work/hypercall_decode
+        cargo +nightly fuzz run hypercall_decode fuzz/work/hypercall_decode fuzz/corpus/hypercall_decode -- \
+            -max_total_time="$fuzz_seconds" 2>&1 | tail -3
     elif [ -n "${SANDCELL_REQUIRE_ALL:-}" ] && [ "${SANDCELL_REQUIRE_ALL}" != 0 ]; then
         echo "SANDCELL_REQUIRE_ALL is set but there is no nightly toolchain for cargo-fuzz" >&2
         exit 1

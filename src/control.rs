@@ -188,16 +188,16 @@ impl Drop for Attachment {
 /// interrupt handle and to the run's own, and its timers (wall-clock timeout, CPU budget).
 pub(crate) struct Run {
     pub(crate) control: Arc<RunControl>,
-    _attachments: (Attachment, Option<Attachment>),
+    _attachments: Vec<Attachment>,
     timers: Vec<watchdog::TimerGuard>,
 }
 
 impl Run {
     /// A run attached to `sandbox`'s handle and to `run`'s, if given (which may have been
     /// interrupted already: then the run is stopped from the start).
-    pub(crate) fn begin(sandbox: &InterruptHandle, run: Option<&InterruptHandle>) -> Run {
+    pub(crate) fn begin<'a>(sandbox: &'a InterruptHandle, run: impl IntoIterator<Item = &'a InterruptHandle>) -> Run {
         let control = RunControl::new();
-        let attachments = (sandbox.attach(&control), run.map(|h| h.attach(&control)));
+        let attachments = std::iter::once(sandbox).chain(run).map(|h| h.attach(&control)).collect();
         Run { control, _attachments: attachments, timers: Vec::new() }
     }
 

@@ -38,6 +38,7 @@
 //!
 //! - `process` (default): the process backend (Linux).
 //! - `microvm` (default): the micro-VM backend (Linux, x86-64, `/dev/kvm`).
+//! - `async`: [`RunAsync`], runs as futures on tokio (cancellation interrupts the run).
 //!
 //! The wasm backend is always built.
 
@@ -74,6 +75,8 @@ pub use policy::{
 };
 pub use probe::{BackendSupport, Cgroups, HostSupport, KvmFlavor, Probe};
 pub use program::{Artifact, Program};
+#[cfg(feature = "async")]
+pub use sandbox::RunAsync;
 pub use sandbox::{sandbox, BackendKind, HostFunction, RunOptions, Sandbox, SandboxBuilder};
 
 /// Compile-time check that the public types can cross threads.

@@ -32,6 +32,7 @@ pub enum Status {
 
 /// Which CPU budget ran out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CpuBudget {
     /// [`Policy::cpu_time`](crate::Policy::cpu_time).
     CpuTime,
@@ -41,6 +42,7 @@ pub enum CpuBudget {
 
 /// A trap: its kind and a human-readable message.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Trap {
     /// What kind of trap.
     pub kind: TrapKind,
@@ -207,6 +209,7 @@ pub fn signal_name(sig: i32) -> String {
 
 /// What a run consumed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Usage {
     /// Wall-clock time from the start of the run to its end.
     pub wall: Duration,
@@ -223,6 +226,7 @@ pub struct Usage {
 
 /// Where a run's compiled artifact came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ArtifactSource {
     /// The in-memory cache of this process.
     Memory,
@@ -255,6 +259,7 @@ pub enum Stream {
 
 /// The result of a run: how it ended, its captured output (capped) and its resource use.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Outcome {
     /// How the run ended.
     pub status: Status,
@@ -283,100 +288,68 @@ impl Outcome {
     /// (likewise `stderr_base64`). So no byte is ever lost, and `*_base64` appears exactly when
     /// the output is not UTF-8.
     pub fn to_json(&self) -> String {
-        let mut out = String::with_capacity(self.stdout.len() + self.stderr.len() + 256);
-        out.push_str("{\"status\":{\"kind\":");
-        json_str(&mut out, self.status.kind());
-        match &self.status {
-            Status::Exited(code) => out.push_str(&format!(",\"code\":{code}")),
-            Status::Signaled(sig) => out.push_str(&format!(",\"signal\":{sig}")),
+        serde_json::to_string(self).expect("an outcome always serialises")
+    }
+}
+
+/// The shape documented at [`Outcome::to_json`].
+impl serde::Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("status", &self.status)?;
+        for (name, bytes) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            map.serialize_entry(name, &String::from_utf8_lossy(bytes))?;
+            if std::str::from_utf8(bytes).is_err() {
+                map.serialize_entry(
+                    &format!("{name}_base64"),
+                    &base64::engine::general_purpose::STANDARD.encode(bytes),
+                )?;
+            }
+        }
+        map.serialize_entry("usage", &self.usage)?;
+        map.serialize_entry("enforced", &self.enforced)?;
+        map.serialize_entry("skipped", &self.skipped)?;
+        map.end()
+    }
+}
+
+/// `{"kind": "exited", "code": 0}`, `{"kind": "signaled", "signal": 9}`, `{"kind": "trap",
+/// "trap": "unreachable", "detail": ...}`: the kind's name, its number where it has one, the
+/// trap kind, and a `detail` string where there is one.
+impl serde::Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("kind", self.kind())?;
+        match self {
+            Status::Exited(code) => map.serialize_entry("code", code)?,
+            Status::Signaled(sig) => map.serialize_entry("signal", sig)?,
+            Status::Trap(t) => map.serialize_entry("trap", t.kind.name())?,
             _ => {}
         }
-        if let Status::Trap(t) = &self.status {
-            out.push_str(",\"trap\":");
-            json_str(&mut out, t.kind.name());
+        if let Some(detail) = self.detail() {
+            map.serialize_entry("detail", &detail)?;
         }
-        if let Some(detail) = self.status.detail() {
-            out.push_str(",\"detail\":");
-            json_str(&mut out, &detail);
-        }
-        out.push('}');
-        for (name, bytes) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
-            out.push_str(&format!(",\"{name}\":"));
-            json_bytes(&mut out, bytes);
-            if std::str::from_utf8(bytes).is_err() {
-                out.push_str(&format!(",\"{name}_base64\":\""));
-                out.push_str(&base64(bytes));
-                out.push('"');
-            }
-        }
-        let u = &self.usage;
-        out.push_str(&format!(
-            ",\"usage\":{{\"wall_ms\":{:.3},\"cpu_ms\":{:.3},\"peak_memory_bytes\":{},\"fuel\":{},\"cache\":{}}}",
-            u.wall.as_secs_f64() * 1e3,
-            u.cpu.as_secs_f64() * 1e3,
-            u.peak_memory_bytes,
-            u.fuel.map_or_else(|| "null".to_owned(), |f| f.to_string()),
-            u.artifact.map_or_else(|| "null".to_owned(), |a| format!("\"{}\"", a.name())),
-        ));
-        for (name, map) in [("enforced", &self.enforced), ("skipped", &self.skipped)] {
-            out.push_str(&format!(",\"{name}\":{{"));
-            for (i, (k, v)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                json_str(&mut out, k.name());
-                out.push(':');
-                json_str(&mut out, v);
-            }
-            out.push('}');
-        }
-        out.push('}');
-        out
+        map.end()
     }
 }
 
-/// Appends `s` as a JSON string literal.
-pub(crate) fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        json_char(out, c);
+/// `{"wall_ms": 0.31, "cpu_ms": 0.29, "peak_memory_bytes": 65536, "fuel": null, "cache":
+/// "memory"}`: durations in milliseconds (three decimals), the artifact's source by name.
+impl serde::Serialize for Usage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry("wall_ms", &ms(self.wall))?;
+        map.serialize_entry("cpu_ms", &ms(self.cpu))?;
+        map.serialize_entry("peak_memory_bytes", &self.peak_memory_bytes)?;
+        map.serialize_entry("fuel", &self.fuel)?;
+        map.serialize_entry("cache", &self.artifact.map(ArtifactSource::name))?;
+        map.end()
     }
-    out.push('"');
-}
-
-fn json_char(out: &mut String, c: char) {
-    match c {
-        '"' => out.push_str("\\\""),
-        '\\' => out.push_str("\\\\"),
-        '\n' => out.push_str("\\n"),
-        '\r' => out.push_str("\\r"),
-        '\t' => out.push_str("\\t"),
-        c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\u{:04x}", c as u32)),
-        c => out.push(c),
-    }
-}
-
-/// Appends bytes as a JSON string, with invalid UTF-8 replaced by U+FFFD.
-fn json_bytes(out: &mut String, bytes: &[u8]) {
-    json_str(out, &String::from_utf8_lossy(bytes));
-}
-
-/// Standard base64 with padding.
-pub(crate) fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -399,14 +372,5 @@ mod tests {
         assert!(json.contains("\"stderr\":\"caf\u{e9} \\\"q\\\"\""), "{json}");
         assert!(!json.contains("stderr_base64"));
         assert!(json.starts_with(r#"{"status":{"kind":"exited","code":3}"#), "{json}");
-    }
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
     }
 }

@@ -4,11 +4,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::outcome::json_str;
 use crate::BackendKind;
 
 /// Whether one backend can run on this host, and why not.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BackendSupport {
     /// The backend.
     pub backend: BackendKind,
@@ -21,6 +21,7 @@ pub struct BackendSupport {
 
 /// Flavour of hardware virtualization behind `/dev/kvm`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KvmFlavor {
     /// Intel VT-x (`kvm_intel`).
     VtX,
@@ -61,6 +62,7 @@ impl KvmFlavor {
 
 /// cgroup layout of the host.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Cgroups {
     /// Mount point of the cgroup v2 hierarchy, if any.
     pub v2_mount: Option<PathBuf>,
@@ -79,6 +81,7 @@ impl Cgroups {
 
 /// Facts about the host that the backends depend on.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HostSupport {
     /// Kernel release (`uname -r`).
     pub kernel: String,
@@ -102,6 +105,7 @@ pub struct HostSupport {
 
 /// The result of [`probe()`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Probe {
     /// Host facts.
     pub host: HostSupport,
@@ -115,61 +119,57 @@ impl Probe {
         self.backends.iter().find(|b| b.backend == kind).expect("every backend is probed")
     }
 
-    /// JSON form, as `sandcell probe --json` prints it.
+    /// JSON form, as `sandcell probe --json` prints it (see the `Serialize` impl).
     pub fn to_json(&self) -> String {
-        let mut out = String::from("{\"backends\":[");
-        for (i, b) in self.backends.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str("{\"backend\":");
-            json_str(&mut out, b.backend.name());
-            out.push_str(&format!(",\"available\":{},\"reason\":", b.available));
-            json_str(&mut out, &b.reason);
-            out.push('}');
-        }
-        let h = &self.host;
-        out.push_str("],\"host\":{\"kernel\":");
-        json_str(&mut out, &h.kernel);
-        out.push_str(&format!(",\"kvm\":{},\"kvm_flavor\":", h.kvm));
-        match h.kvm_flavor {
-            Some(f) => json_str(&mut out, f.name()),
-            None => out.push_str("null"),
-        }
-        out.push_str(",\"kvm_note\":");
-        match (h.kvm_flavor, &h.kvm_error) {
-            (Some(f), _) => json_str(&mut out, f.speed_note()),
-            (None, Some(e)) => json_str(&mut out, e),
-            (None, None) => out.push_str("null"),
-        }
-        out.push_str(&format!(
-            ",\"landlock_abi\":{},\"seccomp\":{},\"user_namespaces\":{},\"root\":{}",
-            h.landlock_abi.map_or("null".to_owned(), |v| v.to_string()),
-            h.seccomp,
-            h.user_namespaces,
-            h.root
-        ));
-        out.push_str(",\"cgroup_v2\":");
-        match &h.cgroups.v2_mount {
-            Some(p) => json_str(&mut out, &p.to_string_lossy()),
-            None => out.push_str("null"),
-        }
-        out.push_str(",\"cgroup_v2_controllers\":[");
-        for (i, c) in h.cgroups.v2_controllers.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            json_str(&mut out, c);
-        }
-        out.push_str("],\"cgroup_v1\":[");
-        for (i, (c, _)) in h.cgroups.v1.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            json_str(&mut out, c);
-        }
-        out.push_str("]}}");
-        out
+        serde_json::to_string(self).expect("a probe always serialises")
+    }
+}
+
+/// `{"backends": [{"backend", "available", "reason"}...], "host": {"kernel", "kvm",
+/// "kvm_flavor", "kvm_note", "landlock_abi", "seccomp", "user_namespaces", "root", "cgroup_v2",
+/// "cgroup_v2_controllers", "cgroup_v1"}}`.
+impl serde::Serialize for Probe {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("backends", &self.backends)?;
+        map.serialize_entry("host", &self.host)?;
+        map.end()
+    }
+}
+
+impl serde::Serialize for BackendSupport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("backend", self.backend.name())?;
+        map.serialize_entry("available", &self.available)?;
+        map.serialize_entry("reason", &self.reason)?;
+        map.end()
+    }
+}
+
+impl serde::Serialize for HostSupport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let note = match (self.kvm_flavor, &self.kvm_error) {
+            (Some(f), _) => Some(f.speed_note().to_owned()),
+            (None, e) => e.clone(),
+        };
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("kernel", &self.kernel)?;
+        map.serialize_entry("kvm", &self.kvm)?;
+        map.serialize_entry("kvm_flavor", &self.kvm_flavor.map(KvmFlavor::name))?;
+        map.serialize_entry("kvm_note", &note)?;
+        map.serialize_entry("landlock_abi", &self.landlock_abi)?;
+        map.serialize_entry("seccomp", &self.seccomp)?;
+        map.serialize_entry("user_namespaces", &self.user_namespaces)?;
+        map.serialize_entry("root", &self.root)?;
+        map.serialize_entry("cgroup_v2", &self.cgroups.v2_mount)?;
+        map.serialize_entry("cgroup_v2_controllers", &self.cgroups.v2_controllers)?;
+        let v1: Vec<&str> = self.cgroups.v1.iter().map(|(c, _)| c.as_str()).collect();
+        map.serialize_entry("cgroup_v1", &v1)?;
+        map.end()
     }
 }
 

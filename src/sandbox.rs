@@ -78,6 +78,8 @@ pub struct RunOptions {
     pub max_output: Option<u64>,
     /// The run's stdin, instead of the program's.
     pub stdin: Option<Arc<[u8]>>,
+    /// The handle an async run's cancellation triggers (see [`RunAsync`]).
+    pub(crate) cancel: Option<InterruptHandle>,
 }
 
 /// The smaller of a policy's limit and a run's (either may be absent).
@@ -122,6 +124,11 @@ impl RunOptions {
     pub fn stdin(mut self, input: impl Into<Arc<[u8]>>) -> Self {
         self.stdin = Some(input.into());
         self
+    }
+
+    /// The interrupt handles of this run besides the sandbox's own.
+    pub(crate) fn handles(&self) -> impl Iterator<Item = &InterruptHandle> {
+        self.interrupt.iter().chain(self.cancel.iter())
     }
 
     /// The program with this run's stdin, if it has one of its own.
@@ -266,4 +273,66 @@ impl SandboxBuilder {
 /// Shorthand for `SandboxBuilder::new(backend).policy(policy).build()`.
 pub fn sandbox(backend: BackendKind, policy: Policy) -> Result<Box<dyn Sandbox>> {
     SandboxBuilder::new(backend).policy(policy).build()
+}
+
+/// Runs as futures (feature `async`, on tokio): [`RunAsync::run_async`] on an `Arc` of any
+/// sandbox.
+///
+/// The run itself is blocking work: it goes to tokio's blocking thread pool
+/// (`spawn_blocking`), never onto the executor's worker threads. Dropping the future before it
+/// completes — cancelling the task, losing a `select!`, a `tokio::time::timeout` — interrupts the
+/// run, which then ends within milliseconds on its thread (its outcome is dropped with it).
+///
+/// ```
+/// # async fn demo() -> sandcell::Result<()> {
+/// use std::sync::Arc;
+/// use sandcell::{BackendKind, Program, RunAsync, RunOptions, Sandbox, SandboxBuilder};
+/// let sandbox: Arc<dyn Sandbox> = SandboxBuilder::new(BackendKind::Wasm).build()?.into();
+/// let outcome = sandbox.run_async(Program::path("examples/hello.wat"), RunOptions::new()).await?;
+/// assert_eq!(outcome.stdout, b"Hello, world!\n");
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+/// ```
+#[cfg(feature = "async")]
+pub trait RunAsync {
+    /// Runs `program` with `options` off the executor; cancellation interrupts the run. Must be
+    /// awaited within a tokio runtime.
+    fn run_async(
+        &self,
+        program: Program,
+        options: RunOptions,
+    ) -> impl std::future::Future<Output = Result<Outcome>> + Send + 'static;
+}
+
+#[cfg(feature = "async")]
+impl<S: Sandbox + ?Sized + 'static> RunAsync for Arc<S> {
+    fn run_async(
+        &self,
+        program: Program,
+        mut options: RunOptions,
+    ) -> impl std::future::Future<Output = Result<Outcome>> + Send + 'static {
+        /// Interrupts the run if the future is dropped before the run returned.
+        struct OnCancel(Option<InterruptHandle>);
+        impl OnCancel {
+            fn disarm(&mut self) {
+                self.0 = None;
+            }
+        }
+        impl Drop for OnCancel {
+            fn drop(&mut self) {
+                if let Some(handle) = self.0.take() {
+                    handle.interrupt();
+                }
+            }
+        }
+        let sandbox = self.clone();
+        let cancel = InterruptHandle::new();
+        options.cancel = Some(cancel.clone());
+        let mut guard = OnCancel(Some(cancel));
+        async move {
+            let joined = tokio::task::spawn_blocking(move || sandbox.run_with(&program, options)).await;
+            guard.disarm();
+            joined.unwrap_or_else(|e| Err(Error::Engine { reason: format!("the run's thread failed: {e}") }))
+        }
+    }
 }

@@ -50,8 +50,10 @@ OUTPUT_FN2 = CFUNCTYPE(c_int, c_void_p, c_uint32, POINTER(c_uint8), c_size_t)
 
 
 # The extensible structs start with `size`, which the caller sets to the struct's size: pass the
-# *_SIZE constant below as the first positional argument.
+# *_SIZE constant below as the first positional argument. `c_name` is the struct's name in
+# include/sandcell.h (tests/test_abi.py compares the two).
 class RunOptions(Structure):
+    c_name = "sandcell_run_options_t"
     _fields_ = [
         ("size", c_size_t),
         ("on_output", OUTPUT_FN),
@@ -62,6 +64,7 @@ class RunOptions(Structure):
 
 
 class Usage(Structure):
+    c_name = "sandcell_usage_t"
     _fields_ = [
         ("size", c_size_t),
         ("wall_ns", c_uint64),
@@ -73,6 +76,7 @@ class Usage(Structure):
 
 
 class Summary(Structure):
+    c_name = "sandcell_outcome_summary_t"
     _fields_ = [
         ("size", c_size_t),
         ("status", c_uint32),
@@ -97,6 +101,7 @@ P = c_void_p  # every handle, and the returned sandcell_error_t *
 PP = POINTER(c_void_p)
 
 # name: (argument types, result type); fallible functions return an error pointer.
+# tests/test_abi.py checks every entry against the prototype in include/sandcell.h.
 _SIGNATURES = {
     "sandcell_error_message": ([P], c_char_p),
     "sandcell_error_kind": ([P], c_uint32),
@@ -146,7 +151,7 @@ if lib.sandcell_abi_version() != ABI_VERSION:
         f"needs {ABI_VERSION}: install the package and the library from the same source"
     )
 
-# Constants of include/sandcell.h.
+# Constants of include/sandcell.h (tests/test_abi.py compares them with it).
 ERROR_INVALID_POLICY = 1
 ERROR_UNENFORCEABLE = 2
 ERROR_BACKEND_UNAVAILABLE = 3
@@ -155,7 +160,14 @@ ERROR_HOST = 5
 ERROR_INVALID_ARGUMENT = 6
 ERROR_INTERNAL = 7
 STATUS_EXITED = 1
+STATUS_TIMEOUT = 2
+STATUS_MEMORY_LIMIT = 3
+STATUS_CPU_LIMIT = 4
+STATUS_OUTPUT_LIMIT = 5
 STATUS_SIGNALED = 6
+STATUS_TRAP = 7
+STATUS_SYSCALL_DENIED = 8
+STATUS_INTERRUPTED = 9
 STREAM_STDOUT = 1
 STREAM_STDERR = 2
 

@@ -730,3 +730,43 @@ fn the_same_policy_and_program_behave_the_same_on_every_backend() {
     assert!(ran > 0, "no backend to run the cases on");
     assert!(failures.is_empty(), "{} of {ran} runs differ:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// `RunOptions` give one run tighter limits and its own stdin, on every backend, and never widen
+/// the sandbox's policy.
+#[test]
+fn run_options_narrow_one_run_and_never_widen_the_policy() {
+    for f in fixtures() {
+        let sb = f.sandbox(Policy { timeout: Some(Duration::from_secs(30)), max_output: 1 << 20, ..policy() });
+        // A shorter timeout for this run.
+        let started = Instant::now();
+        let out = sb.run_with(&f.guest("spin", &[]), RunOptions::new().timeout(Duration::from_millis(300))).unwrap();
+        assert_eq!(out.status, Status::Timeout, "{}", f.kind);
+        assert!(started.elapsed() < Duration::from_secs(10), "{}: took {:?}", f.kind, started.elapsed());
+        // A smaller output cap for this run.
+        let out = sb.run_with(&f.guest("flood", &["655360"]), RunOptions::new().max_output(1000)).unwrap();
+        assert_eq!(out.status, Status::OutputLimit, "{}", f.kind);
+        assert_eq!(out.stdout.len(), 1000, "{}", f.kind);
+        // A larger one does not widen the policy's.
+        let out = sb.run_with(&f.guest("flood", &["2000000"]), RunOptions::new().max_output(1 << 30)).unwrap();
+        assert_eq!(out.status, Status::OutputLimit, "{}", f.kind);
+        assert_eq!(out.stdout.len(), 1 << 20, "{}", f.kind);
+        // Nor does a longer timeout.
+        let tight = f.sandbox(Policy { timeout: Some(Duration::from_millis(300)), ..policy() });
+        let out = tight.run_with(&f.guest("spin", &[]), RunOptions::new().timeout(Duration::from_secs(60))).unwrap();
+        assert_eq!(out.status, Status::Timeout, "{}", f.kind);
+        assert!(out.usage.wall < Duration::from_secs(10), "{}", f.kind);
+        // The run's own stdin replaces the program's.
+        let program = f.guest("cat", &[]).stdin(b"the program's".to_vec());
+        let out = sb.run_with(&program, RunOptions::new().stdin(b"the run's".to_vec())).unwrap();
+        assert_eq!(text(&out.stdout), "the run's", "{}", f.kind);
+        // A CPU-time limit for one run: enforced where the run's CPU time can be measured, else
+        // refused, never ignored.
+        match sb.run_with(&f.guest("spin", &[]), RunOptions::new().cpu_time(Duration::from_millis(300))) {
+            Ok(out) => assert_eq!(out.status, Status::CpuLimit(CpuBudget::CpuTime), "{}", f.kind),
+            Err(e) => {
+                assert_eq!(f.kind, BackendKind::Process, "{e}");
+                assert_eq!(e.kind(), sandcell::ErrorKind::Unenforceable, "{e}");
+            }
+        }
+    }
+}

@@ -729,3 +729,38 @@ fn misaligned_wasi_pointers_are_refused_not_a_host_abort() {
         assert_eq!(out.status, Status::Exited(0), "{kind}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// `RunAsync`: the run goes to tokio's blocking pool (the executor's one worker thread stays
+/// free while a guest spins), its outcome is the same as `run`'s, and dropping the future (here
+/// through a timeout) interrupts the run instead of leaving it spinning.
+#[test]
+fn async_runs_stay_off_the_executor_and_cancellation_interrupts_them() {
+    use sandcell::RunAsync;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let sb: Arc<dyn Sandbox> = SandboxBuilder::new(BackendKind::Wasm).policy(Policy::default()).build().unwrap().into();
+    rt.block_on(async {
+        let out = sb.run_async(Program::path("examples/hello.wat"), RunOptions::new()).await.unwrap();
+        assert_eq!(text(&out.stdout), "Hello, world!\n");
+        // A spinning guest, abandoned after 200 ms; meanwhile the one worker thread still runs
+        // other tasks.
+        let spin = wat(r#"(module (func (export "_start") (loop (br 0))))"#);
+        let ticker = tokio::spawn(async {
+            let started = Instant::now();
+            let mut ticks = 0;
+            while started.elapsed() < Duration::from_millis(150) {
+                ticks += 1;
+                tokio::task::yield_now().await;
+            }
+            ticks
+        });
+        let abandoned = tokio::time::timeout(Duration::from_millis(200), sb.run_async(spin, RunOptions::new())).await;
+        assert!(abandoned.is_err(), "a spinning guest finished?");
+        assert!(ticker.await.unwrap() > 10, "the executor was blocked by the run");
+    });
+    // The abandoned run was interrupted: nothing is left running on the sandbox.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sb.interrupt_handle().active_runs() > 0 {
+        assert!(Instant::now() < deadline, "the cancelled run still runs");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

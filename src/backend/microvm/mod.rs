@@ -313,7 +313,7 @@ impl MicroVmSandbox {
         }
         let (boot, stdin_inline) = self.boot_info(&image, program, wasm)?;
 
-        let mut run = Run::begin(&self.interrupt, options.interrupt.as_ref());
+        let mut run = Run::begin(&self.interrupt, options.handles());
         let control = run.control.clone();
         let sink = Arc::new(Sink {
             capture: parking_lot::Mutex::new(Capture::new(

@@ -81,7 +81,7 @@ impl ProcessSandbox {
 
         // A run whose handle was interrupted before it started ends at once.
         let cpu_limit = narrowed(self.policy.cpu_time, options.cpu_time);
-        let mut run = Run::begin(&self.interrupt, options.interrupt.as_ref());
+        let mut run = Run::begin(&self.interrupt, options.handles());
         let control = run.control.clone();
         if let Some(reason) = control.reason() {
             return Ok(self.stopped_before_start(reason, started));

@@ -113,7 +113,7 @@ impl WasmSandbox {
         options: RunOptions,
         started: Instant,
     ) -> Result<Outcome> {
-        let mut run = Run::begin(&self.interrupt, options.interrupt.as_ref());
+        let mut run = Run::begin(&self.interrupt, options.handles());
         let control = run.control.clone();
         let sink = Arc::new(Sink {
             capture: Mutex::new(Capture::new(

@@ -1,0 +1,392 @@
+"""Sandboxes: a backend with a policy applied, which runs programs (blocking, or awaited)."""
+
+import asyncio
+import ctypes
+import json
+import math
+import os
+import threading
+from ctypes import byref, c_void_p
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Union
+
+from . import _lib
+from ._errors import InvalidArgumentError, InvalidPolicyError, check, text
+from ._interrupt import CANCEL, INTERRUPT, TIMEOUT, Interrupt, RunStop
+from ._lib import lib
+from ._outcome import Outcome, Status
+from ._policy import Duration, Policy
+
+Program = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
+OutputCallback = Callable[[bytes], None]
+
+_program_from_bytes = lib.sandcell_program_from_bytes
+_program_free = lib.sandcell_program_free
+_sandbox_run = lib.sandcell_sandbox_run
+
+
+class _Call(NamedTuple):
+    """What one run() was asked to run."""
+
+    program: Program
+    args: Sequence[str]
+    stdin: Optional[Union[bytes, str]]
+    env: Optional[Mapping[str, str]]
+    cwd: Optional[str]
+    entry: Optional[str]
+    name: Optional[str]
+    on_stdout: Optional[OutputCallback]
+    on_stderr: Optional[OutputCallback]
+
+
+def _configure(prog: c_void_p, call: _Call) -> None:
+    """Sets a program's arguments, stdin, environment, working directory, entry and name."""
+    args = call.args
+    if isinstance(args, (str, bytes)):
+        raise TypeError("args must be a sequence of strings, not a single string")
+    for a in args:
+        check(lib.sandcell_program_add_arg(prog, text(a, "argument")))
+    if call.stdin is not None:
+        data = call.stdin.encode() if isinstance(call.stdin, str) else bytes(call.stdin)
+        check(lib.sandcell_program_set_stdin(prog, data, len(data)))
+    for k, v in (call.env or {}).items():
+        check(lib.sandcell_program_set_env(prog, text(k, "env name"), text(v, "env value")))
+    if call.cwd is not None:
+        check(lib.sandcell_program_set_cwd(prog, text(call.cwd, "cwd")))
+    if call.entry is not None:
+        check(lib.sandcell_program_set_entry(prog, text(call.entry, "entry")))
+    if call.name is not None:
+        check(lib.sandcell_program_set_name(prog, text(call.name, "name")))
+
+
+def _run_timeout(timeout: Optional[Duration]) -> Optional[float]:
+    """A run's `timeout` argument in seconds (None: none)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, str)):
+        raise TypeError(f"timeout must be seconds or a string such as '500ms', not {type(timeout).__name__}")
+    if isinstance(timeout, str):
+        try:  # the library's parser, so that units mean what they mean in a policy
+            seconds = Policy(timeout=timeout).timeout
+        except InvalidPolicyError as e:
+            raise InvalidArgumentError(f"timeout {timeout!r}: {e.message}") from None
+    else:
+        seconds = float(timeout)
+    if seconds is None or not (seconds > 0 and math.isfinite(seconds)):
+        raise InvalidArgumentError(f"timeout must be a positive duration, not {timeout!r} (None: no timeout)")
+    return seconds
+
+
+def _interrupt_handle(interrupt: Optional[Interrupt]) -> Optional[c_void_p]:
+    if interrupt is None:
+        return None
+    if not isinstance(interrupt, Interrupt):
+        raise TypeError(f"interrupt must be a sandcell.Interrupt, not {type(interrupt).__name__}")
+    return interrupt._handle
+
+
+class Sandbox:
+    """A backend (`"wasm"`, `"process"` or `"microvm"`) with a policy applied.
+
+    Give either a `Policy` or its fields as keyword arguments:
+    `Sandbox("wasm", memory="64M", timeout=2.0, mounts=[("/data", "/data")])`. One sandbox runs
+    any number of programs, from any number of threads (or asyncio tasks, with `run_async`) at
+    once. Use it as a context manager, or call `close()`; runs still in progress on other
+    threads finish first. `backend` and `policy` are what it was made with.
+    """
+
+    def __init__(
+        self,
+        backend: str = "wasm",
+        policy: Optional[Policy] = None,
+        *,
+        cache_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
+        **policy_fields: Any,
+    ) -> None:
+        if policy is not None and policy_fields:
+            raise TypeError("give a Policy or policy fields, not both")
+        if policy is None:
+            policy = Policy(**policy_fields)
+        elif not isinstance(policy, Policy):
+            raise TypeError(f"policy must be a sandcell.Policy, not {type(policy).__name__}")
+        self.backend: str = backend
+        self.policy: Policy = policy
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._stops: Set[RunStop] = set()
+        self._closed = False
+        self._handle: Optional[c_void_p] = None
+        c_policy = c_void_p()
+        check(lib.sandcell_policy_from_json(policy.to_json().encode(), byref(c_policy)))
+        try:
+            handle = c_void_p()
+            cache = text(cache_dir, "cache_dir") if cache_dir is not None else None
+            check(lib.sandcell_sandbox_new(text(backend, "backend"), c_policy, cache, byref(handle)))
+            self._handle = handle
+        finally:
+            lib.sandcell_policy_free(c_policy)
+
+    def run(
+        self,
+        program: Program,
+        args: Sequence[str] = (),
+        *,
+        stdin: Optional[Union[bytes, str]] = None,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        entry: Optional[str] = None,
+        name: Optional[str] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+        interrupt: Optional[Interrupt] = None,
+        timeout: Optional[Duration] = None,
+    ) -> Outcome:
+        """Runs `program` to completion and returns its `Outcome`.
+
+        `program` is a path (a `.wasm`/`.wat` module, a micro-VM guest, or for the process
+        backend an executable's path inside the sandbox) or the program's bytes. `args` follow
+        the program's name (`name`, argv[0]); `env` adds to the policy's variables; `entry` calls
+        a wasm export instead of `_start`; `cwd` is the working directory (process backend).
+        `on_stdout` / `on_stderr` receive output as the guest produces it (it is also in the
+        outcome); they run on this thread. If a callback raises, the run is stopped and the
+        exception re-raised. `interrupt` stops the run when triggered (see `Interrupt`).
+
+        `timeout` (seconds, or a string such as `"500ms"`) limits this run's wall-clock time on
+        top of the policy's `timeout`, which still applies: the shorter one ends the run, with
+        status `timeout` either way. It counts from the moment the run starts in the library, so
+        it includes compiling a module the first time (the policy's timeout does not). The run
+        is stopped through an interrupt; if the run is interrupted otherwise (`interrupt`,
+        `Sandbox.interrupt()`) before the timeout passes, its status is `interrupted`.
+        """
+        seconds = _run_timeout(timeout)
+        call = _Call(program, args, stdin, env, cwd, entry, name, on_stdout, on_stderr)
+        if seconds is None:
+            return self._run(call, _interrupt_handle(interrupt), None, None)
+        _interrupt_handle(interrupt)  # type check
+        return self._run_stopped(call, RunStop(interrupt), seconds)
+
+    async def run_async(
+        self,
+        program: Program,
+        args: Sequence[str] = (),
+        *,
+        stdin: Optional[Union[bytes, str]] = None,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        entry: Optional[str] = None,
+        name: Optional[str] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+        interrupt: Optional[Interrupt] = None,
+        timeout: Optional[Duration] = None,
+    ) -> Outcome:
+        """`run()` for asyncio: `outcome = await sandbox.run_async(program, ...)`.
+
+        The run goes on in a thread of its own (one per run, so that runs never wait for a pool
+        worker), and the event loop keeps running. Cancelling the awaiting task (`task.cancel()`,
+        `asyncio.wait_for()`, `asyncio.timeout()`, ...) stops the run through an interrupt; the
+        task then ends with `CancelledError` as soon as the run has returned, so the guest is no
+        longer running when the cancellation completes. The arguments are `run()`'s; note that
+        `on_stdout` and `on_stderr` are called on the run's thread, not in the event loop (hand
+        data to the loop with `loop.call_soon_threadsafe`).
+        """
+        seconds = _run_timeout(timeout)
+        _interrupt_handle(interrupt)  # type check
+        call = _Call(program, args, stdin, env, cwd, entry, name, on_stdout, on_stderr)
+        loop = asyncio.get_running_loop()
+        done: "asyncio.Future[Outcome]" = loop.create_future()
+        stop = RunStop(interrupt)
+
+        def settle(outcome: Optional[Outcome], error: Optional[BaseException]) -> None:
+            if done.done():
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(outcome)  # type: ignore[arg-type]
+
+        def work() -> None:
+            outcome, error = None, None
+            try:
+                outcome = self._run_stopped(call, stop, seconds)
+            except BaseException as e:  # delivered to the awaiting task
+                error = e
+            try:
+                loop.call_soon_threadsafe(settle, outcome, error)
+            except RuntimeError:  # the event loop is closed: nobody awaits the run any more
+                pass
+
+        threading.Thread(target=work, name="sandcell-run", daemon=True).start()
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            stop.stop(CANCEL)
+            # Wait for the run to return, so that the guest is stopped when the task ends (it
+            # returns promptly once interrupted). A second cancellation does not stop the wait.
+            while not done.done():
+                try:
+                    await asyncio.shield(done)
+                except asyncio.CancelledError:
+                    continue
+                except BaseException:
+                    break
+            if not done.cancelled():
+                done.exception()  # retrieved: the task is cancelled, whatever the run did
+            raise
+
+    def _run_stopped(self, call: _Call, stop: RunStop, seconds: Optional[float]) -> Outcome:
+        """Runs with a private interrupt handle: a timeout, a cancellation or the caller's
+        interrupt stops the run; an interrupted run is reported as a timeout when the timeout
+        came first."""
+        try:
+            outcome = self._run(call, stop.handle, stop, seconds)
+        finally:
+            stop.close()
+        if seconds is not None and stop.cause == TIMEOUT and outcome.status == Status.INTERRUPTED:
+            outcome._timed_out(seconds)
+        return outcome
+
+    def _run(
+        self, call: _Call, interrupt: Optional[c_void_p], stop: Optional[RunStop], seconds: Optional[float]
+    ) -> Outcome:
+        handle = self._begin(stop)
+        try:
+            program = call.program
+            prog = c_void_p()
+            if isinstance(program, bytes):
+                error = _program_from_bytes(program, len(program), byref(prog))
+            elif isinstance(program, (bytearray, memoryview)):
+                data = bytes(program)
+                error = _program_from_bytes(data, len(data), byref(prog))
+            else:
+                error = lib.sandcell_program_from_path(text(program, "program"), byref(prog))
+            if error:
+                check(error)
+            try:
+                if (
+                    call.args
+                    or call.stdin is not None
+                    or call.env
+                    or call.cwd is not None
+                    or call.entry is not None
+                    or call.name is not None
+                ):
+                    _configure(prog, call)
+                if stop is not None and seconds is not None:
+                    stop.start_timer(seconds)
+                if call.on_stdout is None and call.on_stderr is None:
+                    options = _lib.RunOptions(_lib.RUN_OPTIONS_SIZE, interrupt=interrupt) if interrupt else None
+                    out = c_void_p()
+                    error = _sandbox_run(handle, prog, byref(options) if options else None, byref(out))
+                    if error:
+                        check(error)
+                    return Outcome(out)
+                return self._run_streaming(handle, prog, call.on_stdout, call.on_stderr, interrupt)
+            finally:
+                _program_free(prog)
+        finally:
+            self._end(stop)
+
+    def _run_streaming(
+        self,
+        sandbox: c_void_p,
+        prog: c_void_p,
+        on_stdout: Optional[OutputCallback],
+        on_stderr: Optional[OutputCallback],
+        interrupt: Optional[c_void_p],
+    ) -> Outcome:
+        failure: List[BaseException] = []
+
+        # A callback that raises stops the run: `deliver` returns non-zero (the run ends as
+        # interrupted; the caller's interrupt handle, if any, is not triggered).
+        def deliver(_user: Any, stream: int, data: Any, length: int) -> int:
+            if failure:
+                return 1
+            try:
+                chunk = ctypes.string_at(data, length)
+                cb = on_stdout if stream == _lib.STREAM_STDOUT else on_stderr
+                if cb is not None:
+                    cb(chunk)
+            except BaseException as e:  # re-raised after the run
+                failure.append(e)
+                return 1
+            return 0
+
+        callback = _lib.OUTPUT_FN2(deliver)
+        options = _lib.RunOptions(_lib.RUN_OPTIONS_SIZE, interrupt=interrupt, on_output2=callback)
+        out = c_void_p()
+        check(_sandbox_run(sandbox, prog, byref(options), byref(out)))
+        outcome = Outcome(out)
+        if failure:
+            raise failure[0]
+        return outcome
+
+    def interrupt(self) -> None:
+        """Stops every run in progress on this sandbox (status `interrupted`); later runs are
+        not affected."""
+        handle = self._begin(None)
+        try:
+            with self._lock:
+                stops = list(self._stops)
+            for stop in stops:  # runs with a private interrupt: record why they stop
+                stop.stop(INTERRUPT)
+            check(lib.sandcell_sandbox_interrupt(handle))
+        finally:
+            self._end(None)
+
+    def close(self) -> None:
+        """Releases the sandbox. Runs in progress on other threads finish first; new runs raise
+        `InvalidArgumentError`."""
+        with self._lock:
+            self._closed = True
+            if self._runs:
+                return  # the last run frees it
+            handle, self._handle = self._handle, None
+        if handle:
+            lib.sandcell_sandbox_free(handle)
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called."""
+        return self._closed
+
+    def _begin(self, stop: Optional[RunStop]) -> c_void_p:
+        with self._lock:
+            if self._closed or not self._handle:
+                raise InvalidArgumentError("the sandbox is closed")
+            self._runs += 1
+            if stop is not None:
+                self._stops.add(stop)
+            return self._handle
+
+    def _end(self, stop: Optional[RunStop]) -> None:
+        with self._lock:
+            self._runs -= 1
+            if stop is not None:
+                self._stops.discard(stop)
+            if not (self._closed and self._runs == 0):
+                return
+            handle, self._handle = self._handle, None
+        if handle:
+            lib.sandcell_sandbox_free(handle)
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None and getattr(self, "_runs", 0) == 0:
+            lib.sandcell_sandbox_free(self._handle)
+            self._handle = None
+
+    def __repr__(self) -> str:
+        return f"<sandcell.Sandbox {self.backend}{' (closed)' if self._closed else ''}>"
+
+
+def probe() -> Dict[str, Any]:
+    """What this host supports: each backend's availability and the reason when it is not."""
+    out = c_void_p()
+    check(lib.sandcell_probe_json(byref(out)))
+    info: Dict[str, Any] = json.loads(_lib.take_string(out))
+    return info
