@@ -241,10 +241,11 @@ impl WasiHost {
             wrap_path_open(store, &mut imports, fenv, self.max_open_files);
         }
         no_sockets(store, &mut imports, &wanted);
-        if self.mounts.first().is_some_and(|(guest, _, _)| guest == std::path::Path::new("/")) {
-            root_first(store, &mut imports, fenv, &wanted);
+        let root_mount = self.mounts.first().is_some_and(|(guest, _, _)| guest == std::path::Path::new("/"));
+        checked_args(store, &mut imports, &wanted, root_mount);
+        if root_mount {
+            root_prestat(store, &mut imports, fenv, &wanted);
         }
-        aligned_pointers(store, &mut imports, &wanted);
         imports
     }
 }
@@ -273,16 +274,25 @@ fn aligned_params(name: &str) -> &'static [(usize, u32)] {
     }
 }
 
-/// Answers `EFAULT` to a call whose pointer to a wider-than-byte value is misaligned, before
-/// wasix sees it. wasix makes a Rust reference of such a pointer, which a build with debug
-/// assertions (any `cargo build` without `--release`) turns into an abort of the whole host
-/// process: one guest could end every run of its host. (wasmtime traps on the same pointers;
-/// the error lets the guest go on. Compilers always align them, so no real program sees it.)
-fn aligned_pointers(store: &mut Store, imports: &mut Imports, wanted: &impl Fn(&str) -> bool) {
+/// One wrapper per WASI function whose arguments need a look before wasix sees them:
+///
+/// - a pointer to a wider-than-byte value that is misaligned gets `EFAULT`: wasix makes a Rust
+///   reference of it, which a build with debug assertions (any `cargo build` without
+///   `--release`) turns into an abort of the whole host process, so one guest could end every
+///   run of its host (wasmtime traps on the same pointers; the error lets the guest go on, and
+///   compilers always align them, so no real program sees it);
+/// - with a mount at `/` (`swap_root`), descriptors 3 and 4 are swapped (see [`root_prestat`]).
+fn checked_args(store: &mut Store, imports: &mut Imports, wanted: &impl Fn(&str) -> bool, swap_root: bool) {
     const ERRNO_FAULT: i32 = 21;
+    let swap = |fd: i32| match fd {
+        WASIX_ROOT_FD => ROOT_MOUNT_FD,
+        ROOT_MOUNT_FD => WASIX_ROOT_FD,
+        other => other,
+    };
     for (name, _) in SIGNATURES.iter().filter(|(n, _)| wanted(n)) {
-        let params = aligned_params(name);
-        if params.is_empty() {
+        let aligned = aligned_params(name);
+        let fds: &[usize] = if swap_root { fd_params(name) } else { &[] };
+        if aligned.is_empty() && fds.is_empty() {
             continue;
         }
         let Some(wasmer::Extern::Function(inner)) = imports.get_export(WASI_MODULE, name) else { continue };
@@ -290,15 +300,21 @@ fn aligned_pointers(store: &mut Store, imports: &mut Imports, wanted: &impl Fn(&
         let env = FunctionEnv::new(store, inner);
         let wrapped =
             Function::new_with_env(store, &env, ty, move |mut ctx: FunctionEnvMut<Function>, args: &[Value]| {
-                let misaligned = params.iter().any(|&(p, align)| match args.get(p) {
+                let misaligned = aligned.iter().any(|&(p, align)| match args.get(p) {
                     Some(Value::I32(ptr)) => (*ptr as u32) % align != 0,
                     _ => false,
                 });
                 if misaligned {
                     return Ok(vec![Value::I32(ERRNO_FAULT)]);
                 }
+                let mut args = args.to_vec();
+                for &p in fds {
+                    if let Some(Value::I32(fd)) = args.get(p) {
+                        args[p] = Value::I32(swap(*fd));
+                    }
+                }
                 let inner = ctx.data().clone();
-                Ok(inner.call(&mut ctx, args)?.into_vec())
+                Ok(inner.call(&mut ctx, &args)?.into_vec())
             });
         imports.define(WASI_MODULE, name, wrapped);
     }
@@ -337,40 +353,14 @@ const ROOT_MOUNT_FD: i32 = 4;
 ///
 /// wasix always keeps a virtual root of its own at descriptor 3, preopened as `/`, in which
 /// nothing can be created, and refuses to let another descriptor replace it. So the guest's
-/// descriptors 3 and 4 are swapped at the import boundary: the guest's 3 is the mount, its 4
+/// descriptors 3 and 4 are swapped at the import boundary (by [`checked_args`]): the guest's 3 is the mount, its 4
 /// wasix's root — which `fd_prestat_get` then describes as a preopen of another kind than a
 /// directory, so that no guest takes it for a second `/` (wasi-libc takes the last of equal
 /// prefixes, other code the first). Preopens cannot be closed or renumbered, and no new
 /// descriptor is ever 3 or 4, so only descriptor arguments need translating, never results.
 /// (`poll_oneoff` names descriptors inside its subscriptions, which are not translated:
 /// polling a directory is meaningless.)
-fn root_first(store: &mut Store, imports: &mut Imports, fenv: &WasiFunctionEnv, wanted: &impl Fn(&str) -> bool) {
-    let swap = |fd: i32| match fd {
-        WASIX_ROOT_FD => ROOT_MOUNT_FD,
-        ROOT_MOUNT_FD => WASIX_ROOT_FD,
-        other => other,
-    };
-    for (name, _) in SIGNATURES.iter().filter(|(n, _)| wanted(n)) {
-        let positions = fd_params(name);
-        if positions.is_empty() {
-            continue;
-        }
-        let Some(wasmer::Extern::Function(inner)) = imports.get_export(WASI_MODULE, name) else { continue };
-        let ty = inner.ty(store);
-        let env = FunctionEnv::new(store, inner);
-        let wrapped =
-            Function::new_with_env(store, &env, ty, move |mut ctx: FunctionEnvMut<Function>, args: &[Value]| {
-                let mut args = args.to_vec();
-                for &p in positions {
-                    if let Some(Value::I32(fd)) = args.get(p) {
-                        args[p] = Value::I32(swap(*fd));
-                    }
-                }
-                let inner = ctx.data().clone();
-                Ok(inner.call(&mut ctx, &args)?.into_vec())
-            });
-        imports.define(WASI_MODULE, name, wrapped);
-    }
+fn root_prestat(store: &mut Store, imports: &mut Imports, fenv: &WasiFunctionEnv, wanted: &impl Fn(&str) -> bool) {
     if !wanted("fd_prestat_get") {
         return;
     }
@@ -383,7 +373,7 @@ fn root_first(store: &mut Store, imports: &mut Imports, fenv: &WasiFunctionEnv, 
     let prestat = Function::new_typed_with_env(store, &env, |mut ctx: FunctionEnvMut<Prestat>, fd: i32, out: i32| {
         const ERRNO_FAULT: i32 = 21;
         if fd != ROOT_MOUNT_FD {
-            // The wrapper above translates the descriptor.
+            // `checked_args`'s wrapper, inside this one, translates the descriptor.
             let inner = ctx.data().inner.clone();
             return inner.typed::<(i32, i32), i32>(&ctx)?.call(&mut ctx, fd, out);
         }
