@@ -36,10 +36,12 @@ pub fn policy_json(data: &[u8]) {
 /// fuzzer's thousands of runs a minute stay cheap. `metered` picks fuel (exact, fast to hit)
 /// over the wall-clock timeout (the interrupt path).
 fn module_policy(metered: bool) -> Policy {
-    let mut limits = crate::CompileLimits::default();
-    limits.max_module_size = 1 << 20;
-    limits.max_functions = 1_000;
-    limits.time = Duration::from_secs(5);
+    let limits = crate::CompileLimits {
+        max_module_size: 1 << 20,
+        max_functions: 1_000,
+        time: Duration::from_secs(5),
+        ..Default::default()
+    };
     let builder = Policy::builder().memory(16 << 20).max_output(4096).compile(limits);
     let builder = if metered {
         builder.fuel(200_000).timeout(Duration::from_secs(5))

@@ -51,6 +51,7 @@ mod control;
 mod enforcement;
 mod error;
 mod fuzz;
+mod input;
 mod outcome;
 mod policy;
 mod probe;

@@ -32,6 +32,8 @@ pub struct Program {
     args: Vec<String>,
     env: Vec<(String, String)>,
     stdin: Arc<[u8]>,
+    /// A run's streamed stdin (set from [`crate::RunOptions::stdin_reader`]); replaces `stdin`.
+    stream: Option<Arc<crate::input::StdinStream>>,
     cwd: Option<PathBuf>,
     entry: Option<String>,
 }
@@ -54,6 +56,7 @@ impl Program {
             args: Vec::new(),
             env: Vec::new(),
             stdin: Arc::from(&[][..]),
+            stream: None,
             cwd: None,
             entry: None,
         }
@@ -90,6 +93,14 @@ impl Program {
     #[must_use]
     pub fn stdin(mut self, input: impl Into<Arc<[u8]>>) -> Self {
         self.stdin = input.into();
+        self.stream = None;
+        self
+    }
+
+    /// This program with its stdin streamed from `stream` (one run's, see `RunOptions`).
+    pub(crate) fn with_stream(mut self, stream: Arc<crate::input::StdinStream>) -> Self {
+        self.stdin = Arc::from(&[][..]);
+        self.stream = Some(stream);
         self
     }
 
@@ -137,8 +148,18 @@ impl Program {
     pub fn stdin_bytes(&self) -> &[u8] {
         &self.stdin
     }
-    pub(crate) fn stdin_shared(&self) -> Arc<[u8]> {
-        self.stdin.clone()
+    /// Where the run's stdin comes from: the bytes, or the streamed reader, whose copying
+    /// starts now.
+    pub(crate) fn stdin_source(&self) -> crate::Result<crate::input::StdinSource> {
+        use crate::input::StdinSource;
+        match &self.stream {
+            Some(stream) => match stream.open() {
+                Ok(Some(pipe)) => Ok(StdinSource::Pipe(pipe)),
+                Ok(None) => Ok(StdinSource::Bytes(self.stdin.clone())),
+                Err(e) => Err(Error::setup("start copying the streamed stdin", e)),
+            },
+            None => Ok(StdinSource::Bytes(self.stdin.clone())),
+        }
     }
     /// The working directory, if set.
     pub fn working_dir(&self) -> Option<&Path> {

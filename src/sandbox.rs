@@ -78,6 +78,8 @@ pub struct RunOptions {
     pub max_output: Option<u64>,
     /// The run's stdin, instead of the program's.
     pub stdin: Option<Arc<[u8]>>,
+    /// The run's stdin streamed from a reader (see [`RunOptions::stdin_reader`]).
+    pub(crate) stdin_stream: Option<Arc<crate::input::StdinStream>>,
     /// The handle an async run's cancellation triggers (see [`RunAsync`]).
     pub(crate) cancel: Option<InterruptHandle>,
 }
@@ -126,6 +128,18 @@ impl RunOptions {
         self
     }
 
+    /// Streams the run's stdin from `reader` as the guest reads it, instead of the program's
+    /// bytes (and instead of [`RunOptions::stdin`]): the guest reads what the reader has produced
+    /// so far and waits for more, and reads end-of-file once the reader does. A thread of the
+    /// run's copies the reader into a pipe, so the host never holds more than the pipe's buffer
+    /// however slowly the guest reads; a guest waiting for input still ends at its timeout or
+    /// interrupt. The reader is read until it ends or the run does (a reader blocked after the
+    /// run ended keeps its thread until its `read` returns).
+    pub fn stdin_reader(mut self, reader: impl std::io::Read + Send + 'static) -> Self {
+        self.stdin_stream = Some(crate::input::StdinStream::new(Box::new(reader)));
+        self
+    }
+
     /// The interrupt handles of this run besides the sandbox's own.
     pub(crate) fn handles(&self) -> impl Iterator<Item = &InterruptHandle> {
         self.interrupt.iter().chain(self.cancel.iter())
@@ -133,9 +147,10 @@ impl RunOptions {
 
     /// The program with this run's stdin, if it has one of its own.
     pub(crate) fn program<'a>(&mut self, program: &'a Program) -> std::borrow::Cow<'a, Program> {
-        match self.stdin.take() {
-            Some(input) => std::borrow::Cow::Owned(program.clone().stdin(input)),
-            None => std::borrow::Cow::Borrowed(program),
+        match (self.stdin_stream.take(), self.stdin.take()) {
+            (Some(stream), _) => std::borrow::Cow::Owned(program.clone().with_stream(stream)),
+            (None, Some(input)) => std::borrow::Cow::Owned(program.clone().stdin(input)),
+            (None, None) => std::borrow::Cow::Borrowed(program),
         }
     }
 }
@@ -149,6 +164,7 @@ impl fmt::Debug for RunOptions {
             .field("cpu_time", &self.cpu_time)
             .field("max_output", &self.max_output)
             .field("stdin", &self.stdin.as_ref().map(|s| s.len()))
+            .field("stdin_stream", &self.stdin_stream)
             .finish()
     }
 }

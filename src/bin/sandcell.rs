@@ -177,14 +177,90 @@ impl From<Error> for Failure {
     }
 }
 
+mod spinner {
+    //! A spinner on stderr while a module compiles (or, on the micro-VM, is validated): a
+    //! `tracing` layer that watches the library's `compile` and `validate` spans. Installed on a
+    //! terminal only; it appears after [`DELAY`], so quick compilations draw nothing.
+
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use parking_lot::Mutex;
+    use tracing::span;
+    use tracing_subscriber::layer::{Context, Layer};
+    use tracing_subscriber::registry::LookupSpan;
+
+    /// How long a compilation runs before the spinner appears.
+    pub const DELAY: Duration = Duration::from_millis(250);
+
+    #[derive(Default)]
+    pub struct Spinner {
+        /// Ends the spinner's thread (and clears its line) when dropped or sent to.
+        active: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+    }
+
+    /// What the spinner says for one of sandcell's own spans (wasmer has a `validate` of its own).
+    fn watched(meta: &tracing::Metadata<'_>) -> Option<&'static str> {
+        if !meta.target().starts_with("sandcell") {
+            return None;
+        }
+        match meta.name() {
+            "compile" => Some("compiling the module"),
+            "validate" => Some("validating the module"),
+            _ => None,
+        }
+    }
+
+    impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Spinner {
+        fn on_enter(&self, id: &span::Id, ctx: Context<'_, S>) {
+            let Some(what) = ctx.span(id).and_then(|s| watched(s.metadata())) else { return };
+            let mut active = self.active.lock();
+            if active.is_some() {
+                return;
+            }
+            let (stop, stopped) = mpsc::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                if stopped.recv_timeout(DELAY) != Err(mpsc::RecvTimeoutError::Timeout) {
+                    return;
+                }
+                let bar = indicatif::ProgressBar::new_spinner().with_message(format!("sandcell: {what}…"));
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.enable_steady_tick(Duration::from_millis(100));
+                let _ = stopped.recv();
+                bar.finish_and_clear();
+            });
+            *active = Some((stop, thread));
+        }
+
+        fn on_exit(&self, id: &span::Id, ctx: Context<'_, S>) {
+            if ctx.span(id).and_then(|s| watched(s.metadata())).is_none() {
+                return;
+            }
+            if let Some((stop, thread)) = self.active.lock().take() {
+                let _ = stop.send(());
+                let _ = thread.join(); // the line is cleared before the guest's output
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    // `SANDCELL_LOG=debug` (a tracing filter) prints each span as it closes, with its time.
-    if let Ok(filter) = std::env::var("SANDCELL_LOG") {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-            .with_writer(std::io::stderr)
-            .init();
+    // `SANDCELL_LOG=debug` (a tracing filter) prints each span as it closes, with its time; on
+    // a terminal, a spinner shows while a large module compiles.
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        let log = std::env::var("SANDCELL_LOG").ok().map(|filter| {
+            tracing_subscriber::fmt::layer()
+                .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+                .with_writer(std::io::stderr)
+                .with_filter(tracing_subscriber::EnvFilter::new(filter))
+        });
+        let spinner = std::io::stderr().is_terminal().then(spinner::Spinner::default);
+        if log.is_some() || spinner.is_some() {
+            let _ = tracing_subscriber::registry().with(log).with(spinner).try_init();
+        }
     }
     let raw: Vec<String> = std::env::args().collect();
     // Whether `--json` was asked for, for errors before (or in) argument parsing: among the
@@ -326,35 +402,34 @@ fn policy_of(a: &RunArgs) -> Result<Policy, Failure> {
 }
 
 /// The guest's stdin: `--stdin FILE`, or this process's stdin when it is a pipe or a file (never
-/// a terminal, which would wait for typing).
-fn read_stdin(spec: Option<&str>) -> Result<Vec<u8>, Failure> {
+/// a terminal, which would wait for typing). It is streamed: the guest reads input as it arrives
+/// (an interactive pipe works, and a large file is never held in memory).
+fn stdin_reader(spec: Option<&str>) -> Result<Option<Box<dyn Read + Send>>, Failure> {
     let fail = |message: String| Failure { code: code::HOST, kind: "host", message };
-    let mut buf = Vec::new();
     match spec {
-        Some("-") => {
-            std::io::stdin().read_to_end(&mut buf).map_err(|e| fail(format!("cannot read stdin: {e}")))?;
-        }
+        Some("-") => Ok(Some(Box::new(std::io::stdin()))),
         Some(path) => {
-            buf = std::fs::read(path).map_err(|e| fail(format!("cannot read `{path}` for stdin: {e}")))?;
+            let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read `{path}` for stdin: {e}")))?;
+            Ok(Some(Box::new(file)))
         }
         None => {
             let stdin = std::io::stdin();
             if stdin.is_terminal() {
-                return Ok(buf);
+                return Ok(None);
             }
             let meta = std::fs::metadata("/proc/self/fd/0");
-            let pipe_or_file = meta.map(|m| m.file_type().is_fifo() || m.file_type().is_file()).unwrap_or(false);
-            if pipe_or_file {
-                stdin.lock().read_to_end(&mut buf).map_err(|e| fail(format!("cannot read stdin: {e}")))?;
-            }
+            let pipe_or_file = meta
+                .map(|m| m.file_type().is_fifo() || m.file_type().is_file() || m.file_type().is_socket())
+                .unwrap_or(false);
+            Ok(pipe_or_file.then(|| Box::new(stdin) as Box<dyn Read + Send>))
         }
     }
-    Ok(buf)
 }
 
 fn run(a: RunArgs) -> Result<u8, Failure> {
     let policy = policy_of(&a)?;
-    let mut program = Program::path(&a.program).args(a.args.iter().cloned()).stdin(read_stdin(a.stdin.as_deref())?);
+    let stdin = stdin_reader(a.stdin.as_deref())?;
+    let mut program = Program::path(&a.program).args(a.args.iter().cloned());
     for (k, v) in &a.env {
         program = program.env(k.clone(), v.clone());
     }
@@ -382,6 +457,9 @@ fn run(a: RunArgs) -> Result<u8, Failure> {
         },
     };
     let mut options = RunOptions::new();
+    if let Some(reader) = stdin {
+        options = options.stdin_reader(reader);
+    }
     if !a.json {
         // Pass output through as it is produced.
         options = options.on_output(|stream, bytes| {

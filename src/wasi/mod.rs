@@ -218,7 +218,7 @@ impl WasiHost {
         let mut builder = WasiEnv::builder(program.argv0())
             .args(program.arguments())
             .envs(program.merged_env(&self.env))
-            .stdin(Box::new(StdinFile::new(program.stdin_shared())))
+            .stdin(Box::new(StdinFile::new(program.stdin_source()?, sink.control.clone())))
             .stdout(Box::new(OutputFile::new(Stream::Stdout, sink.clone())))
             .stderr(Box::new(OutputFile::new(Stream::Stderr, sink.clone())))
             .runtime(self.runtime.clone())

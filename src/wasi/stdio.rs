@@ -1,9 +1,10 @@
-//! The guest's stdin (a fixed buffer, then end-of-file) and stdout/stderr (capped capture).
+//! The guest's stdin (a fixed buffer then end-of-file, or a stream) and stdout/stderr (capped capture).
 //!
 //! wasmer-wasix would give the guest the *host's* stdio if none were set; sandcell always sets
 //! all three.
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,28 +14,74 @@ use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 use wasmer_wasix::virtual_fs::{FsError, VirtualFile};
 
 use crate::control::{Capture, RunControl, StopReason};
+use crate::input::{self, StdinSource};
 use crate::Stream;
 
-/// Stdin: the program's bytes, then EOF (a guest reading it can never block).
-#[derive(Debug)]
+/// Stdin: the program's bytes then EOF (a guest reading it never blocks), or a streamed stdin's
+/// pipe (see [`crate::input`]).
 pub(crate) struct StdinFile {
-    data: Arc<[u8]>,
-    pos: usize,
+    source: Source,
+}
+
+enum Source {
+    Bytes {
+        data: Arc<[u8]>,
+        pos: usize,
+    },
+    /// wasmer-wasix serves `fd_read` by blocking the guest's own thread on the read's future
+    /// with no race against the run's stop (its `__asyncify_light`), so the read waits here,
+    /// on that thread, in slices that check the stop ([`input::wait_readable`]).
+    Pipe {
+        fd: OwnedFd,
+        control: Arc<RunControl>,
+    },
+}
+
+impl std::fmt::Debug for StdinFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Source::Bytes { data, pos } => write!(f, "StdinFile(bytes {pos}/{})", data.len()),
+            Source::Pipe { fd, .. } => write!(f, "StdinFile(stream fd {})", fd.as_raw_fd()),
+        }
+    }
 }
 
 impl StdinFile {
-    pub(crate) fn new(data: Arc<[u8]>) -> Self {
-        StdinFile { data, pos: 0 }
+    pub(crate) fn new(source: StdinSource, control: Arc<RunControl>) -> Self {
+        let source = match source {
+            StdinSource::Bytes(data) => Source::Bytes { data, pos: 0 },
+            StdinSource::Pipe(fd) => Source::Pipe { fd, control },
+        };
+        StdinFile { source }
+    }
+
+    fn buffered(&self) -> usize {
+        match &self.source {
+            Source::Bytes { data, pos } => data.len() - pos,
+            Source::Pipe { .. } => 0,
+        }
     }
 }
 
 impl AsyncRead for StdinFile {
     fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let rest = &self.data[self.pos..];
-        let n = rest.len().min(buf.remaining());
-        buf.put_slice(&rest[..n]);
-        self.pos += n;
-        Poll::Ready(Ok(()))
+        match &mut self.source {
+            Source::Bytes { data, pos } => {
+                let rest = &data[*pos..];
+                let n = rest.len().min(buf.remaining());
+                buf.put_slice(&rest[..n]);
+                *pos += n;
+                Poll::Ready(Ok(()))
+            }
+            Source::Pipe { fd, control } => {
+                if let input::Ready::Stopped = input::wait_readable(fd, || control.reason().is_some()) {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::Interrupted, "the run was stopped")));
+                }
+                let n = input::read_some(fd, buf.initialize_unfilled())?;
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+        }
     }
 }
 
@@ -70,7 +117,7 @@ impl VirtualFile for StdinFile {
         0
     }
     fn size(&self) -> u64 {
-        (self.data.len() - self.pos) as u64
+        self.buffered() as u64
     }
     fn set_len(&mut self, _: u64) -> Result<(), FsError> {
         Err(FsError::PermissionDenied)
@@ -78,8 +125,25 @@ impl VirtualFile for StdinFile {
     fn unlink(&mut self) -> Result<(), FsError> {
         Ok(())
     }
-    fn poll_read_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        Poll::Ready(Ok(self.data.len() - self.pos))
+    fn poll_read_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match &self.source {
+            Source::Bytes { .. } => Poll::Ready(Ok(self.buffered())),
+            Source::Pipe { fd, control } => {
+                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd; a zero timeout never blocks.
+                if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 || control.reason().is_some() {
+                    return Poll::Ready(Ok(1));
+                }
+                // Not yet: look again shortly (a guest polling stdin, e.g. in `poll_oneoff`,
+                // waits with its own timeout and the run's kill as well).
+                let waker = cx.waker().clone();
+                super::tokio_runtime().spawn(async move {
+                    tokio::time::sleep(input::STOP_CHECK).await;
+                    waker.wake();
+                });
+                Poll::Pending
+            }
+        }
     }
     fn poll_write_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<usize>> {
         Poll::Ready(Ok(0))

@@ -284,6 +284,73 @@ fn stdin_of_the_cli_reaches_the_guest() {
     assert_eq!(text(&out.stdout), "through a pipe");
 }
 
+/// The CLI streams its stdin: the guest echoes a line while the input is still open (the test
+/// writes the second line only after reading the first back), on the WASI backends.
+#[test]
+fn stdin_is_streamed_into_the_guest_not_read_whole_first() {
+    let guest = or_skip!(crate::common::wasm_guest(), "no wasm test guest");
+    use std::io::{BufRead, Write};
+    for backend in ["wasm", "microvm"] {
+        if backend == "microvm" && !sandcell::probe().backend(sandcell::BackendKind::MicroVm).available {
+            assert!(!crate::common::require_all(), "the micro-VM backend is unavailable");
+            eprintln!("SKIPPED on microvm: unavailable");
+            continue;
+        }
+        let mut child = cli()
+            .args(["run", "--backend", backend, "--timeout", "30s", guest.to_str().unwrap(), "--", "echo"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        stdin.write_all(b"ping\n").unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, "ping\n", "{backend}");
+        stdin.write_all(b"pong\n").unwrap();
+        drop(stdin);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        assert_eq!(rest, "pong\n", "{backend}");
+        assert_eq!(child.wait().unwrap().code(), Some(0), "{backend}");
+    }
+}
+
+/// On a terminal, a spinner shows on stderr while a large module compiles; without one (a pipe,
+/// a log file) stderr stays clean. `script` gives the CLI a pseudo-terminal.
+#[test]
+fn a_spinner_shows_while_a_large_module_compiles_on_a_terminal_only() {
+    let dir = TempDir::new("cli-spinner");
+    let big = dir.join("big.wat");
+    let mut wat = String::from("(module\n");
+    for i in 0..12000 {
+        wat.push_str(&format!(
+            "(func $f{i} (param i32) (result i32) (local i32) (loop (local.set 1 (i32.add (local.get 1) (i32.mul (local.get 0) (i32.const {i})))) (br_if 0 (i32.lt_u (local.get 1) (i32.const 100)))) (local.get 1))\n"
+        ));
+    }
+    wat.push_str("(func (export \"_start\")))\n");
+    std::fs::write(&big, wat).unwrap();
+    let big = big.to_str().unwrap();
+
+    let piped = sandcell(&["run", "--no-cache", big]);
+    assert_eq!(piped.status.code(), Some(0), "{}", text(&piped.stderr));
+    assert_eq!(text(&piped.stderr), "", "no spinner without a terminal");
+
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        crate::skip!("`script` (util-linux) is not installed: cannot give the CLI a terminal");
+    }
+    let command = format!("{} run --no-cache {big}", env!("CARGO_BIN_EXE_sandcell"));
+    let out = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("SANDCELL_CACHE_DIR", concat!(env!("CARGO_TARGET_TMPDIR"), "/cli-cache"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("compiling the module"), "{}", text(&out.stdout));
+}
+
 #[test]
 fn probe_lists_every_backend() {
     let out = sandcell(&["probe"]);

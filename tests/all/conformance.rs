@@ -445,6 +445,9 @@ enum Expect {
     Ends(Status),
 }
 
+/// A check of the host afterwards.
+type AfterCheck = fn(&Dirs) -> Result<(), String>;
+
 /// One case: the same policy and program on every backend.
 struct Case {
     name: &'static str,
@@ -457,7 +460,7 @@ struct Case {
     /// Backends that refuse the case when the sandbox is built, with the field, as documented.
     refused: &'static [(BackendKind, sandcell::PolicyField)],
     /// A check of the host afterwards (files a run wrote).
-    after: Option<fn(&Dirs) -> Result<(), String>>,
+    after: Option<AfterCheck>,
 }
 
 /// Host directories a case may mount: `ro` holds `data.txt`, `rw` holds `existing.txt`, `root`
@@ -768,5 +771,83 @@ fn run_options_narrow_one_run_and_never_widen_the_policy() {
                 assert_eq!(e.kind(), sandcell::ErrorKind::Unenforceable, "{e}");
             }
         }
+    }
+}
+
+/// Streamed stdin ([`RunOptions::stdin_reader`]): the guest reads input as it arrives. The
+/// second line is written only after the guest has echoed the first, so a backend that read the
+/// whole stream before starting the guest would never see it (the run would hang until its
+/// timeout and the assertion on the output would fail).
+#[test]
+fn streamed_stdin_reaches_the_guest_as_it_arrives_on_every_backend() {
+    for f in fixtures() {
+        let sb = f.sandbox(policy());
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let (echoed, seen) = std::sync::mpsc::channel::<()>();
+        let feeder = std::thread::spawn(move || {
+            use std::io::Write;
+            writer.write_all(b"first line\n").unwrap();
+            let answered = seen.recv_timeout(Duration::from_secs(20)).is_ok();
+            // A large tail too: more than any pipe holds, so the copying must keep up.
+            let tail: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+            let _ = writer.write_all(b"second line\n");
+            let _ = writer.write_all(&tail);
+            answered
+        });
+        let mut first = Some(echoed);
+        let options =
+            RunOptions::new().stdin_reader(reader).timeout(Duration::from_secs(25)).on_output(move |_, bytes| {
+                if bytes.windows(5).any(|w| w == b"first") {
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+        let out = sb.run_with(&f.guest("echo", &[]), options).unwrap();
+        assert!(feeder.join().unwrap(), "{}: the guest did not echo the first line before the input ended", f.kind);
+        assert_eq!(out.status, Status::Exited(0), "{}: {}", f.kind, text(&out.stderr));
+        assert_eq!(out.stdout.len(), 11 + 12 + 300_000, "{}", f.kind);
+        assert!(out.stdout.starts_with(b"first line\nsecond line\nabc"), "{}", f.kind);
+    }
+}
+
+/// A guest blocked reading a stream that never ends (an idle pipe) still ends at its timeout, and
+/// at an interrupt; the host thread copying the stream ends when the writer goes.
+#[test]
+fn a_guest_waiting_for_streamed_stdin_ends_at_its_timeout_and_interrupt_on_every_backend() {
+    for f in fixtures() {
+        let sb = f.sandbox(policy());
+        let (reader, writer) = std::io::pipe().unwrap();
+        let started = Instant::now();
+        let out = sb
+            .run_with(&f.guest("cat", &[]), RunOptions::new().stdin_reader(reader).timeout(Duration::from_millis(300)))
+            .unwrap();
+        assert_eq!(out.status, Status::Timeout, "{}", f.kind);
+        assert!(started.elapsed() < Duration::from_secs(5), "{}: {:?}", f.kind, started.elapsed());
+
+        let (reader2, writer2) = std::io::pipe().unwrap();
+        let handle = InterruptHandle::new();
+        let h = handle.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            h.interrupt();
+        });
+        let out = sb.run_with(&f.guest("cat", &[]), RunOptions::new().stdin_reader(reader2).interrupt(handle)).unwrap();
+        t.join().unwrap();
+        assert_eq!(out.status, Status::Interrupted, "{}", f.kind);
+        drop((writer, writer2));
+    }
+}
+
+/// A stream feeds one run: options are per run, and the reader is consumed by it.
+#[test]
+fn streamed_stdin_that_ends_at_once_reads_as_empty_input_on_every_backend() {
+    for f in fixtures() {
+        let sb = f.sandbox(policy());
+        let out = sb.run_with(&f.guest("cat", &[]), RunOptions::new().stdin_reader(std::io::empty())).unwrap();
+        assert_eq!((out.status.clone(), out.stdout.len()), (Status::Exited(0), 0), "{}", f.kind);
+        let out =
+            sb.run_with(&f.guest("cat", &[]), RunOptions::new().stdin_reader(&b"bytes from a slice"[..])).unwrap();
+        assert_eq!(text(&out.stdout), "bytes from a slice", "{}", f.kind);
     }
 }

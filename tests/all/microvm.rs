@@ -181,6 +181,39 @@ fn native_guests_call_host_functions_the_embedder_registered() {
     assert!(err.to_string().contains("host_functions"), "{err}");
 }
 
+/// A native guest reads a streamed stdin through the read hypercall, all of it, and a guest
+/// waiting on a stream that never ends stops at its timeout.
+#[test]
+fn native_guests_read_a_streamed_stdin_and_stop_at_the_timeout_while_waiting() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(base());
+    let fnv = |bytes: &[u8]| {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+    };
+    let input: Vec<u8> = (0..200_000usize).map(|i| (i * 13 + i / 97) as u8).collect();
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let feed = input.clone();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        for chunk in feed.chunks(30_000) {
+            writer.write_all(chunk).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+    let out = sb.run_with(&Program::path(&guest).arg("stdin"), RunOptions::new().stdin_reader(reader)).unwrap();
+    feeder.join().unwrap();
+    assert_eq!(out.status, Status::Exited(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("stdin 200000 bytes, fnv {:016x}\nstdin: survived\n", fnv(&input)));
+
+    let (reader, writer) = std::io::pipe().unwrap();
+    let started = std::time::Instant::now();
+    let options = RunOptions::new().stdin_reader(reader).timeout(std::time::Duration::from_millis(300));
+    let out = sb.run_with(&Program::path(&guest).arg("stdin"), options).unwrap();
+    assert_eq!(out.status, Status::Timeout);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    drop(writer);
+}
+
 #[test]
 fn native_guests_read_all_of_stdin_whether_it_fits_the_boot_area_or_not() {
     let guest = or_skip!(hostile(), "no micro-VM");

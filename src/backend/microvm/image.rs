@@ -137,9 +137,7 @@ pub(crate) fn load_elf(elf: &[u8]) -> Result<Loaded> {
                     .ok_or_else(|| bad("segment data beyond the end of the file"))?;
                 let at = (start - layout::IMAGE) as usize;
                 bytes[at..at + filesz as usize].copy_from_slice(&elf[offset as usize..src_end as usize]);
-                for page in at / PAGE as usize..(at + filesz as usize).div_ceil(PAGE as usize) {
-                    dirty[page] = true;
-                }
+                dirty[at / PAGE as usize..(at + filesz as usize).div_ceil(PAGE as usize)].fill(true);
                 let perm = Perm { write: flags & 2 != 0, exec: flags & 1 != 0 };
                 for page in ((start - layout::IMAGE) / PAGE)..(end - layout::IMAGE).div_ceil(PAGE) {
                     let slot = &mut pages[page as usize];

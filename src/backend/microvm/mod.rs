@@ -43,6 +43,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use self::image::GuestImage;
 use self::vm::{Event, Exception, Reply, Vm};
 use crate::control::{Capture, InterruptHandle, Run, RunControl, StopReason};
+use crate::input::{self, StdinSource};
 use crate::wasi::stdio::Sink;
 use crate::{
     ArtifactSource, BackendKind, CpuBudget, Error, Outcome, Policy, Program, Result, RunOptions, SandboxBuilder,
@@ -168,7 +169,7 @@ impl MicroVmSandbox {
             // The same budgets and import rules as the wasm backend; validated, not compiled
             // (the guest runtime compiles it inside the VM, under the run's limits).
             let (module, _) = crate::wasm_module::check(&bytes, &self.lowered.compile)?;
-            crate::wasm_module::validate(&module)?;
+            tracing::debug_span!("validate").in_scope(|| crate::wasm_module::validate(&module))?;
             (RUNTIME, module.into_owned(), true)
         };
         let vcpus = if wasm { 1 } else { self.lowered.vcpus };
@@ -229,7 +230,13 @@ impl MicroVmSandbox {
 
     /// The run's boot information (see [`sandcell_abi::BootInfo`]) and how many bytes of stdin
     /// it carries (native guests only: the wasm runtime reads stdin through WASI).
-    fn boot_info(&self, image: &GuestImage, program: &Program, wasm: bool) -> Result<(Vec<u8>, usize)> {
+    fn boot_info(
+        &self,
+        image: &GuestImage,
+        program: &Program,
+        wasm: bool,
+        stdin: Option<&StdinSource>,
+    ) -> Result<(Vec<u8>, usize)> {
         let mut strings = Vec::new();
         let mut argc = 0u64;
         for a in std::iter::once(program.argv0()).chain(program.arguments().iter().cloned()) {
@@ -255,7 +262,12 @@ impl MicroVmSandbox {
             )));
         }
         // As much stdin as fits the boot area goes in it: reading it then needs no exit.
-        let stdin = program.stdin_bytes();
+        // A streamed stdin is read with the hypercall only (`stdin_more`).
+        let (stdin, streamed): (&[u8], bool) = match stdin {
+            Some(StdinSource::Bytes(bytes)) => (bytes, false),
+            Some(StdinSource::Pipe(_)) => (&[], true),
+            None => (&[], false),
+        };
         let room = (layout::BOOT_INFO_SIZE - header) as usize - strings.len();
         let inline = if wasm { 0 } else { stdin.len().min(room) };
         let info = sandcell_abi::BootInfo {
@@ -272,7 +284,7 @@ impl MicroVmSandbox {
             strings_len: strings.len() as u64,
             hostc: self.host_functions.len() as u64,
             stdin_len: inline as u64,
-            stdin_more: u64::from(inline < stdin.len()),
+            stdin_more: u64::from(streamed || inline < stdin.len()),
             memory_cap: if wasm { self.lowered.linear_memory.unwrap_or(u64::MAX) } else { u64::MAX },
         };
         let mut boot = info.to_bytes().to_vec();
@@ -311,7 +323,9 @@ impl MicroVmSandbox {
                 record.skipped.insert(crate::PolicyField::Memory, reason.clone());
             }
         }
-        let (boot, stdin_inline) = self.boot_info(&image, program, wasm)?;
+        // A WASI guest's stdin is its WASI environment's; a native guest's is read here.
+        let stdin = if wasm { None } else { Some(program.stdin_source()?) };
+        let (boot, stdin_inline) = self.boot_info(&image, program, wasm, stdin.as_ref())?;
 
         let mut run = Run::begin(&self.interrupt, options.handles());
         let control = run.control.clone();
@@ -370,7 +384,7 @@ impl MicroVmSandbox {
             image: &image,
             sink: &sink,
             control: &control,
-            stdin: program.stdin_bytes(),
+            stdin,
             stdin_at: stdin_inline,
             host_functions: &self.host_functions,
             wasi: wasi.as_mut(),
@@ -445,7 +459,8 @@ struct Session<'a> {
     image: &'a GuestImage,
     sink: &'a Arc<Sink>,
     control: &'a Arc<RunControl>,
-    stdin: &'a [u8],
+    /// A native guest's stdin (`None` for a WASI guest) and how much of its bytes it has read.
+    stdin: Option<StdinSource>,
     stdin_at: usize,
     host_functions: &'a HashMap<String, HostFunction>,
     wasi: Option<&'a mut wasi::WasiService>,
@@ -596,11 +611,27 @@ impl Session<'_> {
             }
             Request::Read { buf } => {
                 self.check(buf)?;
-                let rest = &self.stdin[self.stdin_at..];
-                let n = rest.len().min(buf.len as usize);
-                self.write(buf, &rest[..n])?;
-                self.stdin_at += n;
-                (n as i64, 0)
+                let want = buf.len.min(64 * 1024) as usize;
+                match &self.stdin {
+                    Some(StdinSource::Bytes(bytes)) => {
+                        let rest = &bytes[self.stdin_at.min(bytes.len())..];
+                        let n = rest.len().min(want);
+                        self.write(buf, &rest[..n])?;
+                        self.stdin_at += n;
+                        (n as i64, 0)
+                    }
+                    Some(StdinSource::Pipe(fd)) => {
+                        let control = self.control;
+                        if let input::Ready::Stopped = input::wait_readable(fd, || control.reason().is_some()) {
+                            return Ok((0, 0)); // the run is ending; the guest is stopped next
+                        }
+                        let mut chunk = vec![0u8; want];
+                        let n = input::read_some(fd, &mut chunk).unwrap_or(0);
+                        self.write(buf, &chunk[..n])?;
+                        (n as i64, 0)
+                    }
+                    None => (0, 0),
+                }
             }
             Request::HostCall { name, input, output } => {
                 let name =

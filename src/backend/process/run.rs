@@ -14,6 +14,7 @@ use super::jail::{self, Launch, Step};
 use super::lower::cstr;
 use super::{cgroup, netns, restore_dumpable, seccomp, stacks, sys, template, vforker, ProcessSandbox};
 use crate::control::{Capture, Run, RunControl, StopReason};
+use crate::input::StdinSource;
 use crate::sandbox::narrowed;
 use crate::{Artifact, CpuBudget, Error, Outcome, Program, Result, RunOptions, Status, Stream, Usage};
 
@@ -73,7 +74,15 @@ impl ProcessSandbox {
         let cwd = cstr(program.working_dir().unwrap_or(Path::new("/")).as_os_str().as_bytes());
 
         let setup_err = |action: &'static str| move |e: io::Error| Error::setup(action, e);
-        let (stdin_r, stdin_w) = sys::pipe().map_err(setup_err("create the stdin pipe"))?;
+        // Stdin: a pipe the supervisor fills with the program's bytes, or the pipe a streamed
+        // stdin is copied into (see `crate::input`), handed to the guest as it is.
+        let (stdin_r, stdin_w, stdin) = match program.stdin_source()? {
+            StdinSource::Pipe(r) => (r, None, Arc::from(&[][..])),
+            StdinSource::Bytes(bytes) => {
+                let (r, w) = sys::pipe().map_err(setup_err("create the stdin pipe"))?;
+                (r, Some(w), bytes)
+            }
+        };
         let (stdout_r, stdout_w) = sys::pipe().map_err(setup_err("create the stdout pipe"))?;
         let (stderr_r, stderr_w) = sys::pipe().map_err(setup_err("create the stderr pipe"))?;
         let (error_r, error_w) = sys::pipe().map_err(setup_err("create the status pipe"))?;
@@ -179,7 +188,7 @@ impl ProcessSandbox {
                 &child,
                 &mut run,
                 cgroup.as_deref(),
-                Io { stdin_w, stdout_r, stderr_r, error_r, sync: sync_parent },
+                Io { stdin_w, stdin, stdout_r, stderr_r, error_r, sync: sync_parent },
                 program,
                 options,
                 started,
@@ -323,8 +332,7 @@ impl ProcessSandbox {
         let limit = narrowed(Some(self.policy.max_output), options.max_output).unwrap_or(self.policy.max_output);
         let mut capture = Capture::new(limit, options.on_output);
         let sync = io.sync.try_clone().map_err(|e| Error::setup("duplicate the control socket", e))?;
-        let (denied, report) =
-            pump(child, control, io, sync.as_raw_fd(), listener.as_ref(), &mut capture, program.stdin_bytes());
+        let (denied, report) = pump(child, control, io, sync.as_raw_fd(), listener.as_ref(), &mut capture);
         // Init reports the program's own wait status when it exits (see `jail::init`). If it
         // reported that the run has ended (every process of it dead and reaped), the result
         // does not wait for init's own exit, which tears the namespaces down: init is reaped
@@ -435,7 +443,9 @@ impl Report {
 
 /// The parent's ends of a run's pipes and socket.
 struct Io {
-    stdin_w: OwnedFd,
+    stdin_w: Option<OwnedFd>,
+    /// What to write to `stdin_w`.
+    stdin: Arc<[u8]>,
     stdout_r: OwnedFd,
     stderr_r: OwnedFd,
     error_r: OwnedFd,
@@ -453,7 +463,6 @@ fn pump(
     sync: RawFd,
     listener: Option<&OwnedFd>,
     capture: &mut Capture,
-    stdin: &[u8],
 ) -> (Option<String>, Option<Report>) {
     const STDOUT: usize = 0;
     const STDERR: usize = 1;
@@ -466,7 +475,9 @@ fn pump(
     let _ = sys::set_nonblocking(&io.stdout_r);
     let _ = sys::set_nonblocking(&io.stderr_r);
     // Our end of stdin; dropping it gives the guest end-of-file.
-    let mut stdin_w = (!stdin.is_empty()).then_some(io.stdin_w);
+    let stdin_bytes = io.stdin.clone();
+    let stdin: &[u8] = &stdin_bytes;
+    let mut stdin_w = io.stdin_w.filter(|_| !stdin.is_empty());
     if let Some(w) = &stdin_w {
         let _ = sys::set_nonblocking(w);
     }

@@ -15,6 +15,21 @@ fn main() {
             std::io::stdin().read_to_end(&mut input).unwrap();
             std::io::stdout().write_all(&input).unwrap();
         }
+        // Each chunk of stdin written back as soon as it is read (streamed input).
+        "echo" => {
+            let mut buf = [0u8; 65536];
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(&buf[..n]).unwrap();
+                        out.flush().unwrap();
+                    }
+                }
+            }
+        }
         "env" => {
             let mut vars: Vec<(String, String)> = std::env::vars().collect();
             vars.sort();

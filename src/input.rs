@@ -1,0 +1,140 @@
+//! A run's stdin streamed from a host reader ([`RunOptions::stdin_reader`]) instead of given
+//! as bytes up front.
+//!
+//! Every backend receives a stream the same way: a thread of its own (`sandcell-stdin`) copies
+//! the reader into a pipe, and the backend reads the pipe's other end. The pipe's buffer (64 KiB
+//! on Linux) is all the host holds, so a guest that reads slowly, or never, cannot make the host
+//! buffer the input. How each backend reads the pipe:
+//! - process: the pipe *is* the guest's stdin (fd 0);
+//! - wasm and micro-VM WASI guests: the WASI stdin file polls it ([`crate::wasi`]);
+//! - micro-VM native guests: the read hypercall polls it.
+//!
+//! The waits of the last two happen on the thread serving the guest and check the run's stop
+//! every [`STOP_CHECK`], so a guest blocked reading stdin still ends at its timeout or interrupt.
+//!
+//! The copying thread ends when the reader reports end-of-file or an error (the guest then reads
+//! end-of-file) or when the guest's end of the pipe is gone (the run ended). A reader that blocks
+//! forever after the run ended (a terminal nobody types into) keeps its thread blocked in
+//! `read` until it returns; it holds nothing of the run's.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+/// How often a host thread waiting for streamed stdin checks whether the run was stopped.
+pub(crate) const STOP_CHECK: Duration = Duration::from_millis(10);
+
+/// The reader a run's stdin comes from; it feeds one run (the first that opens it).
+pub(crate) struct StdinStream(Mutex<Option<Box<dyn Read + Send>>>);
+
+impl std::fmt::Debug for StdinStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.lock().is_some() { "StdinStream(unread)" } else { "StdinStream(taken)" })
+    }
+}
+
+/// Where a run's stdin comes from, once the run starts.
+pub(crate) enum StdinSource {
+    /// Fixed bytes, then end-of-file.
+    Bytes(Arc<[u8]>),
+    /// The read end of the pipe a stream is copied into (blocking mode, close-on-exec).
+    Pipe(OwnedFd),
+}
+
+impl StdinStream {
+    pub(crate) fn new(reader: Box<dyn Read + Send>) -> Arc<Self> {
+        Arc::new(StdinStream(Mutex::new(Some(reader))))
+    }
+
+    /// Starts copying the reader into a new pipe and returns the pipe's read end; `None` if a
+    /// run already took the reader.
+    pub(crate) fn open(&self) -> io::Result<Option<OwnedFd>> {
+        let Some(reader) = self.0.lock().take() else { return Ok(None) };
+        let mut fds = [-1; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded: both descriptors are new and ours.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let write = std::fs::File::from(write);
+        std::thread::Builder::new().name("sandcell-stdin".into()).spawn(move || copy(reader, write))?;
+        Ok(Some(read))
+    }
+}
+
+/// The copying thread's body.
+fn copy(mut reader: Box<dyn Read + Send>, mut pipe: std::fs::File) {
+    // A write to a pipe whose reader is gone raises SIGPIPE, which kills a host that does not
+    // ignore it (C programs); blocked in this thread, it leaves `write` to fail with EPIPE. A
+    // SIGPIPE left pending on this thread is discarded when the thread ends.
+    // SAFETY: a signal set built by sigemptyset/sigaddset; changes only this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!("the run's stdin reader failed ({e}); the guest reads end-of-file");
+                return;
+            }
+        };
+        if pipe.write_all(&buf[..n]).is_err() {
+            return; // the run ended
+        }
+    }
+}
+
+/// What waiting for streamed stdin ended with.
+pub(crate) enum Ready {
+    /// Bytes (or end-of-file) can be read without blocking.
+    Readable,
+    /// The run was stopped.
+    Stopped,
+}
+
+/// Waits until `fd` is readable or `stopped()` says the run ended, checking every
+/// [`STOP_CHECK`].
+pub(crate) fn wait_readable(fd: &OwnedFd, stopped: impl Fn() -> bool) -> Ready {
+    let fd = fd.as_raw_fd();
+    loop {
+        if stopped() {
+            return Ready::Stopped;
+        }
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, STOP_CHECK.as_millis() as libc::c_int) };
+        if n > 0 {
+            // POLLIN, POLLHUP (end-of-file) or POLLERR: a read answers at once.
+            return Ready::Readable;
+        }
+        if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return Ready::Readable; // let the read report the error
+        }
+    }
+}
+
+/// Reads what is available from a readable `fd` (0 = end-of-file).
+pub(crate) fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for `buf.len()` bytes.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
