@@ -851,3 +851,36 @@ fn streamed_stdin_that_ends_at_once_reads_as_empty_input_on_every_backend() {
         assert_eq!(text(&out.stdout), "bytes from a slice", "{}", f.kind);
     }
 }
+
+/// `tracing` spans: one for building a sandbox and one for each run, with the run's phases inside
+/// (`lower` at build; `guest` for the time the guest runs), on every backend.
+#[test]
+fn tracing_spans_cover_the_build_the_run_and_its_phases_on_every_backend() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Names(Arc<Mutex<Vec<String>>>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Names {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0.lock().unwrap().push(attrs.metadata().name().to_owned());
+        }
+    }
+    for f in fixtures() {
+        let names = Names::default();
+        let subscriber = tracing_subscriber::registry().with(names.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let sb = f.sandbox(policy());
+            let out = sb.run(&f.guest("exit", &["0"])).unwrap();
+            assert_eq!(out.status, Status::Exited(0), "{}", f.kind);
+        });
+        let seen = names.0.lock().unwrap().clone();
+        for wanted in ["sandcell.build", "lower", "sandcell.run", "guest"] {
+            assert!(seen.iter().any(|n| n == wanted), "{}: no `{wanted}` span among {seen:?}", f.kind);
+        }
+    }
+}

@@ -67,7 +67,8 @@ impl ProcessSandbox {
         if !host.seccomp {
             return Err(unavailable("the kernel has no seccomp filter support".into()));
         }
-        let lower::Lowered { plan, cgroups, as_root, idmapped, template, record } = lower::lower(&policy, host)?;
+        let lower::Lowered { plan, cgroups, as_root, idmapped, template, record } =
+            tracing::debug_span!("lower").in_scope(|| lower::lower(&policy, host))?;
         Ok(ProcessSandbox {
             policy,
             plan,

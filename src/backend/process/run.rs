@@ -97,7 +97,9 @@ impl ProcessSandbox {
         }
 
         let cgroup = match &self.cgroups {
-            Some(pool) => Some(pool.take().map_err(setup_err("create the run's cgroup"))?),
+            Some(pool) => {
+                Some(tracing::debug_span!("cgroup").in_scope(|| pool.take()).map_err(setup_err("create the run's cgroup"))?)
+            }
             None => None,
         };
         if cpu_limit != self.policy.cpu_time && cgroup.as_ref().and_then(|cg| cg.cpu_probe()).is_none() {
@@ -147,6 +149,7 @@ impl ProcessSandbox {
         }
         let v2_fd = cgroup.as_ref().and_then(|c| c.v2_fd.as_ref()).map(|fd| fd.as_raw_fd());
         let arg = &launch as *const Launch as *mut libc::c_void;
+        let launching = tracing::debug_span!("launch").entered();
         let (pid, pidfd) = if shares_memory {
             // SAFETY: init runs `jail::entry` on its own stack, says it runs first thing, and
             // only makes system calls on data prepared above, which (with the stacks) `_lease`
@@ -173,6 +176,7 @@ impl ProcessSandbox {
             }
             (cloned.pid, cloned.pidfd)
         };
+        drop(launching);
         let child = Child { pid, pidfd: Arc::new(pidfd) };
         let lease = stacks::Lease { stacks: Some(stacks), child: child.pidfd.clone() };
         drop(netns);
@@ -332,7 +336,8 @@ impl ProcessSandbox {
         let limit = narrowed(Some(self.policy.max_output), options.max_output).unwrap_or(self.policy.max_output);
         let mut capture = Capture::new(limit, options.on_output);
         let sync = io.sync.try_clone().map_err(|e| Error::setup("duplicate the control socket", e))?;
-        let (denied, report) = pump(child, control, io, sync.as_raw_fd(), listener.as_ref(), &mut capture);
+        let (denied, report) = tracing::debug_span!("guest")
+            .in_scope(|| pump(child, control, io, sync.as_raw_fd(), listener.as_ref(), &mut capture));
         // Init reports the program's own wait status when it exits (see `jail::init`). If it
         // reported that the run has ended (every process of it dead and reaped), the result
         // does not wait for init's own exit, which tears the namespaces down: init is reaped

@@ -82,7 +82,7 @@ impl FlagPtr {
 impl WasmSandbox {
     pub(crate) fn new(builder: SandboxBuilder) -> Result<Self> {
         let SandboxBuilder { policy, cache_dir, .. } = builder;
-        let lowered = lower::lower(&policy)?;
+        let lowered = tracing::debug_span!("lower").in_scope(|| lower::lower(&policy))?;
         let disk = cache_dir.as_deref().map(ArtifactCache::open).transpose()?;
         Ok(WasmSandbox { policy, lowered, disk, interrupt: InterruptHandle::for_sandbox() })
     }
