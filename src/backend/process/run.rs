@@ -97,9 +97,11 @@ impl ProcessSandbox {
         }
 
         let cgroup = match &self.cgroups {
-            Some(pool) => {
-                Some(tracing::debug_span!("cgroup").in_scope(|| pool.take()).map_err(setup_err("create the run's cgroup"))?)
-            }
+            Some(pool) => Some(
+                tracing::debug_span!("cgroup")
+                    .in_scope(|| pool.take())
+                    .map_err(setup_err("create the run's cgroup"))?,
+            ),
             None => None,
         };
         if cpu_limit != self.policy.cpu_time && cgroup.as_ref().and_then(|cg| cg.cpu_probe()).is_none() {
