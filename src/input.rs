@@ -2,9 +2,10 @@
 //! as bytes up front.
 //!
 //! Every backend receives a stream the same way: a thread of its own (`sandcell-stdin`) copies
-//! the reader into a pipe, and the backend reads the pipe's other end. The pipe's buffer (64 KiB
-//! on Linux) is all the host holds, so a guest that reads slowly, or never, cannot make the host
-//! buffer the input. How each backend reads the pipe:
+//! the reader into a pipe, and the backend reads the pipe's other end. The host holds at most the
+//! pipe's buffer (64 KiB on Linux), the thread's 64 KiB chunk and whatever the reader buffers
+//! itself, so a guest that reads slowly, or never, cannot make the host buffer the input; the
+//! copying runs that far ahead of the guest. How each backend reads the pipe:
 //! - process: the pipe *is* the guest's stdin (fd 0);
 //! - wasm and micro-VM WASI guests: the WASI stdin file polls it ([`crate::wasi`]);
 //! - micro-VM native guests: the read hypercall polls it.
@@ -12,10 +13,12 @@
 //! The waits of the last two happen on the thread serving the guest and check the run's stop
 //! every [`STOP_CHECK`], so a guest blocked reading stdin still ends at its timeout or interrupt.
 //!
-//! The copying thread ends when the reader reports end-of-file or an error (the guest then reads
-//! end-of-file) or when the guest's end of the pipe is gone (the run ended). A reader that blocks
-//! forever after the run ended (a terminal nobody types into) keeps its thread blocked in
-//! `read` until it returns; it holds nothing of the run's.
+//! The copying starts just before the guest does ([`StdinSource::open`]). The thread ends when
+//! the reader reports end-of-file or an error (the guest then reads end-of-file; the error is
+//! logged) or when the guest's end of the pipe is gone (the run ended). A reader that blocks
+//! after the run ended (an idle socket, a terminal nobody types into) keeps its thread — and the
+//! pipe's write end — until its `read` returns; the chunk it then returns is dropped. The
+//! thread holds nothing else of the run's.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -36,12 +39,36 @@ impl std::fmt::Debug for StdinStream {
     }
 }
 
-/// Where a run's stdin comes from, once the run starts.
+/// Where a run's stdin comes from. Nothing is read from a stream until [`StdinSource::open`],
+/// which a backend calls just before its guest starts: a run refused or stopped before that
+/// leaves the reader untouched (unread, for no one: it belongs to that run's options).
 pub(crate) enum StdinSource {
+    /// Fixed bytes, then end-of-file.
+    Bytes(Arc<[u8]>),
+    /// A streamed stdin, not started yet.
+    Stream(Arc<StdinStream>),
+}
+
+/// A run's stdin once the guest is about to start.
+pub(crate) enum Stdin {
     /// Fixed bytes, then end-of-file.
     Bytes(Arc<[u8]>),
     /// The read end of the pipe a stream is copied into (blocking mode, close-on-exec).
     Pipe(OwnedFd),
+}
+
+impl StdinSource {
+    /// Starts the stream's copying (a stream a run already took reads as empty).
+    pub(crate) fn open(self) -> crate::Result<Stdin> {
+        match self {
+            StdinSource::Bytes(bytes) => Ok(Stdin::Bytes(bytes)),
+            StdinSource::Stream(stream) => match stream.open() {
+                Ok(Some(pipe)) => Ok(Stdin::Pipe(pipe)),
+                Ok(None) => Ok(Stdin::Bytes(Arc::from(&[][..]))),
+                Err(e) => Err(crate::Error::setup("start copying the streamed stdin", e)),
+            },
+        }
+    }
 }
 
 impl StdinStream {
@@ -122,6 +149,13 @@ pub(crate) fn wait_readable(fd: &OwnedFd, stopped: impl Fn() -> bool) -> Ready {
             return Ready::Readable; // let the read report the error
         }
     }
+}
+
+/// Whether a read of `fd` would answer at once (bytes, end-of-file or an error).
+pub(crate) fn readable_now(fd: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd; a zero timeout never blocks.
+    unsafe { libc::poll(&mut pfd, 1, 0) != 0 }
 }
 
 /// Reads what is available from a readable `fd` (0 = end-of-file).

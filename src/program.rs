@@ -148,17 +148,12 @@ impl Program {
     pub fn stdin_bytes(&self) -> &[u8] {
         &self.stdin
     }
-    /// Where the run's stdin comes from: the bytes, or the streamed reader, whose copying
-    /// starts now.
-    pub(crate) fn stdin_source(&self) -> crate::Result<crate::input::StdinSource> {
+    /// Where the run's stdin comes from: the bytes, or the streamed reader (not started yet).
+    pub(crate) fn stdin_source(&self) -> crate::input::StdinSource {
         use crate::input::StdinSource;
         match &self.stream {
-            Some(stream) => match stream.open() {
-                Ok(Some(pipe)) => Ok(StdinSource::Pipe(pipe)),
-                Ok(None) => Ok(StdinSource::Bytes(self.stdin.clone())),
-                Err(e) => Err(Error::setup("start copying the streamed stdin", e)),
-            },
-            None => Ok(StdinSource::Bytes(self.stdin.clone())),
+            Some(stream) => StdinSource::Stream(stream.clone()),
+            None => StdinSource::Bytes(self.stdin.clone()),
         }
     }
     /// The working directory, if set.

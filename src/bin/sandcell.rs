@@ -257,7 +257,12 @@ fn main() -> ExitCode {
                 .with_writer(std::io::stderr)
                 .with_filter(tracing_subscriber::EnvFilter::new(filter))
         });
-        let spinner = std::io::stderr().is_terminal().then(spinner::Spinner::default);
+        // Filtered to sandcell's own spans: unfiltered, the layer would enable every callsite of
+        // every library (wasmer-wasix traces each WASI call).
+        let spinner = std::io::stderr().is_terminal().then(|| {
+            spinner::Spinner::default()
+                .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target().starts_with("sandcell")))
+        });
         if log.is_some() || spinner.is_some() {
             let _ = tracing_subscriber::registry().with(log).with(spinner).try_init();
         }
@@ -410,6 +415,9 @@ fn stdin_reader(spec: Option<&str>) -> Result<Option<Box<dyn Read + Send>>, Fail
         Some("-") => Ok(Some(Box::new(std::io::stdin()))),
         Some(path) => {
             let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read `{path}` for stdin: {e}")))?;
+            if file.metadata().is_ok_and(|m| m.is_dir()) {
+                return Err(fail(format!("cannot read `{path}` for stdin: it is a directory")));
+            }
             Ok(Some(Box::new(file)))
         }
         None => {

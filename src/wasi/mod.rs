@@ -218,7 +218,7 @@ impl WasiHost {
         let mut builder = WasiEnv::builder(program.argv0())
             .args(program.arguments())
             .envs(program.merged_env(&self.env))
-            .stdin(Box::new(StdinFile::new(program.stdin_source()?, sink.control.clone())))
+            .stdin(Box::new(StdinFile::new(program.stdin_source(), sink.control.clone())))
             .stdout(Box::new(OutputFile::new(Stream::Stdout, sink.clone())))
             .stderr(Box::new(OutputFile::new(Stream::Stderr, sink.clone())))
             .runtime(self.runtime.clone())
@@ -274,6 +274,18 @@ fn aligned_params(name: &str) -> &'static [(usize, u32)] {
     }
 }
 
+thread_local! {
+    /// Counts the wrapped WASI calls made on this thread (0: none yet).
+    static CALL_SERIAL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Which WASI call this thread is in (a wrapped call; 0 before the first): the stdin file tells
+/// the buffers of one `fd_read` from those of the next by it. WASI calls run on the thread that
+/// runs the guest (the micro-VM's: the thread serving its calls).
+pub(crate) fn call_serial() -> u64 {
+    CALL_SERIAL.with(|c| c.get())
+}
+
 /// One wrapper per WASI function whose arguments need a look before wasix sees them:
 ///
 /// - a pointer to a wider-than-byte value that is misaligned gets `EFAULT`: wasix makes a Rust
@@ -313,6 +325,7 @@ fn checked_args(store: &mut Store, imports: &mut Imports, wanted: &impl Fn(&str)
                         args[p] = Value::I32(swap(*fd));
                     }
                 }
+                CALL_SERIAL.with(|c| c.set(c.get().wrapping_add(1).max(1)));
                 let inner = ctx.data().clone();
                 Ok(inner.call(&mut ctx, &args)?.into_vec())
             });

@@ -4,8 +4,9 @@
 //! all three.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -14,11 +15,11 @@ use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 use wasmer_wasix::virtual_fs::{FsError, VirtualFile};
 
 use crate::control::{Capture, RunControl, StopReason};
-use crate::input::{self, StdinSource};
+use crate::input::{self, Stdin, StdinSource};
 use crate::Stream;
 
 /// Stdin: the program's bytes then EOF (a guest reading it never blocks), or a streamed stdin's
-/// pipe (see [`crate::input`]).
+/// pipe (see [`crate::input`]), started at the guest's first read or poll of stdin.
 pub(crate) struct StdinFile {
     source: Source,
 }
@@ -31,9 +32,17 @@ enum Source {
     /// wasmer-wasix serves `fd_read` by blocking the guest's own thread on the read's future
     /// with no race against the run's stop (its `__asyncify_light`), so the read waits here,
     /// on that thread, in slices that check the stop ([`input::wait_readable`]).
-    Pipe {
-        fd: OwnedFd,
+    Stream {
+        /// The stream until its copying is started.
+        unopened: Option<StdinSource>,
+        pipe: Option<OwnedFd>,
         control: Arc<RunControl>,
+        /// The WASI call ([`super::call_serial`]) in which the last bytes were read: a read
+        /// into the call's next buffer then returns short instead of waiting, as `readv` does.
+        read_in_call: u64,
+        /// The waker of a guest polling stdin, and whether a timer to wake it is pending.
+        waker: Arc<Mutex<Option<std::task::Waker>>>,
+        timer: Arc<AtomicBool>,
     },
 }
 
@@ -41,7 +50,7 @@ impl std::fmt::Debug for StdinFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.source {
             Source::Bytes { data, pos } => write!(f, "StdinFile(bytes {pos}/{})", data.len()),
-            Source::Pipe { fd, .. } => write!(f, "StdinFile(stream fd {})", fd.as_raw_fd()),
+            Source::Stream { pipe, .. } => write!(f, "StdinFile(stream, started: {})", pipe.is_some()),
         }
     }
 }
@@ -50,7 +59,14 @@ impl StdinFile {
     pub(crate) fn new(source: StdinSource, control: Arc<RunControl>) -> Self {
         let source = match source {
             StdinSource::Bytes(data) => Source::Bytes { data, pos: 0 },
-            StdinSource::Pipe(fd) => Source::Pipe { fd, control },
+            stream => Source::Stream {
+                unopened: Some(stream),
+                pipe: None,
+                control,
+                read_in_call: 0,
+                waker: Arc::default(),
+                timer: Arc::default(),
+            },
         };
         StdinFile { source }
     }
@@ -58,13 +74,28 @@ impl StdinFile {
     fn buffered(&self) -> usize {
         match &self.source {
             Source::Bytes { data, pos } => data.len() - pos,
-            Source::Pipe { .. } => 0,
+            Source::Stream { .. } => 0,
         }
+    }
+
+    /// Starts a stream's copying, at the guest's first use of stdin.
+    fn start(&mut self) -> io::Result<()> {
+        if let Source::Stream { unopened, pipe, .. } = &mut self.source {
+            if let Some(stream) = unopened.take() {
+                match stream.open().map_err(|e| io::Error::other(e.to_string()))? {
+                    Stdin::Pipe(fd) => *pipe = Some(fd),
+                    // Taken by another run already: nothing to read.
+                    Stdin::Bytes(data) => self.source = Source::Bytes { data, pos: 0 },
+                }
+            }
+        }
+        Ok(())
     }
 }
 
 impl AsyncRead for StdinFile {
     fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.start()?;
         match &mut self.source {
             Source::Bytes { data, pos } => {
                 let rest = &data[*pos..];
@@ -73,14 +104,27 @@ impl AsyncRead for StdinFile {
                 *pos += n;
                 Poll::Ready(Ok(()))
             }
-            Source::Pipe { fd, control } => {
-                if let input::Ready::Stopped = input::wait_readable(fd, || control.reason().is_some()) {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::Interrupted, "the run was stopped")));
+            Source::Stream { pipe: Some(fd), control, read_in_call, .. } => {
+                if buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                let call = super::call_serial();
+                if !input::readable_now(fd) {
+                    if call != 0 && *read_in_call == call {
+                        return Poll::Ready(Ok(())); // this call has bytes already: a short read
+                    }
+                    if let input::Ready::Stopped = input::wait_readable(fd, || control.reason().is_some()) {
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::Interrupted, "the run was stopped")));
+                    }
                 }
                 let n = input::read_some(fd, buf.initialize_unfilled())?;
                 buf.advance(n);
+                if n > 0 {
+                    *read_in_call = call;
+                }
                 Poll::Ready(Ok(()))
             }
+            Source::Stream { pipe: None, .. } => Poll::Ready(Ok(())),
         }
     }
 }
@@ -125,22 +169,29 @@ impl VirtualFile for StdinFile {
     fn unlink(&mut self) -> Result<(), FsError> {
         Ok(())
     }
-    fn poll_read_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    fn poll_read_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.start()?;
         match &self.source {
             Source::Bytes { .. } => Poll::Ready(Ok(self.buffered())),
-            Source::Pipe { fd, control } => {
-                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                // SAFETY: one valid pollfd; a zero timeout never blocks.
-                if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 || control.reason().is_some() {
+            Source::Stream { pipe: None, .. } => Poll::Ready(Ok(0)),
+            Source::Stream { pipe: Some(fd), control, waker, timer, .. } => {
+                if input::readable_now(fd) || control.reason().is_some() {
                     return Poll::Ready(Ok(1));
                 }
                 // Not yet: look again shortly (a guest polling stdin, e.g. in `poll_oneoff`,
-                // waits with its own timeout and the run's kill as well).
-                let waker = cx.waker().clone();
-                super::tokio_runtime().spawn(async move {
-                    tokio::time::sleep(input::STOP_CHECK).await;
-                    waker.wake();
-                });
+                // waits with its own timeout and the run's kill as well). One timer at a time,
+                // whatever the guest does, waking the latest waker.
+                *waker.lock() = Some(cx.waker().clone());
+                if !timer.swap(true, Ordering::AcqRel) {
+                    let (waker, timer) = (waker.clone(), timer.clone());
+                    super::tokio_runtime().spawn(async move {
+                        tokio::time::sleep(input::STOP_CHECK).await;
+                        timer.store(false, Ordering::Release);
+                        if let Some(w) = waker.lock().take() {
+                            w.wake();
+                        }
+                    });
+                }
                 Poll::Pending
             }
         }

@@ -884,3 +884,27 @@ fn tracing_spans_cover_the_build_the_run_and_its_phases_on_every_backend() {
         }
     }
 }
+
+/// A run stopped before its guest starts (its interrupt fired already) never reads from its
+/// stdin stream: the stream starts with the guest.
+#[test]
+fn a_run_that_never_starts_leaves_its_stdin_stream_unread_on_every_backend() {
+    struct Watched(Arc<std::sync::atomic::AtomicBool>);
+    impl std::io::Read for Watched {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(0)
+        }
+    }
+    for f in fixtures() {
+        let sb = f.sandbox(policy());
+        let touched = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handle = InterruptHandle::new();
+        handle.interrupt();
+        let options = RunOptions::new().interrupt(handle).stdin_reader(Watched(touched.clone()));
+        let out = sb.run_with(&f.guest("cat", &[]), options).unwrap();
+        assert_eq!(out.status, Status::Interrupted, "{}", f.kind);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!touched.load(std::sync::atomic::Ordering::SeqCst), "{}: the stream was read", f.kind);
+    }
+}

@@ -214,6 +214,32 @@ fn native_guests_read_a_streamed_stdin_and_stop_at_the_timeout_while_waiting() {
     drop(writer);
 }
 
+/// With several vCPUs, one waiting for a streamed stdin that never comes does not hold up the
+/// others: vCPU 0's exit ends the run at once.
+#[test]
+fn a_vcpu_waiting_for_stdin_does_not_stall_the_other_vcpus() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(Policy { cpus: Some(2), ..base() });
+    let (reader, writer) = std::io::pipe().unwrap();
+    let started = std::time::Instant::now();
+    let out = sb.run_with(&Program::path(&guest).arg("stdin_wait"), RunOptions::new().stdin_reader(reader)).unwrap();
+    assert_eq!(out.status, Status::Exited(7), "{}", text(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    drop(writer);
+    // And input that comes is read by the waiting vCPU.
+    let out =
+        sb.run_with(&Program::path(&guest).arg("stdin_wait"), RunOptions::new().stdin_reader(&b"hello"[..])).unwrap();
+    assert_eq!(out.status, Status::Exited(7), "{}", text(&out.stderr));
+}
+
+/// A WASI `fd_read` of a streamed stdin answers as `readv` does: with what has arrived (a short
+/// read across two buffers, not a wait to fill the second), and at once for an empty buffer.
+#[test]
+fn wasi_reads_of_a_streamed_stdin_return_what_has_arrived() {
+    or_skip!(hostile(), "no micro-VM");
+    crate::wasm::short_reads_of_streamed_stdin(&*sandbox(base()));
+}
+
 #[test]
 fn native_guests_read_all_of_stdin_whether_it_fits_the_boot_area_or_not() {
     let guest = or_skip!(hostile(), "no micro-VM");

@@ -764,3 +764,43 @@ fn async_runs_stay_off_the_executor_and_cancellation_interrupts_them() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Two reads on `sandbox`, each a module calling `fd_read` on a stream whose writer stays open:
+/// four bytes written into buffers of 4 and 100 bytes give a read of 4 (exit code 4), and an
+/// empty buffer reads 0 at once (exit code 0); waiting instead would end in the timeout.
+pub fn short_reads_of_streamed_stdin(sandbox: &dyn Sandbox) {
+    let module = |iovecs: &str, count: i32| {
+        format!(
+            r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "{iovecs}")
+  (func (export "_start")
+    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const {count}) (i32.const 64)))
+    (call $exit (i32.load (i32.const 64)))))"#
+        )
+    };
+    let two = module("\\00\\01\\00\\00\\04\\00\\00\\00\\00\\02\\00\\00\\64\\00\\00\\00", 2);
+    let empty = module("\\00\\01\\00\\00\\00\\00\\00\\00", 1);
+    for (wat, input, expected) in [(two, &b"abcd"[..], 4), (empty, &b""[..], 0)] {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        std::io::Write::write_all(&mut writer, input).unwrap();
+        let options = RunOptions::new().stdin_reader(reader).timeout(Duration::from_secs(5));
+        let out = sandbox.run_with(&Program::bytes(wat.into_bytes()), options).unwrap();
+        assert_eq!(
+            out.status,
+            Status::Exited(expected),
+            "{}: {}",
+            sandbox.backend(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        drop(writer);
+    }
+}
+
+#[test]
+fn wasi_reads_of_a_streamed_stdin_return_what_has_arrived() {
+    let sb = SandboxBuilder::new(BackendKind::Wasm).build().unwrap();
+    short_reads_of_streamed_stdin(&*sb);
+}

@@ -43,7 +43,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use self::image::GuestImage;
 use self::vm::{Event, Exception, Reply, Vm};
 use crate::control::{Capture, InterruptHandle, Run, RunControl, StopReason};
-use crate::input::{self, StdinSource};
+use crate::input::{self, Stdin, StdinSource};
 use crate::wasi::stdio::Sink;
 use crate::{
     ArtifactSource, BackendKind, CpuBudget, Error, Outcome, Policy, Program, Result, RunOptions, SandboxBuilder,
@@ -259,7 +259,7 @@ impl MicroVmSandbox {
         // A streamed stdin is read with the hypercall only (`stdin_more`).
         let (stdin, streamed): (&[u8], bool) = match stdin {
             Some(StdinSource::Bytes(bytes)) => (bytes, false),
-            Some(StdinSource::Pipe(_)) => (&[], true),
+            Some(StdinSource::Stream(_)) => (&[], true),
             None => (&[], false),
         };
         let room = (layout::BOOT_INFO_SIZE - header) as usize - strings.len();
@@ -318,7 +318,7 @@ impl MicroVmSandbox {
             }
         }
         // A WASI guest's stdin is its WASI environment's; a native guest's is read here.
-        let stdin = if wasm { None } else { Some(program.stdin_source()?) };
+        let stdin = if wasm { None } else { Some(program.stdin_source()) };
         let (boot, stdin_inline) = self.boot_info(&image, program, wasm, stdin.as_ref())?;
 
         let mut run = Run::begin(&self.interrupt, options.handles());
@@ -354,6 +354,8 @@ impl MicroVmSandbox {
         }
 
         drop(wasi_span);
+        // A streamed stdin starts now, just before the guest (see `crate::input`).
+        let stdin = stdin.map(StdinSource::open).transpose()?;
         let vm = tracing::debug_span!("vm.start").in_scope(|| Vm::start(&image, &boot, seccomp_vcpu::filter()))?;
         let stopper = vm.stopper();
         let process = wasi.as_ref().map(|w| w.process());
@@ -380,6 +382,8 @@ impl MicroVmSandbox {
             control: &control,
             stdin,
             stdin_at: stdin_inline,
+            waiting_reads: std::collections::VecDeque::new(),
+            defer_read: None,
             host_functions: &self.host_functions,
             wasi: wasi.as_mut(),
             status: None,
@@ -454,8 +458,13 @@ struct Session<'a> {
     sink: &'a Arc<Sink>,
     control: &'a Arc<RunControl>,
     /// A native guest's stdin (`None` for a WASI guest) and how much of its bytes it has read.
-    stdin: Option<StdinSource>,
+    stdin: Option<Stdin>,
     stdin_at: usize,
+    /// Reads of a streamed stdin waiting for input (vCPU, buffer), oldest first: with several
+    /// vCPUs, one waiting for input must not hold up the others' calls (see `serve`).
+    waiting_reads: std::collections::VecDeque<(u32, Span)>,
+    /// Set by a read that has to wait (taken by `hypercall`).
+    defer_read: Option<Span>,
     host_functions: &'a HashMap<String, HostFunction>,
     wasi: Option<&'a mut wasi::WasiService>,
     status: Option<Status>,
@@ -469,9 +478,30 @@ fn bad_host_call(message: String) -> Status {
 impl Session<'_> {
     fn serve(&mut self) {
         while self.status.is_none() {
-            let Ok(event) = self.vm.events.recv() else { break };
+            let event = if self.waiting_reads.is_empty() {
+                match self.vm.events.recv() {
+                    Ok(event) => event,
+                    Err(_) => break,
+                }
+            } else {
+                // Some vCPU waits for stdin: look for its input between the others' events.
+                match self.vm.events.recv_timeout(Duration::from_millis(1)) {
+                    Ok(event) => event,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if self.control.reason().is_some() {
+                            return;
+                        }
+                        self.answer_waiting_reads();
+                        continue;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            };
             let (cpu, reply) = match event {
-                Event::Hypercall { cpu } => (cpu, self.hypercall(cpu)),
+                Event::Hypercall { cpu } => match self.hypercall(cpu) {
+                    Some(reply) => (cpu, reply),
+                    None => continue, // a read that waits for input
+                },
                 Event::Exception { cpu, exception } => {
                     self.status = Some(self.exception(exception));
                     (cpu, Reply::Quit)
@@ -538,28 +568,45 @@ impl Session<'_> {
         self.vm.memory.write_slice(bytes, GuestAddress(span.addr)).map_err(|e| e.to_string())
     }
 
-    fn hypercall(&mut self, cpu: u32) -> Reply {
+    /// Serves vCPU `cpu`'s call; `None` when it is a read that waits for input (answered
+    /// later by [`Session::answer_waiting_reads`]).
+    fn hypercall(&mut self, cpu: u32) -> Option<Reply> {
         let at = GuestAddress(layout::mailbox(cpu));
         let mut bytes = [0u8; MAILBOX_BYTES];
         if self.vm.memory.read_slice(&mut bytes, at).is_err() {
             self.status = Some(bad_host_call("unreadable mailbox".into()));
-            return Reply::Quit;
+            return Some(Reply::Quit);
         }
         let request = match sandcell_abi::decode(&bytes) {
             Ok(r) => r,
             Err(e) => {
                 self.status = Some(bad_host_call(format!("invalid hypercall: {e}")));
-                return Reply::Quit;
+                return Some(Reply::Quit);
             }
         };
         let (ret, ret2) = match self.serve_request(request) {
             Ok(r) => r,
             Err(message) => {
                 self.status = Some(bad_host_call(message));
-                return Reply::Quit;
+                return Some(Reply::Quit);
             }
         };
+        if let Some(buf) = self.defer_read.take() {
+            self.waiting_reads.push_back((cpu, buf));
+            return None;
+        }
+        Some(self.answer(cpu, ret, ret2))
+    }
+
+    /// Writes a call's results into vCPU `cpu`'s mailbox.
+    fn answer(&mut self, cpu: u32, ret: i64, ret2: u64) -> Reply {
         if self.status.is_some() {
+            return Reply::Quit;
+        }
+        let at = GuestAddress(layout::mailbox(cpu));
+        let mut bytes = [0u8; MAILBOX_BYTES];
+        if self.vm.memory.read_slice(&mut bytes, at).is_err() {
+            self.status = Some(bad_host_call("unreadable mailbox".into()));
             return Reply::Quit;
         }
         let mut m = Mailbox::from_bytes(&bytes);
@@ -570,6 +617,28 @@ impl Session<'_> {
             return Reply::Quit;
         }
         Reply::Resume
+    }
+
+    /// Answers the reads waiting for a streamed stdin, oldest first, while input (or its end)
+    /// is there.
+    fn answer_waiting_reads(&mut self) {
+        while let Some(&(cpu, buf)) = self.waiting_reads.front() {
+            let Some(Stdin::Pipe(fd)) = &self.stdin else { return };
+            if !input::readable_now(fd) {
+                return;
+            }
+            self.waiting_reads.pop_front();
+            let mut chunk = vec![0u8; buf.len.min(64 * 1024) as usize];
+            let n = input::read_some(fd, &mut chunk).unwrap_or(0);
+            let reply = match self.write(buf, &chunk[..n]) {
+                Ok(()) => self.answer(cpu, n as i64, 0),
+                Err(message) => {
+                    self.status = Some(bad_host_call(message));
+                    Reply::Quit
+                }
+            };
+            self.vm.reply(cpu, reply);
+        }
     }
 
     fn serve_request(&mut self, request: Request) -> std::result::Result<(i64, u64), String> {
@@ -607,14 +676,19 @@ impl Session<'_> {
                 self.check(buf)?;
                 let want = buf.len.min(64 * 1024) as usize;
                 match &self.stdin {
-                    Some(StdinSource::Bytes(bytes)) => {
+                    Some(Stdin::Bytes(bytes)) => {
                         let rest = &bytes[self.stdin_at.min(bytes.len())..];
                         let n = rest.len().min(want);
                         self.write(buf, &rest[..n])?;
                         self.stdin_at += n;
                         (n as i64, 0)
                     }
-                    Some(StdinSource::Pipe(fd)) => {
+                    Some(Stdin::Pipe(fd)) => {
+                        if self.image.vcpus > 1 && !input::readable_now(fd) {
+                            // Answered by `serve` once input arrives; the other vCPUs go on.
+                            self.defer_read = Some(buf);
+                            return Ok((0, 0));
+                        }
                         let control = self.control;
                         if let input::Ready::Stopped = input::wait_readable(fd, || control.reason().is_some()) {
                             return Ok((0, 0)); // the run is ending; the guest is stopped next

@@ -14,7 +14,7 @@ use super::jail::{self, Launch, Step};
 use super::lower::cstr;
 use super::{cgroup, netns, restore_dumpable, seccomp, stacks, sys, template, vforker, ProcessSandbox};
 use crate::control::{Capture, Run, RunControl, StopReason};
-use crate::input::StdinSource;
+use crate::input::Stdin;
 use crate::sandbox::narrowed;
 use crate::{Artifact, CpuBudget, Error, Outcome, Program, Result, RunOptions, Status, Stream, Usage};
 
@@ -74,15 +74,6 @@ impl ProcessSandbox {
         let cwd = cstr(program.working_dir().unwrap_or(Path::new("/")).as_os_str().as_bytes());
 
         let setup_err = |action: &'static str| move |e: io::Error| Error::setup(action, e);
-        // Stdin: a pipe the supervisor fills with the program's bytes, or the pipe a streamed
-        // stdin is copied into (see `crate::input`), handed to the guest as it is.
-        let (stdin_r, stdin_w, stdin) = match program.stdin_source()? {
-            StdinSource::Pipe(r) => (r, None, Arc::from(&[][..])),
-            StdinSource::Bytes(bytes) => {
-                let (r, w) = sys::pipe().map_err(setup_err("create the stdin pipe"))?;
-                (r, Some(w), bytes)
-            }
-        };
         let (stdout_r, stdout_w) = sys::pipe().map_err(setup_err("create the stdout pipe"))?;
         let (stderr_r, stderr_w) = sys::pipe().map_err(setup_err("create the stderr pipe"))?;
         let (error_r, error_w) = sys::pipe().map_err(setup_err("create the status pipe"))?;
@@ -123,6 +114,16 @@ impl ProcessSandbox {
         // See `sys::clone_jail` and `vforker`.
         let shares_memory = self.plan.landlock.is_some();
         let job = vforker::Job::new(netns.as_ref());
+        // Stdin: a pipe the supervisor fills with the program's bytes, or the pipe a streamed
+        // stdin is copied into (see `crate::input`), handed to the guest as it is. A stream is
+        // started only now that nothing but the launch itself can refuse the run.
+        let (stdin_r, stdin_w, stdin) = match program.stdin_source().open()? {
+            Stdin::Pipe(r) => (r, None, Arc::from(&[][..])),
+            Stdin::Bytes(bytes) => {
+                let (r, w) = sys::pipe().map_err(setup_err("create the stdin pipe"))?;
+                (r, Some(w), bytes)
+            }
+        };
         let launch = Launch {
             plan: &self.plan,
             exec: &exec,

@@ -15,6 +15,7 @@ sandcell_guest::entry!(main);
 
 static DATA: [u8; 16] = [0xc3; 16]; // `ret` instructions, in a non-executable data page
 static ARRIVED: AtomicU32 = AtomicU32::new(0);
+static READING: AtomicU32 = AtomicU32::new(0);
 const SECRET: u64 = 0x5ec2_e7ed_ba5e_ba11;
 
 #[inline(never)]
@@ -42,6 +43,14 @@ fn plant_secret() {
 fn main() -> i32 {
     let mode = args().nth(1).unwrap_or("");
     let arg = args().nth(2).unwrap_or("");
+    if cpu_id() != 0 && mode == "stdin_wait" {
+        // Secondary vCPUs wait for stdin (forever, if none comes) while vCPU 0 exits.
+        READING.fetch_add(1, Ordering::SeqCst);
+        let mut buf = [0u8; 16];
+        let n = read_stdin(&mut buf);
+        println!("cpu {} read {n}", cpu_id());
+        return 0;
+    }
     if cpu_id() != 0 {
         // Secondary vCPUs: announce themselves and stop.
         println!("cpu {} of {}", cpu_id(), vcpu_count());
@@ -179,6 +188,16 @@ fn main() -> i32 {
                     total += n;
                 }
                 println!("stdin {total} bytes, fnv {hash:016x}");
+            }
+            "stdin_wait" => {
+                while READING.load(Ordering::SeqCst) < vcpu_count() - 1 {
+                    core::hint::spin_loop();
+                }
+                // Give the readers time to reach the host.
+                for _ in 0..50_000_000u64 {
+                    core::hint::spin_loop();
+                }
+                return 7;
             }
             "cpus" => {
                 let want = vcpu_count() - 1;
