@@ -782,7 +782,7 @@ fn run_options_narrow_one_run_and_never_widen_the_policy() {
 fn streamed_stdin_reaches_the_guest_as_it_arrives_on_every_backend() {
     for f in fixtures() {
         let sb = f.sandbox(policy());
-        let (reader, mut writer) = std::io::pipe().unwrap();
+        let (reader, mut writer) = crate::common::pipe();
         let (echoed, seen) = std::sync::mpsc::channel::<()>();
         let feeder = std::thread::spawn(move || {
             use std::io::Write;
@@ -817,7 +817,7 @@ fn streamed_stdin_reaches_the_guest_as_it_arrives_on_every_backend() {
 fn a_guest_waiting_for_streamed_stdin_ends_at_its_timeout_and_interrupt_on_every_backend() {
     for f in fixtures() {
         let sb = f.sandbox(policy());
-        let (reader, writer) = std::io::pipe().unwrap();
+        let (reader, writer) = crate::common::pipe();
         let started = Instant::now();
         let out = sb
             .run_with(&f.guest("cat", &[]), RunOptions::new().stdin_reader(reader).timeout(Duration::from_millis(300)))
@@ -825,7 +825,7 @@ fn a_guest_waiting_for_streamed_stdin_ends_at_its_timeout_and_interrupt_on_every
         assert_eq!(out.status, Status::Timeout, "{}", f.kind);
         assert!(started.elapsed() < Duration::from_secs(5), "{}: {:?}", f.kind, started.elapsed());
 
-        let (reader2, writer2) = std::io::pipe().unwrap();
+        let (reader2, writer2) = crate::common::pipe();
         let handle = InterruptHandle::new();
         let h = handle.clone();
         let t = std::thread::spawn(move || {

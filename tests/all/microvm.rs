@@ -191,7 +191,7 @@ fn native_guests_read_a_streamed_stdin_and_stop_at_the_timeout_while_waiting() {
         bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
     };
     let input: Vec<u8> = (0..200_000usize).map(|i| (i * 13 + i / 97) as u8).collect();
-    let (reader, mut writer) = std::io::pipe().unwrap();
+    let (reader, mut writer) = crate::common::pipe();
     let feed = input.clone();
     let feeder = std::thread::spawn(move || {
         use std::io::Write;
@@ -205,7 +205,7 @@ fn native_guests_read_a_streamed_stdin_and_stop_at_the_timeout_while_waiting() {
     assert_eq!(out.status, Status::Exited(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), format!("stdin 200000 bytes, fnv {:016x}\nstdin: survived\n", fnv(&input)));
 
-    let (reader, writer) = std::io::pipe().unwrap();
+    let (reader, writer) = crate::common::pipe();
     let started = std::time::Instant::now();
     let options = RunOptions::new().stdin_reader(reader).timeout(std::time::Duration::from_millis(300));
     let out = sb.run_with(&Program::path(&guest).arg("stdin"), options).unwrap();
@@ -220,7 +220,7 @@ fn native_guests_read_a_streamed_stdin_and_stop_at_the_timeout_while_waiting() {
 fn a_vcpu_waiting_for_stdin_does_not_stall_the_other_vcpus() {
     let guest = or_skip!(hostile(), "no micro-VM");
     let sb = sandbox(Policy { cpus: Some(2), ..base() });
-    let (reader, writer) = std::io::pipe().unwrap();
+    let (reader, writer) = crate::common::pipe();
     let started = std::time::Instant::now();
     let out = sb.run_with(&Program::path(&guest).arg("stdin_wait"), RunOptions::new().stdin_reader(reader)).unwrap();
     assert_eq!(out.status, Status::Exited(7), "{}", text(&out.stderr));

@@ -784,7 +784,7 @@ pub fn short_reads_of_streamed_stdin(sandbox: &dyn Sandbox) {
     let two = module("\\00\\01\\00\\00\\04\\00\\00\\00\\00\\02\\00\\00\\64\\00\\00\\00", 2);
     let empty = module("\\00\\01\\00\\00\\00\\00\\00\\00", 1);
     for (wat, input, expected) in [(two, &b"abcd"[..], 4), (empty, &b""[..], 0)] {
-        let (reader, mut writer) = std::io::pipe().unwrap();
+        let (reader, mut writer) = crate::common::pipe();
         std::io::Write::write_all(&mut writer, input).unwrap();
         let options = RunOptions::new().stdin_reader(reader).timeout(Duration::from_secs(5));
         let out = sandbox.run_with(&Program::bytes(wat.into_bytes()), options).unwrap();
