@@ -186,6 +186,15 @@ typedef struct {
   // Like `on_output`, and returns non-zero to stop the run (see sandcell_output_fn2). Set
   // `on_output` or `on_output2`, not both.
   sandcell_output_fn2 on_output2;
+  // Non-zero: the run's stdin is streamed from `stdin_fd` instead of the program's bytes —
+  // the guest reads input as it arrives (a pipe, a socket, a file, a terminal). The library
+  // reads a duplicate of the descriptor, so the caller may close `stdin_fd` once the call has
+  // returned; it starts reading when the guest starts, and a guest waiting for input still
+  // ends at its timeout. A descriptor that never ends keeps a thread of the library's reading
+  // its duplicate until it does.
+  uint32_t stream_stdin;
+  // The descriptor `stream_stdin` streams from.
+  int stdin_fd;
 } sandcell_run_options_t;
 
 // What a run consumed. Set `size` before passing it to sandcell_outcome_usage():

@@ -315,7 +315,15 @@ unsafe fn run(sb: *mut Sandbox, prog: *mut Program, outcomes: &mut Handles<Outco
             _ => std::mem::size_of::<RunOptions>(),
         };
         // Room past the struct, zeroed, for a caller that says it is bigger (a newer header).
-        let empty = RunOptions { size: 0, on_output: None, user_data: null_mut(), interrupt: null(), on_output2: None };
+        let empty = RunOptions {
+            size: 0,
+            on_output: None,
+            user_data: null_mut(),
+            interrupt: null(),
+            on_output2: None,
+            stream_stdin: 0,
+            stdin_fd: 0,
+        };
         let options = [RunOptions { size, interrupt: watchdog, ..empty }, empty];
         let target = watchdog as usize;
         let timer = std::thread::spawn(move || {

@@ -44,6 +44,15 @@ pub struct RunOptions {
     /// Like `on_output`, and returns non-zero to stop the run (see sandcell_output_fn2). Set
     /// `on_output` or `on_output2`, not both.
     pub on_output2: OutputFn2,
+    /// Non-zero: the run's stdin is streamed from `stdin_fd` instead of the program's bytes —
+    /// the guest reads input as it arrives (a pipe, a socket, a file, a terminal). The library
+    /// reads a duplicate of the descriptor, so the caller may close `stdin_fd` once the call has
+    /// returned; it starts reading when the guest starts, and a guest waiting for input still
+    /// ends at its timeout. A descriptor that never ends keeps a thread of the library's reading
+    /// its duplicate until it does.
+    pub stream_stdin: u32,
+    /// The descriptor `stream_stdin` streams from.
+    pub stdin_fd: c_int,
 }
 
 const _: () = assert!(std::mem::offset_of!(RunOptions, size) == 0);
@@ -180,6 +189,16 @@ pub unsafe extern "C" fn sandcell_sandbox_run(
                             run_options = run_options.interrupt(i.handle().clone());
                         }
                     }
+                }
+                if o.stream_stdin != 0 {
+                    if o.stdin_fd < 0 {
+                        return Err(invalid(format!("options->stdin_fd is {}, not a descriptor", o.stdin_fd)));
+                    }
+                    // SAFETY: only duplicated (F_DUPFD_CLOEXEC), which fails on a closed descriptor.
+                    let fd = std::os::fd::BorrowedFd::borrow_raw(o.stdin_fd)
+                        .try_clone_to_owned()
+                        .map_err(|e| invalid(format!("options->stdin_fd {}: {e}", o.stdin_fd)))?;
+                    run_options = run_options.stdin_reader(std::fs::File::from(fd));
                 }
             }
             let result = sb.0.run_with(&prog.0, run_options).map_err(from_sandcell)?;

@@ -60,6 +60,8 @@ class RunOptions(Structure):
         ("user_data", c_void_p),
         ("interrupt", c_void_p),
         ("on_output2", OUTPUT_FN2),
+        ("stream_stdin", c_uint32),
+        ("stdin_fd", c_int),
     ]
 
 

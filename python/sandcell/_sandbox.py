@@ -7,7 +7,7 @@ import math
 import os
 import threading
 from ctypes import byref, c_void_p
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Union
 
 from . import _lib
 from ._errors import InvalidArgumentError, InvalidPolicyError, check, text
@@ -29,13 +29,26 @@ class _Call(NamedTuple):
 
     program: Program
     args: Sequence[str]
-    stdin: Optional[Union[bytes, str]]
+    stdin: Any
     env: Optional[Mapping[str, str]]
     cwd: Optional[str]
     entry: Optional[str]
     name: Optional[str]
     on_stdout: Optional[OutputCallback]
     on_stderr: Optional[OutputCallback]
+
+
+def _stdin_fd(stdin: Any) -> Optional[int]:
+    """The descriptor a file-like `stdin` streams from, or None for bytes, str and None."""
+    if stdin is None or isinstance(stdin, (bytes, bytearray, memoryview, str)):
+        return None
+    fileno = getattr(stdin, "fileno", None)
+    if fileno is None:
+        raise TypeError(
+            f"stdin must be bytes, str, or a file object with fileno() (a pipe, socket or file), "
+            f"not {type(stdin).__name__}"
+        )
+    return int(fileno())
 
 
 def _configure(prog: c_void_p, call: _Call) -> None:
@@ -45,7 +58,7 @@ def _configure(prog: c_void_p, call: _Call) -> None:
         raise TypeError("args must be a sequence of strings, not a single string")
     for a in args:
         check(lib.sandcell_program_add_arg(prog, text(a, "argument")))
-    if call.stdin is not None:
+    if call.stdin is not None and _stdin_fd(call.stdin) is None:
         data = call.stdin.encode() if isinstance(call.stdin, str) else bytes(call.stdin)
         check(lib.sandcell_program_set_stdin(prog, data, len(data)))
     for k, v in (call.env or {}).items():
@@ -130,7 +143,7 @@ class Sandbox:
         program: Program,
         args: Sequence[str] = (),
         *,
-        stdin: Optional[Union[bytes, str]] = None,
+        stdin: Optional[Union[bytes, str, BinaryIO]] = None,
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
         entry: Optional[str] = None,
@@ -149,6 +162,12 @@ class Sandbox:
         `on_stdout` / `on_stderr` receive output as the guest produces it (it is also in the
         outcome); they run on this thread. If a callback raises, the run is stopped and the
         exception re-raised. `interrupt` stops the run when triggered (see `Interrupt`).
+
+        `stdin` is bytes (or str, encoded as UTF-8) the guest reads, then end-of-file; or a
+        binary file object with a descriptor (`sys.stdin.buffer`, a pipe, a socket, an open
+        file), streamed: the guest reads its input as it arrives. The library reads the
+        descriptor itself (from a duplicate), so data Python has already buffered in the file
+        object is not seen.
 
         `timeout` (seconds, or a string such as `"500ms"`) limits this run's wall-clock time on
         top of the policy's `timeout`, which still applies: the shorter one ends the run, with
@@ -169,7 +188,7 @@ class Sandbox:
         program: Program,
         args: Sequence[str] = (),
         *,
-        stdin: Optional[Union[bytes, str]] = None,
+        stdin: Optional[Union[bytes, str, BinaryIO]] = None,
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
         entry: Optional[str] = None,
@@ -273,14 +292,21 @@ class Sandbox:
                     _configure(prog, call)
                 if stop is not None and seconds is not None:
                     stop.start_timer(seconds)
+                stdin_fd = _stdin_fd(call.stdin)
                 if call.on_stdout is None and call.on_stderr is None:
-                    options = _lib.RunOptions(_lib.RUN_OPTIONS_SIZE, interrupt=interrupt) if interrupt else None
+                    options = (
+                        _lib.RunOptions(_lib.RUN_OPTIONS_SIZE, interrupt=interrupt)
+                        if interrupt or stdin_fd is not None
+                        else None
+                    )
+                    if options is not None and stdin_fd is not None:
+                        options.stream_stdin, options.stdin_fd = 1, stdin_fd
                     out = c_void_p()
                     error = _sandbox_run(handle, prog, byref(options) if options else None, byref(out))
                     if error:
                         check(error)
                     return Outcome(out)
-                return self._run_streaming(handle, prog, call.on_stdout, call.on_stderr, interrupt)
+                return self._run_streaming(handle, prog, call.on_stdout, call.on_stderr, interrupt, stdin_fd)
             finally:
                 _program_free(prog)
         finally:
@@ -293,6 +319,7 @@ class Sandbox:
         on_stdout: Optional[OutputCallback],
         on_stderr: Optional[OutputCallback],
         interrupt: Optional[c_void_p],
+        stdin_fd: Optional[int],
     ) -> Outcome:
         failure: List[BaseException] = []
 
@@ -313,6 +340,8 @@ class Sandbox:
 
         callback = _lib.OUTPUT_FN2(deliver)
         options = _lib.RunOptions(_lib.RUN_OPTIONS_SIZE, interrupt=interrupt, on_output2=callback)
+        if stdin_fd is not None:
+            options.stream_stdin, options.stdin_fd = 1, stdin_fd
         out = c_void_p()
         check(_sandbox_run(sandbox, prog, byref(options), byref(out)))
         outcome = Outcome(out)

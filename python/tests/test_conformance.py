@@ -239,3 +239,38 @@ def test_working_directory_is_set_or_refused(fx: Fixture, dirs) -> None:
             # WASI preview 1 has no working directory: refused loudly rather than ignored.
             with pytest.raises(sandcell.InvalidProgramError, match="working directory"):
                 fx.run(sb, "cwd", cwd="/work")
+
+
+def test_stdin_streams_from_a_file_object_as_input_arrives(fx: Fixture) -> None:
+    # The second line is written only after the guest has echoed the first: a backend that
+    # waited for the end of the input would never see it (the run would time out).
+    r, w = os.pipe()
+    echoed = threading.Event()
+
+    def feed() -> None:
+        os.write(w, b"first line\n")
+        echoed.wait(20)
+        os.write(w, b"second line\n")
+        os.close(w)
+
+    def on_stdout(chunk: bytes) -> None:
+        if b"first" in chunk:
+            echoed.set()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    with fx.sandbox() as sb, os.fdopen(r, "rb", buffering=0) as stdin:
+        out = fx.run(sb, "echo", stdin=stdin, on_stdout=on_stdout, timeout=25)
+    feeder.join()
+    assert echoed.is_set()
+    assert out.status == "exited" and out.stdout == b"first line\nsecond line\n", out
+
+
+def test_stdin_from_a_regular_file_and_bad_stdin_types(fx: Fixture, tmp_path: Path) -> None:
+    data = tmp_path / "input"
+    data.write_bytes(b"from a file")
+    with fx.sandbox() as sb:
+        with open(data, "rb") as f:
+            assert fx.run(sb, "cat", stdin=f).stdout == b"from a file"
+        with pytest.raises(TypeError, match="stdin"):
+            fx.run(sb, "cat", stdin=12.5)  # type: ignore[arg-type]

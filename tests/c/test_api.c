@@ -773,6 +773,27 @@ static void test_runs(const char *backend) {
         CHECK(output_is(o, SANDCELL_STREAM_STDERR, "err"));
         sandcell_outcome_free(o);
     }
+
+    /* The same guest with stdin streamed from a descriptor (a pipe): the library reads its own
+     * duplicate, so ours is closed right after the call; a bad descriptor is refused. */
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    CHECK(write(fds[1], "streamed", 8) == 8);
+    close(fds[1]);
+    sandcell_run_options_t streamed = {.size = sizeof(sandcell_run_options_t)};
+    streamed.stream_stdin = 1;
+    streamed.stdin_fd = fds[0];
+    if ((o = run(sb, cat, &streamed))) {
+        CHECK(output_is(o, SANDCELL_STREAM_STDOUT, "streamed"));
+        sandcell_outcome_free(o);
+    }
+    close(fds[0]);
+    streamed.stdin_fd = -1;
+    sandcell_outcome_t *none = NULL;
+    FAILS(sandcell_sandbox_run(sb, cat, &streamed, &none), SANDCELL_ERROR_INVALID_ARGUMENT, "stdin_fd");
+    CHECK(none == NULL);
+    streamed.stdin_fd = 1000000;
+    FAILS(sandcell_sandbox_run(sb, cat, &streamed, &none), SANDCELL_ERROR_INVALID_ARGUMENT, "stdin_fd");
     sandcell_program_free(cat);
 
     sandcell_program_t *env = wat(ENV);
