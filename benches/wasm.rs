@@ -4,6 +4,11 @@
 //! - `wasm/hello_cached`: run the cached hello world end to end: fresh store, WASI environment,
 //!   instantiate, `_start`, captured stdout, teardown — what `Sandbox::run` costs per run.
 //! - `wasm/export_call_fresh_instance`: call an `add` export on a fresh instance of a cached module.
+//! - `wasm/hello_prepared`: the hello world from `Sandbox::prepare`.
+//! - `cpython/print1_cached` and `cpython/print1_prepared`: CPython for WASI running
+//!   `-c "print(1)"`, plain (the module read and looked up per run) and prepared. Only when
+//!   `SANDCELL_CPYTHON_WASM` names the module (`scripts/fetch-interpreters.sh` fetches the pinned
+//!   one and prints its path).
 //!
 //! Run: `cargo bench --bench wasm`; `scripts/bench-report` puts the figures next to wasmtime's.
 
@@ -38,6 +43,22 @@ fn benches(c: &mut Criterion) {
             out
         })
     });
+
+    let prepared = sandbox.prepare(&hello).unwrap();
+    c.bench_function("wasm/hello_prepared", |b| b.iter(|| prepared.run().unwrap()));
+
+    if let Some(python) = std::env::var_os("SANDCELL_CPYTHON_WASM") {
+        let python = Program::path(python).args(["-c", "print(1)"]);
+        assert_eq!(sandbox.run(&python).unwrap().stdout, b"1\n");
+        let mut group = c.benchmark_group("cpython");
+        group.sample_size(20);
+        group.bench_function("print1_cached", |b| b.iter(|| sandbox.run(&python).unwrap()));
+        let prepared = sandbox.prepare(&python).unwrap();
+        group.bench_function("print1_prepared", |b| b.iter(|| prepared.run().unwrap()));
+        group.finish();
+    } else {
+        eprintln!("cpython/*: skipped (set SANDCELL_CPYTHON_WASM, see scripts/fetch-interpreters.sh)");
+    }
 
     let add = Program::bytes(ADD.as_bytes().to_vec()).entry("add").args(["1", "2"]);
     assert_eq!(sandbox.run(&add).unwrap().stdout, b"3\n");

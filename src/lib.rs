@@ -78,7 +78,7 @@ pub use probe::{BackendSupport, Cgroups, HostSupport, KvmFlavor, Probe};
 pub use program::{Artifact, Program};
 #[cfg(feature = "async")]
 pub use sandbox::RunAsync;
-pub use sandbox::{sandbox, BackendKind, HostFunction, RunOptions, Sandbox, SandboxBuilder};
+pub use sandbox::{sandbox, BackendKind, HostFunction, Prepared, PrivateToken, RunOptions, Sandbox, SandboxBuilder};
 
 /// Compile-time check that the public types can cross threads.
 #[allow(dead_code)]

@@ -189,6 +189,89 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
 
     /// The sandbox's interrupt handle: stops every run in progress on this sandbox.
     fn interrupt_handle(&self) -> InterruptHandle;
+
+    /// Does once what every run of `program` on this sandbox would repeat, and returns it ready
+    /// to run (see [`Prepared`]). Errors are those a run would have (an unreadable or invalid
+    /// program, a module over its compilation budgets), found now instead.
+    fn prepare(&self, program: &Program) -> Result<Prepared<'_>>;
+
+    /// Runs a program [`prepare`](Sandbox::prepare)d on this sandbox (called by
+    /// [`Prepared::run_with`]; the token keeps it from being called from outside the crate).
+    #[doc(hidden)]
+    fn run_prepared(&self, prepared: &Prepared<'_>, options: RunOptions, _: PrivateToken) -> Result<Outcome> {
+        self.run_with(&prepared.program, options)
+    }
+}
+
+/// Stops [`Sandbox::run_prepared`] from being called from outside the crate.
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct PrivateToken(());
+
+/// A program made ready to run, many times, on the sandbox that prepared it
+/// ([`Sandbox::prepare`]).
+///
+/// What is done once today: reading and checking the program and finding (or compiling) its
+/// compiled form — the wasm backend's compiled module, the micro-VM's guest image — so that each
+/// run starts from it instead of reading the file again and looking it up by its contents (for
+/// a 26 MB interpreter that lookup hashes 26 MB per run). A `Prepared` keeps the program as it
+/// was when prepared: changing the file afterwards does not change what its runs execute. The
+/// process backend prepares only the checks of the program for now. Runs share nothing
+/// writable: each gets a new instance, VM or process, exactly as [`Sandbox::run`] does, and its
+/// own [`RunOptions`] (stdin, limits, interrupt).
+///
+/// ```
+/// use sandcell::{BackendKind, Program, RunOptions, SandboxBuilder, Status};
+/// let sandbox = SandboxBuilder::new(BackendKind::Wasm).build()?;
+/// let prepared = sandbox.prepare(&Program::path("examples/hello.wat"))?;
+/// for _ in 0..3 {
+///     assert_eq!(prepared.run()?.status, Status::Exited(0));
+/// }
+/// let outcome = prepared.run_with(RunOptions::new().stdin(b"input".to_vec()))?;
+/// # Ok::<(), sandcell::Error>(())
+/// ```
+pub struct Prepared<'s> {
+    sandbox: &'s dyn Sandbox,
+    program: Program,
+    /// The backend's prepared state (its type is the backend's business).
+    pub(crate) artifact: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl<'s> Prepared<'s> {
+    /// A prepared program with the backend's state (for backends' `prepare`).
+    pub(crate) fn new(
+        sandbox: &'s dyn Sandbox,
+        program: &Program,
+        artifact: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
+        Prepared { sandbox, program: program.clone(), artifact }
+    }
+
+    /// Runs the prepared program.
+    pub fn run(&self) -> Result<Outcome> {
+        self.run_with(RunOptions::default())
+    }
+
+    /// Runs the prepared program with [`RunOptions`] of this run.
+    pub fn run_with(&self, options: RunOptions) -> Result<Outcome> {
+        self.sandbox.run_prepared(self, options, PrivateToken(()))
+    }
+
+    /// The program as prepared (its arguments and environment are every run's).
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// The sandbox that prepared it.
+    pub fn sandbox(&self) -> &'s dyn Sandbox {
+        self.sandbox
+    }
+}
+
+impl fmt::Debug for Prepared<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared").field("backend", &self.sandbox.backend()).field("program", &self.program).finish()
+    }
 }
 
 /// Builds a [`Sandbox`] for a backend: the policy plus backend configuration that is not policy

@@ -908,3 +908,53 @@ fn a_run_that_never_starts_leaves_its_stdin_stream_unread_on_every_backend() {
         assert!(!touched.load(std::sync::atomic::Ordering::SeqCst), "{}: the stream was read", f.kind);
     }
 }
+
+/// `Sandbox::prepare`: a prepared program runs many times with each run's own stdin and
+/// options, behaves as a plain run does, and keeps what it was prepared from.
+#[test]
+fn a_prepared_program_runs_many_times_like_a_plain_run_on_every_backend() {
+    for f in fixtures() {
+        let sb = f.sandbox(policy());
+        let prepared = sb.prepare(&f.guest("hello", &["one"]).env("GREETING", "hi")).unwrap();
+        assert_eq!(prepared.sandbox().backend(), f.kind);
+        for i in 0..3 {
+            let out = prepared.run_with(RunOptions::new().stdin(format!("in-{i}").into_bytes())).unwrap();
+            assert_eq!(out.status, Status::Exited(0), "{}", f.kind);
+            let stdout = text(&out.stdout);
+            assert!(stdout.contains("args: one"), "{}: {stdout}", f.kind);
+            assert!(stdout.contains(&format!("stdin: in-{i}")), "{}: {stdout}", f.kind);
+            assert!(stdout.contains("GREETING=hi"), "{}: {stdout}", f.kind);
+        }
+        // Each run's limits and streams are its own.
+        let spin = sb.prepare(&f.guest("spin", &[])).unwrap();
+        let out = spin.run_with(RunOptions::new().timeout(Duration::from_millis(200))).unwrap();
+        assert_eq!(out.status, Status::Timeout, "{}", f.kind);
+        let cat = sb.prepare(&f.guest("cat", &[])).unwrap();
+        let out = cat.run_with(RunOptions::new().stdin_reader(&b"streamed"[..])).unwrap();
+        assert_eq!(text(&out.stdout), "streamed", "{}", f.kind);
+        // What a run would refuse, prepare refuses.
+        assert!(sb.prepare(&Program::path("/nonexistent/program.wasm")).is_err() || f.kind == BackendKind::Process);
+    }
+}
+
+/// A prepared module is the one that was prepared: replacing the file afterwards does not
+/// change what its runs execute (WASI backends; the process backend executes the path).
+#[test]
+fn a_prepared_module_keeps_what_it_was_prepared_from() {
+    for f in fixtures().into_iter().filter(|f| f.kind != BackendKind::Process) {
+        let dir = common::TempDir::new("prepared");
+        let path = dir.join("exit.wat");
+        let module = |code: i32| {
+            format!(
+                r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func $e (param i32)))
+                   (memory (export "memory") 1) (func (export "_start") (call $e (i32.const {code}))))"#
+            )
+        };
+        std::fs::write(&path, module(3)).unwrap();
+        let sb = f.sandbox(policy());
+        let prepared = sb.prepare(&Program::path(&path)).unwrap();
+        std::fs::write(&path, module(4)).unwrap();
+        assert_eq!(prepared.run().unwrap().status, Status::Exited(3), "{}", f.kind);
+        assert_eq!(sb.run(&Program::path(&path)).unwrap().status, Status::Exited(4), "{}", f.kind);
+    }
+}

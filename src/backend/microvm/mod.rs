@@ -287,7 +287,8 @@ impl MicroVmSandbox {
         Ok((boot, inline))
     }
 
-    fn run_inner(&self, program: &Program, options: RunOptions, started: Instant) -> Result<Outcome> {
+    /// What the micro-VM refuses in a program before building its image.
+    fn check_program(program: &Program) -> Result<()> {
         program.validate()?;
         if program.working_dir().is_some() {
             return Err(Error::invalid_program(
@@ -297,7 +298,24 @@ impl MicroVmSandbox {
         if program.entry_point().is_some() {
             return Err(Error::invalid_program("entry points are a wasm-backend feature; a micro-VM runs `_start`"));
         }
-        let (image, wasm, source) = tracing::debug_span!("image").in_scope(|| self.image(program))?;
+        Ok(())
+    }
+
+    /// Runs `program`, from its `prepared` image if it has one.
+    fn run_inner(
+        &self,
+        program: &Program,
+        prepared: Option<&PreparedImage>,
+        options: RunOptions,
+        started: Instant,
+    ) -> Result<Outcome> {
+        let (image, wasm, source) = match prepared {
+            Some(p) => (p.image.clone(), p.wasm, ArtifactSource::Memory),
+            None => {
+                Self::check_program(program)?;
+                tracing::debug_span!("image").in_scope(|| self.image(program))?
+            }
+        };
         let mut record = self.lowered.record.clone();
         if !wasm && self.lowered.fuel.is_some() {
             let reason = "native guest code cannot be metered instruction by instruction; use cpu_time";
@@ -449,6 +467,12 @@ impl FileId {
         let changed = Duration::new(self.ctime.0.max(0) as u64, self.ctime.1.clamp(0, 999_999_999) as u32);
         now.saturating_sub(changed) > Duration::from_secs(1)
     }
+}
+
+/// A prepared program's guest image (see [`crate::Prepared`]).
+struct PreparedImage {
+    image: Arc<GuestImage>,
+    wasm: bool,
 }
 
 /// Serving one VM's events until it ends.
@@ -821,7 +845,28 @@ impl crate::Sandbox for MicroVmSandbox {
     fn run_with(&self, program: &Program, mut options: RunOptions) -> Result<Outcome> {
         let _span = tracing::info_span!("sandcell.run", backend = "microvm").entered();
         let program = options.program(program);
-        self.run_inner(&program, options, Instant::now())
+        self.run_inner(&program, None, options, Instant::now())
+    }
+
+    /// Checks the program and builds (or finds) its guest image once.
+    fn prepare(&self, program: &Program) -> Result<crate::Prepared<'_>> {
+        Self::check_program(program)?;
+        let (image, wasm, _) = tracing::debug_span!("image").in_scope(|| self.image(program))?;
+        Ok(crate::Prepared::new(self, program, Box::new(PreparedImage { image, wasm })))
+    }
+
+    fn run_prepared(
+        &self,
+        prepared: &crate::Prepared<'_>,
+        mut options: RunOptions,
+        _: crate::PrivateToken,
+    ) -> Result<Outcome> {
+        let _span = tracing::info_span!("sandcell.run", backend = "microvm").entered();
+        let Some(image) = prepared.artifact.downcast_ref::<PreparedImage>() else {
+            return Err(Error::invalid_program("the program was prepared by another kind of sandbox"));
+        };
+        let program = options.program(prepared.program());
+        self.run_inner(&program, Some(image), options, Instant::now())
     }
 
     fn interrupt_handle(&self) -> InterruptHandle {

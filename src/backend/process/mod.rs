@@ -132,6 +132,12 @@ impl crate::Sandbox for ProcessSandbox {
     fn interrupt_handle(&self) -> InterruptHandle {
         self.interrupt.clone()
     }
+
+    /// Checks the program once; each run still starts its jail from nothing.
+    fn prepare(&self, program: &Program) -> Result<crate::Prepared<'_>> {
+        program.validate()?;
+        Ok(crate::Prepared::new(self, program, Box::new(())))
+    }
 }
 
 /// Whether the process backend can run here.

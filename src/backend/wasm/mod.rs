@@ -376,21 +376,50 @@ impl crate::Sandbox for WasmSandbox {
         let started = Instant::now();
         let program = &*options.program(program);
         let _stacks = crate::wasi::WasmerCalls::begin();
-        program.validate()?;
-        if let Some(cwd) = program.working_dir() {
-            return Err(Error::invalid_program(format!(
-                "the wasm backend cannot start a program in `{}`: WASI preview 1 has no working directory (a \
-                 guest's libc resolves relative paths against its preopened mounts); use absolute paths",
-                cwd.display()
-            )));
-        }
+        check_program(program)?;
         let (compiled, source) = tracing::debug_span!("compile").in_scope(|| self.compile(program))?;
         self.run_compiled(&compiled, source, program, options, started)
+    }
+
+    /// Checks the program and compiles it (or finds it compiled) once.
+    fn prepare(&self, program: &Program) -> Result<crate::Prepared<'_>> {
+        check_program(program)?;
+        let (compiled, _) = tracing::debug_span!("compile").in_scope(|| self.compile(program))?;
+        Ok(crate::Prepared::new(self, program, Box::new(compiled)))
+    }
+
+    fn run_prepared(
+        &self,
+        prepared: &crate::Prepared<'_>,
+        mut options: RunOptions,
+        _: crate::PrivateToken,
+    ) -> Result<Outcome> {
+        let _span = tracing::info_span!("sandcell.run", backend = "wasm").entered();
+        let started = Instant::now();
+        let Some(compiled) = prepared.artifact.downcast_ref::<CompiledModule>() else {
+            return Err(Error::invalid_program("the program was prepared by another kind of sandbox"));
+        };
+        let program = &*options.program(prepared.program());
+        let _stacks = crate::wasi::WasmerCalls::begin();
+        self.run_compiled(compiled, ArtifactSource::Memory, program, options, started)
     }
 
     fn interrupt_handle(&self) -> InterruptHandle {
         self.interrupt.clone()
     }
+}
+
+/// What the wasm backend refuses in a program before compiling it.
+fn check_program(program: &Program) -> Result<()> {
+    program.validate()?;
+    if let Some(cwd) = program.working_dir() {
+        return Err(Error::invalid_program(format!(
+            "the wasm backend cannot start a program in `{}`: WASI preview 1 has no working directory (a guest's \
+             libc resolves relative paths against its preopened mounts); use absolute paths",
+            cwd.display()
+        )));
+    }
+    Ok(())
 }
 
 #[allow(dead_code)]
