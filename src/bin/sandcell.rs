@@ -43,6 +43,13 @@ enum Command {
     /// Run a program in a sandbox.
     #[command(after_help = EXIT_STATUS)]
     Run(Box<RunArgs>),
+    /// Measure a program: one cold run, then prepare it once and time N warm runs.
+    ///
+    /// Prints the cold run's time (the first run in this process: with the artifact cache as
+    /// configured, so --no-cache for a compilation from nothing), the preparation's, and the warm
+    /// runs' median and 90th percentile. The guest's output is not shown; the runs' stdin is
+    /// --stdin FILE (whole, the same for every run) or nothing.
+    Bench(Box<BenchArgs>),
     /// Show what this host supports: each backend, and the facts behind it.
     Probe {
         /// Print one JSON object.
@@ -143,6 +150,15 @@ struct RunArgs {
     /// Arguments for the program.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Warm runs to time after preparing the program.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 fn parse_mount(spec: &str) -> Result<Mount, String> {
@@ -292,8 +308,9 @@ fn main() -> ExitCode {
             return ExitCode::from(code::USAGE);
         }
     };
-    let json =
-        matches!(&cli.command, Command::Run(a) if a.json) || matches!(cli.command, Command::Probe { json: true });
+    let json = matches!(&cli.command, Command::Run(a) if a.json)
+        || matches!(&cli.command, Command::Bench(a) if a.run.json)
+        || matches!(cli.command, Command::Probe { json: true });
     match execute(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(Failure { code, kind, message }) => {
@@ -325,6 +342,7 @@ fn print_json_error(kind: &str, message: &str) {
 fn execute(command: Command) -> Result<u8, Failure> {
     match command {
         Command::Run(args) => run(*args),
+        Command::Bench(args) => bench(*args),
         Command::Probe { json } => {
             let probe = sandcell::probe();
             if json {
@@ -434,9 +452,8 @@ fn stdin_reader(spec: Option<&str>) -> Result<Option<Box<dyn Read + Send>>, Fail
     }
 }
 
-fn run(a: RunArgs) -> Result<u8, Failure> {
-    let policy = policy_of(&a)?;
-    let stdin = stdin_reader(a.stdin.as_deref())?;
+/// The program `run` and `bench` run: PROGRAM, its arguments, environment, directory, entry.
+fn program_of(a: &RunArgs) -> Program {
     let mut program = Program::path(&a.program).args(a.args.iter().cloned());
     for (k, v) in &a.env {
         program = program.env(k.clone(), v.clone());
@@ -447,8 +464,13 @@ fn run(a: RunArgs) -> Result<u8, Failure> {
     if let Some(entry) = &a.entry {
         program = program.entry(entry.clone());
     }
-    let builder = SandboxBuilder::new(a.backend.into()).policy(policy);
-    let sandbox = match (&a.cache_dir, a.no_cache) {
+    program
+}
+
+/// The sandbox `run` and `bench` use: the backend, the policy, the artifact cache.
+fn sandbox_of(a: &RunArgs) -> Result<Box<dyn sandcell::Sandbox>, Failure> {
+    let builder = SandboxBuilder::new(a.backend.into()).policy(policy_of(a)?);
+    Ok(match (&a.cache_dir, a.no_cache) {
         (Some(dir), _) => builder.cache_dir(dir.clone()).build()?,
         (None, true) => builder.build()?,
         // The default cache is a convenience: where it cannot be used (no home, a read-only or
@@ -463,7 +485,13 @@ fn run(a: RunArgs) -> Result<u8, Failure> {
             },
             None => builder.build()?,
         },
-    };
+    })
+}
+
+fn run(a: RunArgs) -> Result<u8, Failure> {
+    let sandbox = sandbox_of(&a)?;
+    let stdin = stdin_reader(a.stdin.as_deref())?;
+    let program = program_of(&a);
     let mut options = RunOptions::new();
     if let Some(reader) = stdin {
         options = options.stdin_reader(reader);
@@ -496,6 +524,136 @@ fn run(a: RunArgs) -> Result<u8, Failure> {
         }
     }
     Ok(status)
+}
+
+/// `sandcell bench`: a cold run, `prepare`, then `--runs` warm runs of the prepared program.
+fn bench(a: BenchArgs) -> Result<u8, Failure> {
+    let r = &a.run;
+    let started = std::time::Instant::now();
+    let sandbox = sandbox_of(r)?;
+    let mut program = program_of(r);
+    match r.stdin.as_deref() {
+        None => {}
+        Some("-") => {
+            let mut input = Vec::new();
+            std::io::stdin().read_to_end(&mut input).map_err(|e| host_failure(format!("cannot read stdin: {e}")))?;
+            program = program.stdin(input);
+        }
+        Some(path) => {
+            let input =
+                std::fs::read(path).map_err(|e| host_failure(format!("cannot read `{path}` for stdin: {e}")))?;
+            program = program.stdin(input);
+        }
+    }
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    let progress = bench_progress::Progress::new(u64::from(a.runs), started);
+
+    let t = std::time::Instant::now();
+    let cold = sandbox.run(&program)?;
+    let cold_us = micros(t.elapsed());
+    let t = std::time::Instant::now();
+    let prepared = sandbox.prepare(&program)?;
+    let prepare_us = micros(t.elapsed());
+    let mut warm = Vec::with_capacity(a.runs as usize);
+    let mut last = cold.status.clone();
+    for i in 0..a.runs {
+        progress.at(u64::from(i));
+        let t = std::time::Instant::now();
+        last = prepared.run()?.status;
+        warm.push(micros(t.elapsed()));
+    }
+    progress.done();
+    warm.sort_by(f64::total_cmp);
+    let percentile = |p: f64| warm[((warm.len() - 1) as f64 * p).round() as usize];
+    let (median, p90) = (percentile(0.5), percentile(0.9));
+    if r.json {
+        let v = serde_json::json!({
+            "backend": sandcell::BackendKind::from(r.backend).name(),
+            "status": &cold.status,
+            "cold_us": cold_us.round() as u64,
+            "prepare_us": prepare_us.round() as u64,
+            "warm": {"median_us": median.round() as u64, "p90_us": p90.round() as u64, "runs": a.runs},
+        });
+        println!("{v}");
+    } else {
+        println!("backend   {}", sandcell::BackendKind::from(r.backend).name());
+        println!("status    {} (cold run), {} (last warm run)", cold.status, last);
+        println!("cold      {}", human(cold_us));
+        println!("prepare   {}", human(prepare_us));
+        println!("warm      median {}, p90 {} ({} runs)", human(median), human(p90), a.runs);
+    }
+    if cold.status != Status::Exited(0) {
+        eprintln!("sandcell: note: the program did not exit 0 ({}); the times are of what it did", cold.status);
+    }
+    Ok(0)
+}
+
+fn human(us: f64) -> String {
+    if us >= 1e6 {
+        format!("{:.3} s", us / 1e6)
+    } else if us >= 1e3 {
+        format!("{:.3} ms", us / 1e3)
+    } else {
+        format!("{us:.1} µs")
+    }
+}
+
+fn host_failure(message: String) -> Failure {
+    Failure { code: code::HOST, kind: "host", message }
+}
+
+mod bench_progress {
+    //! Progress of `sandcell bench` on stderr once it has run for a second: a bar on a terminal,
+    //! else a line at most every second.
+
+    use std::io::IsTerminal;
+    use std::time::{Duration, Instant};
+
+    use parking_lot::Mutex;
+
+    pub struct Progress {
+        total: u64,
+        started: Instant,
+        bar: Mutex<Option<indicatif::ProgressBar>>,
+        last_line: Mutex<Option<Instant>>,
+    }
+
+    impl Progress {
+        pub fn new(total: u64, started: Instant) -> Self {
+            Progress { total, started, bar: Mutex::new(None), last_line: Mutex::new(None) }
+        }
+
+        /// `done` warm runs have finished.
+        pub fn at(&self, done: u64) {
+            if self.started.elapsed() < Duration::from_secs(1) {
+                return;
+            }
+            if std::io::stderr().is_terminal() {
+                let mut bar = self.bar.lock();
+                let bar = bar.get_or_insert_with(|| {
+                    let b = indicatif::ProgressBar::with_draw_target(
+                        Some(self.total),
+                        indicatif::ProgressDrawTarget::stderr(),
+                    );
+                    b.set_message("warm runs");
+                    b
+                });
+                bar.set_position(done);
+            } else {
+                let mut last = self.last_line.lock();
+                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    eprintln!("sandcell bench: {done}/{} warm runs", self.total);
+                    *last = Some(Instant::now());
+                }
+            }
+        }
+
+        pub fn done(&self) {
+            if let Some(bar) = self.bar.lock().take() {
+                bar.finish_and_clear();
+            }
+        }
+    }
 }
 
 fn reason(outcome: &Outcome) -> String {

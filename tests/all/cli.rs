@@ -351,6 +351,38 @@ fn a_spinner_shows_while_a_large_module_compiles_on_a_terminal_only() {
     assert!(text(&out.stdout).contains("compiling the module"), "{}", text(&out.stdout));
 }
 
+/// `sandcell bench`: a cold run, the preparation and warm runs, as text or one JSON object, on
+/// each WASI backend; progress on stderr once it runs longer than a second.
+#[test]
+fn bench_measures_cold_prepare_and_warm_runs() {
+    let v = json(&sandcell(&["bench", "--runs", "5", "--json", "examples/hello.wat"]));
+    assert!(v["cold_us"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["prepare_us"].is_u64(), "{v}");
+    assert_eq!(v["warm"]["runs"], 5, "{v}");
+    let (median, p90) = (v["warm"]["median_us"].as_u64().unwrap(), v["warm"]["p90_us"].as_u64().unwrap());
+    assert!(median > 0 && p90 >= median, "{v}");
+    assert_eq!(v["status"], serde_json::json!({"kind": "exited", "code": 0}), "{v}");
+
+    let out = sandcell(&["bench", "--runs", "3", "--backend", "microvm", "examples/hello.wat"]);
+    if sandcell::probe().backend(sandcell::BackendKind::MicroVm).available {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let s = text(&out.stdout);
+        assert!(s.contains("cold") && s.contains("prepare") && s.contains("median") && s.contains("p90"), "{s}");
+    }
+    // Usage errors as `run`'s, and --help.
+    assert_eq!(sandcell(&["bench", "--runs", "0", "examples/hello.wat"]).status.code(), Some(2));
+    assert_eq!(sandcell(&["bench", "--help"]).status.code(), Some(0));
+    let missing = sandcell(&["bench", "--json", "no/such/program.wasm"]);
+    assert_eq!(missing.status.code(), Some(127));
+    assert!(json(&missing)["error"]["kind"].is_string());
+
+    // Longer than a second: progress lines on (non-terminal) stderr.
+    let guest = or_skip!(crate::common::wasm_guest(), "no wasm test guest");
+    let out = sandcell(&["bench", "--runs", "40", guest.to_str().unwrap(), "--", "sleep", "40"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("warm runs"), "{}", text(&out.stderr));
+}
+
 #[test]
 fn probe_lists_every_backend() {
     let out = sandcell(&["probe"]);
