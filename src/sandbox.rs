@@ -203,10 +203,13 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     }
 }
 
-/// Stops [`Sandbox::run_prepared`] from being called from outside the crate.
-#[doc(hidden)]
-#[derive(Clone, Copy)]
-pub struct PrivateToken(());
+pub(crate) mod token {
+    /// Stops [`Sandbox::run_prepared`](super::Sandbox::run_prepared) from being called from
+    /// outside the crate: this type cannot be named or made there.
+    #[derive(Clone, Copy)]
+    pub struct PrivateToken(pub(crate) ());
+}
+use token::PrivateToken;
 
 /// A program made ready to run, many times, on the sandbox that prepared it
 /// ([`Sandbox::prepare`]).
@@ -214,9 +217,10 @@ pub struct PrivateToken(());
 /// What is done once today: reading and checking the program and finding (or compiling) its
 /// compiled form — the wasm backend's compiled module, the micro-VM's guest image — so that each
 /// run starts from it instead of reading the file again and looking it up by its contents (for
-/// a 26 MB interpreter that lookup hashes 26 MB per run). A `Prepared` keeps the program as it
-/// was when prepared: changing the file afterwards does not change what its runs execute. The
-/// process backend prepares only the checks of the program for now. Runs share nothing
+/// a 26 MB interpreter that lookup hashes 26 MB per run). On the wasm and micro-VM backends a
+/// `Prepared` keeps the program as it was when prepared: changing the file afterwards does not
+/// change what its runs execute. The process backend prepares only the checks of the program
+/// for now (each run executes the path). Runs share nothing
 /// writable: each gets a new instance, VM or process, exactly as [`Sandbox::run`] does, and its
 /// own [`RunOptions`] (stdin, limits, interrupt).
 ///
@@ -245,6 +249,18 @@ impl<'s> Prepared<'s> {
         artifact: Box<dyn std::any::Any + Send + Sync>,
     ) -> Self {
         Prepared { sandbox, program: program.clone(), artifact }
+    }
+
+    /// A program with nothing prepared: its runs are plain [`Sandbox::run_with`] runs. For
+    /// implementations of [`Sandbox`] outside this crate, whose `prepare` has nothing to do once.
+    pub fn unprepared(sandbox: &'s dyn Sandbox, program: &Program) -> Self {
+        Prepared { sandbox, program: program.clone(), artifact: Box::new(()) }
+    }
+
+    /// Whether `sandbox` is the one that prepared this (backends check it before using their
+    /// state).
+    pub(crate) fn prepared_by(&self, sandbox: &dyn Sandbox) -> bool {
+        std::ptr::addr_eq(self.sandbox as *const dyn Sandbox, sandbox as *const dyn Sandbox)
     }
 
     /// Runs the prepared program.

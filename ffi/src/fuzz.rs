@@ -323,6 +323,8 @@ unsafe fn run(sb: *mut Sandbox, prog: *mut Program, outcomes: &mut Handles<Outco
             on_output2: None,
             stream_stdin: 0,
             stdin_fd: 0,
+            stdin_data: std::ptr::null(),
+            stdin_len: 0,
         };
         let options = [RunOptions { size, interrupt: watchdog, ..empty }, empty];
         let target = watchdog as usize;

@@ -3,19 +3,20 @@
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use crate::consts::*;
-use crate::error::{from_sandcell, guard, invalid, Error};
+use crate::error::{from_sandcell, guard, invalid, Error, Result};
 use crate::extensible::{self, Extensible};
 use crate::handle::{get, register, release};
-use crate::interrupt::Interrupt;
+use crate::interrupt::{Interrupt, Link};
 use crate::outcome::Outcome;
 use crate::policy::Policy;
 use crate::program::Program;
 use crate::util::{out, string};
 
 /// A sandbox: a backend with a policy applied. Shareable between threads.
-pub struct Sandbox(Box<dyn sandcell::Sandbox>);
+pub struct Sandbox(Arc<dyn sandcell::Sandbox>);
 
 /// Receives output as it is produced: `stream` is SANDCELL_STREAM_STDOUT or _STDERR. Called on
 /// the thread that called sandcell_sandbox_run().
@@ -53,6 +54,12 @@ pub struct RunOptions {
     pub stream_stdin: u32,
     /// The descriptor `stream_stdin` streams from.
     pub stdin_fd: c_int,
+    /// Non-NULL: this run's stdin is these `stdin_len` bytes (copied; then end-of-file) instead
+    /// of the program's — with a prepared program, how each run gets its own input. A non-NULL
+    /// pointer with `stdin_len` 0 is an empty stdin. Not together with `stream_stdin`.
+    pub stdin_data: *const u8,
+    /// The length of `stdin_data`.
+    pub stdin_len: usize,
 }
 
 const _: () = assert!(std::mem::offset_of!(RunOptions, size) == 0);
@@ -91,7 +98,7 @@ pub unsafe extern "C" fn sandcell_sandbox_new(
                 builder = builder.cache_dir(string(cache_dir, "cache_dir")?);
             }
             let built = builder.build().map_err(from_sandcell)?;
-            out(sandbox, register(Sandbox(built), "sandbox"), "sandbox")
+            out(sandbox, register(Sandbox(Arc::from(built)), "sandbox"), "sandbox")
         }
     })
 }
@@ -141,71 +148,160 @@ pub unsafe extern "C" fn sandcell_sandbox_run(
             if outcome.is_null() {
                 return Err(invalid("the out-parameter `outcome` is NULL"));
             }
-            let mut run_options = sandcell::RunOptions::new();
-            // Keeps the run's own handle linked to the caller's interrupt handle during the run.
-            let mut _link = None;
-            if !options.is_null() {
-                let o = extensible::read(options, "options")?;
-                let interrupt = if o.interrupt.is_null() {
-                    None
-                } else {
-                    Some(get(o.interrupt, "interrupt", "options->interrupt")?)
-                };
-                match (o.on_output, o.on_output2) {
-                    (Some(_), Some(_)) => {
-                        return Err(invalid("set `options->on_output` or `options->on_output2`, not both"));
-                    }
-                    (Some(f), None) => {
-                        let sink = CallbackSink { f, user_data: o.user_data };
-                        run_options = run_options.on_output(move |stream, data| {
-                            let sink = &sink;
-                            // SAFETY: the caller's callback, with its own user data.
-                            (sink.f)(sink.user_data, stream_number(stream), data.as_ptr(), data.len());
-                        });
-                        if let Some(i) = interrupt {
-                            run_options = run_options.interrupt(i.handle().clone());
-                        }
-                    }
-                    (None, Some(f)) => {
-                        // The run gets its own handle, which the callback triggers to stop it, and
-                        // which the caller's handle triggers too while the run lasts.
-                        let own = sandcell::InterruptHandle::new();
-                        _link = interrupt.map(|i| i.link(&own));
-                        let mut sink = StoppingSink { f, user_data: o.user_data, stop: own.clone(), stopped: false };
-                        run_options = run_options.interrupt(own).on_output(move |stream, data| {
-                            let sink = &mut sink;
-                            if sink.stopped {
-                                return;
-                            }
-                            // SAFETY: the caller's callback, with its own user data.
-                            if (sink.f)(sink.user_data, stream_number(stream), data.as_ptr(), data.len()) != 0 {
-                                sink.stopped = true;
-                                sink.stop.interrupt();
-                            }
-                        });
-                    }
-                    (None, None) => {
-                        if let Some(i) = interrupt {
-                            run_options = run_options.interrupt(i.handle().clone());
-                        }
-                    }
-                }
-                if o.stream_stdin != 0 {
-                    if o.stdin_fd < 0 {
-                        return Err(invalid(format!("options->stdin_fd is {}, not a descriptor", o.stdin_fd)));
-                    }
-                    // SAFETY: only duplicated (F_DUPFD_CLOEXEC), which fails on a closed descriptor.
-                    let fd = std::os::fd::BorrowedFd::borrow_raw(o.stdin_fd)
-                        .try_clone_to_owned()
-                        .map_err(|e| invalid(format!("options->stdin_fd {}: {e}", o.stdin_fd)))?;
-                    run_options = run_options.stdin_reader(std::fs::File::from(fd));
-                }
-            }
+            let (run_options, _link) = run_options_from(options)?;
             let result = sb.0.run_with(&prog.0, run_options).map_err(from_sandcell)?;
             let detail = result.status.detail().map(|d| CString::new(d.replace('\0', " ")).unwrap_or_default());
             out(outcome, register(Outcome { inner: result, detail }, "outcome"), "outcome")
         }
     })
+}
+
+/// A run's options from the caller's `sandcell_run_options_t` (NULL: none), and the link that
+/// keeps the caller's interrupt handle connected to the run's own while it lasts.
+///
+/// # Safety
+/// `options` is NULL or points to a readable struct starting with its size.
+unsafe fn run_options_from(options: *const RunOptions) -> Result<(sandcell::RunOptions, Option<Link>)> {
+    // SAFETY: as the caller promises; `options` is read only if non-NULL, within its size.
+    unsafe {
+        let mut run_options = sandcell::RunOptions::new();
+        // Keeps the run's own handle linked to the caller's interrupt handle during the run.
+        let mut _link = None;
+        if !options.is_null() {
+            let o = extensible::read(options, "options")?;
+            let interrupt =
+                if o.interrupt.is_null() { None } else { Some(get(o.interrupt, "interrupt", "options->interrupt")?) };
+            match (o.on_output, o.on_output2) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid("set `options->on_output` or `options->on_output2`, not both"));
+                }
+                (Some(f), None) => {
+                    let sink = CallbackSink { f, user_data: o.user_data };
+                    run_options = run_options.on_output(move |stream, data| {
+                        let sink = &sink;
+                        // SAFETY: the caller's callback, with its own user data.
+                        (sink.f)(sink.user_data, stream_number(stream), data.as_ptr(), data.len());
+                    });
+                    if let Some(i) = interrupt {
+                        run_options = run_options.interrupt(i.handle().clone());
+                    }
+                }
+                (None, Some(f)) => {
+                    // The run gets its own handle, which the callback triggers to stop it, and
+                    // which the caller's handle triggers too while the run lasts.
+                    let own = sandcell::InterruptHandle::new();
+                    _link = interrupt.map(|i| i.link(&own));
+                    let mut sink = StoppingSink { f, user_data: o.user_data, stop: own.clone(), stopped: false };
+                    run_options = run_options.interrupt(own).on_output(move |stream, data| {
+                        let sink = &mut sink;
+                        if sink.stopped {
+                            return;
+                        }
+                        // SAFETY: the caller's callback, with its own user data.
+                        if (sink.f)(sink.user_data, stream_number(stream), data.as_ptr(), data.len()) != 0 {
+                            sink.stopped = true;
+                            sink.stop.interrupt();
+                        }
+                    });
+                }
+                (None, None) => {
+                    if let Some(i) = interrupt {
+                        run_options = run_options.interrupt(i.handle().clone());
+                    }
+                }
+            }
+            if !o.stdin_data.is_null() {
+                if o.stream_stdin != 0 {
+                    return Err(invalid("set `options->stdin_data` or `options->stream_stdin`, not both"));
+                }
+                if o.stdin_len > isize::MAX as usize {
+                    return Err(invalid("options->stdin_len overflows"));
+                }
+                // SAFETY: the caller's buffer of `stdin_len` bytes, copied here.
+                let data = std::slice::from_raw_parts(o.stdin_data, o.stdin_len);
+                run_options = run_options.stdin(data.to_vec());
+            }
+            if o.stream_stdin != 0 {
+                if o.stdin_fd < 0 {
+                    return Err(invalid(format!("options->stdin_fd is {}, not a descriptor", o.stdin_fd)));
+                }
+                // SAFETY: only duplicated (F_DUPFD_CLOEXEC), which fails on a closed descriptor.
+                let fd = std::os::fd::BorrowedFd::borrow_raw(o.stdin_fd)
+                    .try_clone_to_owned()
+                    .map_err(|e| invalid(format!("options->stdin_fd {}: {e}", o.stdin_fd)))?;
+                run_options = run_options.stdin_reader(std::fs::File::from(fd));
+            }
+        }
+        Ok((run_options, _link))
+    }
+}
+
+/// A program prepared on a sandbox (sandcell_sandbox_prepare()): runs start from what was done
+/// once. It keeps its sandbox alive; it may be run from several threads at once.
+pub struct Prepared {
+    /// Borrows the sandbox that `_sandbox` keeps alive (declared first: dropped first).
+    prepared: sandcell::Prepared<'static>,
+    _sandbox: Arc<dyn sandcell::Sandbox>,
+}
+
+/// Does once what every run of `program` on `sandbox` would repeat (reading and checking it,
+/// finding or compiling its compiled module or guest image) and hands out the prepared program,
+/// which sandcell_prepared_run() runs. The program is copied: changing it afterwards (or, on the
+/// wasm and micro-VM backends, its file) does not change the prepared one. Errors are those a
+/// run would have. The prepared program keeps its sandbox alive: either may be freed first.
+#[no_mangle]
+pub unsafe extern "C" fn sandcell_sandbox_prepare(
+    sandbox: *const Sandbox,
+    program: *const Program,
+    prepared: *mut *mut Prepared,
+) -> *mut Error {
+    guard(|| {
+        // SAFETY: checked handles and out-parameter.
+        unsafe {
+            let sb = get(sandbox, "sandbox", "sandbox")?;
+            let prog = get(program, "program", "program")?;
+            if prepared.is_null() {
+                return Err(invalid("the out-parameter `prepared` is NULL"));
+            }
+            let keep = sb.0.clone();
+            let made = keep.prepare(&prog.0).map_err(from_sandcell)?;
+            // SAFETY: `made` borrows the sandbox behind `keep`, a heap allocation that the
+            // `Prepared` keeps alive (and never moves) for as long as `made` exists: the field
+            // order drops `made` first.
+            let made: sandcell::Prepared<'static> = std::mem::transmute(made);
+            out(prepared, register(Prepared { prepared: made, _sandbox: keep }, "prepared"), "prepared")
+        }
+    })
+}
+
+/// Runs a prepared program, as sandcell_sandbox_run() runs a program (`options` may be NULL).
+#[no_mangle]
+pub unsafe extern "C" fn sandcell_prepared_run(
+    prepared: *const Prepared,
+    options: *const RunOptions,
+    outcome: *mut *mut Outcome,
+) -> *mut Error {
+    guard(|| {
+        // SAFETY: checked handle and out-parameter; `options` as sandcell_sandbox_run() reads it.
+        unsafe {
+            let p = get(prepared, "prepared", "prepared")?;
+            if outcome.is_null() {
+                return Err(invalid("the out-parameter `outcome` is NULL"));
+            }
+            let (run_options, _link) = run_options_from(options)?;
+            let result = p.prepared.run_with(run_options).map_err(from_sandcell)?;
+            let detail = result.status.detail().map(|d| CString::new(d.replace('\0', " ")).unwrap_or_default());
+            out(outcome, register(Outcome { inner: result, detail }, "outcome"), "outcome")
+        }
+    })
+}
+
+/// Frees a prepared program (NULL is fine). Its runs in progress on other threads must have
+/// returned.
+#[no_mangle]
+pub unsafe extern "C" fn sandcell_prepared_free(prepared: *mut Prepared) {
+    // SAFETY: `release` checks the registry.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe { release(prepared, "prepared") }));
 }
 
 /// Stops every run in progress on this sandbox (they end with SANDCELL_STATUS_INTERRUPTED).

@@ -30,7 +30,7 @@ from ._interrupt import Interrupt
 from ._lib import lib as _c
 from ._outcome import Outcome, OutcomeError, Status, Usage
 from ._policy import CompileLimits, Mount, Policy
-from ._sandbox import Sandbox, probe
+from ._sandbox import Prepared, Sandbox, probe
 
 __all__ = [
     "BackendUnavailableError",
@@ -45,6 +45,7 @@ __all__ = [
     "Outcome",
     "OutcomeError",
     "Policy",
+    "Prepared",
     "Sandbox",
     "SandcellError",
     "Status",

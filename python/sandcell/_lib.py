@@ -62,6 +62,8 @@ class RunOptions(Structure):
         ("on_output2", OUTPUT_FN2),
         ("stream_stdin", c_uint32),
         ("stdin_fd", c_int),
+        ("stdin_data", POINTER(c_uint8)),
+        ("stdin_len", c_size_t),
     ]
 
 
@@ -126,6 +128,9 @@ _SIGNATURES = {
     "sandcell_program_free": ([P], None),
     "sandcell_sandbox_new": ([c_char_p, P, c_char_p, PP], P),
     "sandcell_sandbox_run": ([P, P, POINTER(RunOptions), PP], P),
+    "sandcell_sandbox_prepare": ([P, P, PP], P),
+    "sandcell_prepared_run": ([P, POINTER(RunOptions), PP], P),
+    "sandcell_prepared_free": ([P], None),
     "sandcell_sandbox_interrupt": ([P], P),
     "sandcell_sandbox_free": ([P], None),
     "sandcell_interrupt_new": ([PP], P),

@@ -274,3 +274,34 @@ def test_stdin_from_a_regular_file_and_bad_stdin_types(fx: Fixture, tmp_path: Pa
             assert fx.run(sb, "cat", stdin=f).stdout == b"from a file"
         with pytest.raises(TypeError, match="stdin"):
             fx.run(sb, "cat", stdin=12.5)  # type: ignore[arg-type]
+
+
+def test_a_prepared_program_runs_many_times_with_each_runs_own_input(fx: Fixture) -> None:
+    with fx.sandbox() as sb:
+        with sb.prepare(fx.program, ["hello", "one"], env={"GREETING": "hi"}, name="testguest") as prepared:
+            assert isinstance(prepared, sandcell.Prepared)
+            for i in range(3):
+                out = prepared.run(stdin=f"in-{i}")
+                text = out.stdout.decode()
+                assert out.status == "exited" and f"stdin: in-{i}" in text and "args: one" in text, out
+                assert "GREETING=hi" in text
+            chunks = []
+            out = prepared.run(stdin=b"streamed", on_stdout=chunks.append, timeout=20)
+            assert out.ok and b"stdin: streamed" in b"".join(chunks)
+        assert prepared.closed
+        with pytest.raises(sandcell.InvalidArgumentError, match="closed"):
+            prepared.run()
+        spin = sb.prepare(fx.program, ["spin"], name="testguest")
+        assert spin.run(timeout=0.2).status == "timeout"
+        spin.close()
+
+
+def test_prepared_runs_async(fx: Fixture) -> None:
+    import asyncio
+
+    async def main() -> sandcell.Outcome:
+        with fx.sandbox() as sb, sb.prepare(fx.program, ["hello"], name="testguest") as prepared:
+            return await prepared.run_async(stdin=b"async input")
+
+    out = asyncio.run(main())
+    assert out.ok and b"stdin: async input" in out.stdout, out

@@ -46,9 +46,14 @@ enum Command {
     /// Measure a program: one cold run, then prepare it once and time N warm runs.
     ///
     /// Prints the cold run's time (the first run in this process: with the artifact cache as
-    /// configured, so --no-cache for a compilation from nothing), the preparation's, and the warm
-    /// runs' median and 90th percentile. The guest's output is not shown; the runs' stdin is
-    /// --stdin FILE (whole, the same for every run) or nothing.
+    /// configured, so --no-cache for a compilation from nothing), the preparation's (after the
+    /// cold run, which compiled the program already: what preparing costs beyond compiling), and
+    /// the warm runs' median and 90th percentile. The guest's output is not shown; the runs'
+    /// stdin is --stdin FILE (whole, the same for every run) or nothing.
+    #[command(
+        mut_arg("stdin", |a| a.help("Feed FILE to every run's stdin, whole ('-': this process's stdin, read first; default: none)")),
+        mut_arg("json", |a| a.help("Print one JSON object with the times"))
+    )]
     Bench(Box<BenchArgs>),
     /// Show what this host supports: each backend, and the facts behind it.
     Probe {
@@ -548,6 +553,7 @@ fn bench(a: BenchArgs) -> Result<u8, Failure> {
     let micros = |d: Duration| d.as_secs_f64() * 1e6;
     let progress = bench_progress::Progress::new(u64::from(a.runs), started);
 
+    progress.cold();
     let t = std::time::Instant::now();
     let cold = sandbox.run(&program)?;
     let cold_us = micros(t.elapsed());
@@ -555,35 +561,45 @@ fn bench(a: BenchArgs) -> Result<u8, Failure> {
     let prepared = sandbox.prepare(&program)?;
     let prepare_us = micros(t.elapsed());
     let mut warm = Vec::with_capacity(a.runs as usize);
-    let mut last = cold.status.clone();
+    let mut failed = 0u32;
     for i in 0..a.runs {
         progress.at(u64::from(i));
         let t = std::time::Instant::now();
-        last = prepared.run()?.status;
+        let status = prepared.run()?.status;
         warm.push(micros(t.elapsed()));
+        failed += u32::from(status != Status::Exited(0));
     }
-    progress.done();
+    progress.at(u64::from(a.runs));
+    drop(progress);
     warm.sort_by(f64::total_cmp);
-    let percentile = |p: f64| warm[((warm.len() - 1) as f64 * p).round() as usize];
-    let (median, p90) = (percentile(0.5), percentile(0.9));
+    // The median of an even count is the mean of the two middle runs; p90 is the nearest rank.
+    let mid = warm.len() / 2;
+    let median = if warm.len() % 2 == 0 { (warm[mid - 1] + warm[mid]) / 2.0 } else { warm[mid] };
+    let p90 = warm[((warm.len() as f64 * 0.9).ceil() as usize).clamp(1, warm.len()) - 1];
+    let backend = sandcell::BackendKind::from(r.backend).name();
     if r.json {
         let v = serde_json::json!({
-            "backend": sandcell::BackendKind::from(r.backend).name(),
+            "backend": backend,
             "status": &cold.status,
             "cold_us": cold_us.round() as u64,
             "prepare_us": prepare_us.round() as u64,
-            "warm": {"median_us": median.round() as u64, "p90_us": p90.round() as u64, "runs": a.runs},
+            "warm": {
+                "median_us": median.round() as u64,
+                "p90_us": p90.round() as u64,
+                "runs": a.runs,
+                "not_exit_0": failed,
+            },
         });
         println!("{v}");
     } else {
-        println!("backend   {}", sandcell::BackendKind::from(r.backend).name());
-        println!("status    {} (cold run), {} (last warm run)", cold.status, last);
+        println!("backend   {backend}");
+        println!("status    {} (cold run); {failed} of {} warm runs did not exit 0", cold.status, a.runs);
         println!("cold      {}", human(cold_us));
         println!("prepare   {}", human(prepare_us));
         println!("warm      median {}, p90 {} ({} runs)", human(median), human(p90), a.runs);
     }
-    if cold.status != Status::Exited(0) {
-        eprintln!("sandcell: note: the program did not exit 0 ({}); the times are of what it did", cold.status);
+    if cold.status != Status::Exited(0) || failed > 0 {
+        eprintln!("sandcell: note: the program did not always exit 0; the times are of what it did");
     }
     Ok(0)
 }
@@ -604,7 +620,7 @@ fn host_failure(message: String) -> Failure {
 
 mod bench_progress {
     //! Progress of `sandcell bench` on stderr once it has run for a second: a bar on a terminal,
-    //! else a line at most every second.
+    //! else a line at most every second (and the last one).
 
     use std::io::IsTerminal;
     use std::time::{Duration, Instant};
@@ -616,15 +632,29 @@ mod bench_progress {
         started: Instant,
         bar: Mutex<Option<indicatif::ProgressBar>>,
         last_line: Mutex<Option<Instant>>,
+        /// Stops the note about a slow cold run (see `cold`).
+        cold_done: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     }
 
     impl Progress {
         pub fn new(total: u64, started: Instant) -> Self {
-            Progress { total, started, bar: Mutex::new(None), last_line: Mutex::new(None) }
+            Progress { total, started, bar: Mutex::new(None), last_line: Mutex::new(None), cold_done: Mutex::new(None) }
+        }
+
+        /// The cold run starts: if it (with its compilation) lasts more than a second, say so.
+        pub fn cold(&self) {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            *self.cold_done.lock() = Some(tx);
+            std::thread::spawn(move || {
+                if rx.recv_timeout(Duration::from_secs(1)) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    eprintln!("sandcell bench: cold run (compiling the program)...");
+                }
+            });
         }
 
         /// `done` warm runs have finished.
         pub fn at(&self, done: u64) {
+            self.cold_done.lock().take();
             if self.started.elapsed() < Duration::from_secs(1) {
                 return;
             }
@@ -641,14 +671,18 @@ mod bench_progress {
                 bar.set_position(done);
             } else {
                 let mut last = self.last_line.lock();
-                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                if done == self.total || last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                     eprintln!("sandcell bench: {done}/{} warm runs", self.total);
                     *last = Some(Instant::now());
                 }
             }
         }
+    }
 
-        pub fn done(&self) {
+    impl Drop for Progress {
+        /// Clears the bar, also when the benchmark ends early with an error.
+        fn drop(&mut self) {
+            self.cold_done.lock().take();
             if let Some(bar) = self.bar.lock().take() {
                 bar.finish_and_clear();
             }

@@ -932,8 +932,23 @@ fn a_prepared_program_runs_many_times_like_a_plain_run_on_every_backend() {
         let cat = sb.prepare(&f.guest("cat", &[])).unwrap();
         let out = cat.run_with(RunOptions::new().stdin_reader(&b"streamed"[..])).unwrap();
         assert_eq!(text(&out.stdout), "streamed", "{}", f.kind);
+        // The same record of enforcement as a plain run, and where the artifact came from.
+        let plain = sb.run(&f.guest("exit", &["0"])).unwrap();
+        let out = sb.prepare(&f.guest("exit", &["0"])).unwrap().run().unwrap();
+        assert_eq!((&out.enforced, &out.skipped), (&plain.enforced, &plain.skipped), "{}", f.kind);
+        if f.kind != BackendKind::Process {
+            assert_eq!(out.usage.artifact, Some(sandcell::ArtifactSource::Prepared), "{}", f.kind);
+        }
+        // A per-run output cap still applies.
+        let hello = sb.prepare(&f.guest("hello", &[])).unwrap();
+        let capped = hello.run_with(RunOptions::new().max_output(4)).unwrap();
+        assert_eq!(capped.status, Status::OutputLimit, "{}", f.kind);
         // What a run would refuse, prepare refuses.
-        assert!(sb.prepare(&Program::path("/nonexistent/program.wasm")).is_err() || f.kind == BackendKind::Process);
+        let refused = match f.kind {
+            BackendKind::Process => sb.prepare(&Program::bytes(b"\x7fELF".to_vec())),
+            _ => sb.prepare(&Program::path("/nonexistent/program.wasm")),
+        };
+        assert!(refused.is_err(), "{}", f.kind);
     }
 }
 

@@ -458,3 +458,18 @@ fn an_untrusted_module_is_refused_within_its_compilation_budgets_before_any_vm_s
     assert!(matches!(e, sandcell::Error::CompileBudget { limit: sandcell::CompileLimit::Functions, .. }), "{e}");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// `prepare` refuses what every run would refuse: fuel for a native guest (unless best-effort).
+#[test]
+fn prepare_refuses_fuel_for_a_native_guest_as_a_run_would() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(Policy { fuel: Some(1_000_000), ..base() });
+    let err = sb.prepare(&Program::path(&guest).arg("exit")).unwrap_err();
+    assert!(matches!(err, sandcell::Error::Unenforceable { field: sandcell::PolicyField::Fuel, .. }), "{err}");
+    let run_err = sb.run(&Program::path(&guest).arg("exit")).unwrap_err();
+    assert_eq!(run_err.kind(), err.kind());
+    let lenient = sandbox(Policy { fuel: Some(1_000_000), best_effort: true, ..base() });
+    let out = lenient.prepare(&Program::path(&guest).args(["exit", "3"])).unwrap().run().unwrap();
+    assert_eq!(out.status, Status::Exited(3));
+    assert!(out.skipped.contains_key(&sandcell::PolicyField::Fuel));
+}

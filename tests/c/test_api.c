@@ -1061,6 +1061,62 @@ static void test_concurrent(const char *backend) {
 
 /* ------------------------------------------------------------------------------------------ */
 
+/* A prepared program: runs many times with each run's options; keeps its sandbox alive (the
+ * sandbox is freed first here); bad handles are refused. */
+static void test_prepared(const char *backend) {
+    sandcell_sandbox_t *sb = NULL;
+    OK(sandcell_sandbox_new(backend, NULL, NULL, &sb));
+    if (sb == NULL) return;
+    sandcell_program_t *hello = wat(HELLO);
+    sandcell_prepared_t *prepared = NULL;
+    OK(sandcell_sandbox_prepare(sb, hello, &prepared));
+    FAILS(sandcell_sandbox_prepare(sb, hello, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "prepared");
+    FAILS(sandcell_sandbox_prepare(NULL, hello, &prepared), SANDCELL_ERROR_INVALID_ARGUMENT, "sandbox");
+    sandcell_program_free(hello);
+    sandcell_sandbox_free(sb);
+    for (int i = 0; i < 3 && prepared; i++) {
+        sandcell_outcome_t *o = NULL;
+        sandcell_run_options_t opts = {.size = sizeof(sandcell_run_options_t)};
+        OK(sandcell_prepared_run(prepared, i == 0 ? NULL : &opts, &o));
+        if (o) {
+            CHECK(output_is(o, SANDCELL_STREAM_STDOUT, "Hello, world!\n"));
+            sandcell_outcome_free(o);
+        }
+    }
+    FAILS(sandcell_prepared_run(prepared, NULL, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "outcome");
+    sandcell_outcome_t *none = NULL;
+    FAILS(sandcell_prepared_run(NULL, NULL, &none), SANDCELL_ERROR_INVALID_ARGUMENT, "prepared");
+    sandcell_prepared_free(prepared);
+    sandcell_prepared_free(NULL);
+    FAILS(sandcell_prepared_run(prepared, NULL, &none), SANDCELL_ERROR_INVALID_ARGUMENT, "prepared");
+
+    /* Each run's own stdin bytes. */
+    OK(sandcell_sandbox_new(backend, NULL, NULL, &sb));
+    sandcell_program_t *cat = wat(CAT);
+    sandcell_prepared_t *pcat = NULL;
+    OK(sandcell_sandbox_prepare(sb, cat, &pcat));
+    sandcell_program_free(cat);
+    const char *inputs[] = {"first", "", "third input"};
+    for (int i = 0; i < 3 && pcat; i++) {
+        sandcell_run_options_t opts = {.size = sizeof(sandcell_run_options_t)};
+        opts.stdin_data = (const uint8_t *)inputs[i];
+        opts.stdin_len = strlen(inputs[i]);
+        sandcell_outcome_t *o = NULL;
+        OK(sandcell_prepared_run(pcat, &opts, &o));
+        if (o) {
+            CHECK(output_is(o, SANDCELL_STREAM_STDOUT, inputs[i]));
+            sandcell_outcome_free(o);
+        }
+    }
+    sandcell_run_options_t both = {.size = sizeof(sandcell_run_options_t)};
+    both.stdin_data = (const uint8_t *)"x";
+    both.stdin_len = 1;
+    both.stream_stdin = 1;
+    FAILS(sandcell_prepared_run(pcat, &both, &none), SANDCELL_ERROR_INVALID_ARGUMENT, "not both");
+    sandcell_prepared_free(pcat);
+    sandcell_sandbox_free(sb);
+}
+
 static void test_sandbox_new(void) {
     sandcell_sandbox_t *sb = NULL;
     FAILS(sandcell_sandbox_new("quantum", NULL, NULL, &sb), SANDCELL_ERROR_INVALID_ARGUMENT, "quantum");
@@ -1164,6 +1220,7 @@ int main(int argc, char **argv) {
         }
         printf("backend %s\n", b);
         test_runs(b);
+        test_prepared(b);
         test_concurrent(b);
     }
     printf("%d checks, %d failed\n", checks, failures);

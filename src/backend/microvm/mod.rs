@@ -287,6 +287,18 @@ impl MicroVmSandbox {
         Ok((boot, inline))
     }
 
+    /// A policy with fuel cannot run a native guest (unless best-effort).
+    fn refuse_native_fuel(&self) -> Result<()> {
+        if self.lowered.fuel.is_some() && !self.lowered.best_effort {
+            return Err(Error::Unenforceable {
+                backend: BackendKind::MicroVm,
+                field: crate::PolicyField::Fuel,
+                reason: NATIVE_FUEL.into(),
+            });
+        }
+        Ok(())
+    }
+
     /// What the micro-VM refuses in a program before building its image.
     fn check_program(program: &Program) -> Result<()> {
         program.validate()?;
@@ -310,7 +322,7 @@ impl MicroVmSandbox {
         started: Instant,
     ) -> Result<Outcome> {
         let (image, wasm, source) = match prepared {
-            Some(p) => (p.image.clone(), p.wasm, ArtifactSource::Memory),
+            Some(p) => (p.image.clone(), p.wasm, ArtifactSource::Prepared),
             None => {
                 Self::check_program(program)?;
                 tracing::debug_span!("image").in_scope(|| self.image(program))?
@@ -318,16 +330,9 @@ impl MicroVmSandbox {
         };
         let mut record = self.lowered.record.clone();
         if !wasm && self.lowered.fuel.is_some() {
-            let reason = "native guest code cannot be metered instruction by instruction; use cpu_time";
-            if !self.lowered.best_effort {
-                return Err(Error::Unenforceable {
-                    backend: BackendKind::MicroVm,
-                    field: crate::PolicyField::Fuel,
-                    reason: reason.into(),
-                });
-            }
+            self.refuse_native_fuel()?;
             record.enforced.remove(&crate::PolicyField::Fuel);
-            record.skipped.insert(crate::PolicyField::Fuel, reason.into());
+            record.skipped.insert(crate::PolicyField::Fuel, NATIVE_FUEL.into());
         }
         if !wasm && self.lowered.native_ram.is_err() {
             if let Err(reason) = &self.lowered.native_ram {
@@ -468,6 +473,9 @@ impl FileId {
         now.saturating_sub(changed) > Duration::from_secs(1)
     }
 }
+
+/// Why fuel cannot be enforced on a native guest.
+const NATIVE_FUEL: &str = "native guest code cannot be metered instruction by instruction; use cpu_time";
 
 /// A prepared program's guest image (see [`crate::Prepared`]).
 struct PreparedImage {
@@ -852,6 +860,9 @@ impl crate::Sandbox for MicroVmSandbox {
     fn prepare(&self, program: &Program) -> Result<crate::Prepared<'_>> {
         Self::check_program(program)?;
         let (image, wasm, _) = tracing::debug_span!("image").in_scope(|| self.image(program))?;
+        if !wasm {
+            self.refuse_native_fuel()?;
+        }
         Ok(crate::Prepared::new(self, program, Box::new(PreparedImage { image, wasm })))
     }
 
@@ -859,11 +870,12 @@ impl crate::Sandbox for MicroVmSandbox {
         &self,
         prepared: &crate::Prepared<'_>,
         mut options: RunOptions,
-        _: crate::PrivateToken,
+        _: crate::sandbox::token::PrivateToken,
     ) -> Result<Outcome> {
         let _span = tracing::info_span!("sandcell.run", backend = "microvm").entered();
-        let Some(image) = prepared.artifact.downcast_ref::<PreparedImage>() else {
-            return Err(Error::invalid_program("the program was prepared by another kind of sandbox"));
+        let state = prepared.artifact.downcast_ref::<PreparedImage>().filter(|_| prepared.prepared_by(self));
+        let Some(image) = state else {
+            return Err(Error::invalid_program("the program was prepared by another sandbox"));
         };
         let program = options.program(prepared.program());
         self.run_inner(&program, Some(image), options, Instant::now())

@@ -136,6 +136,7 @@ impl crate::Sandbox for ProcessSandbox {
     /// Checks the program once; each run still starts its jail from nothing.
     fn prepare(&self, program: &Program) -> Result<crate::Prepared<'_>> {
         program.validate()?;
+        self.exec_candidates(program, &program.merged_env(&self.policy.env))?;
         Ok(crate::Prepared::new(self, program, Box::new(())))
     }
 }

@@ -29,7 +29,7 @@ struct Child {
 }
 
 impl ProcessSandbox {
-    fn exec_candidates(&self, program: &Program, env: &[(String, String)]) -> Result<Vec<CString>> {
+    pub(super) fn exec_candidates(&self, program: &Program, env: &[(String, String)]) -> Result<Vec<CString>> {
         let path =
             match program.artifact() {
                 Artifact::Path(p) => p.clone(),

@@ -392,16 +392,17 @@ impl crate::Sandbox for WasmSandbox {
         &self,
         prepared: &crate::Prepared<'_>,
         mut options: RunOptions,
-        _: crate::PrivateToken,
+        _: crate::sandbox::token::PrivateToken,
     ) -> Result<Outcome> {
         let _span = tracing::info_span!("sandcell.run", backend = "wasm").entered();
         let started = Instant::now();
-        let Some(compiled) = prepared.artifact.downcast_ref::<CompiledModule>() else {
-            return Err(Error::invalid_program("the program was prepared by another kind of sandbox"));
+        let state = prepared.artifact.downcast_ref::<CompiledModule>().filter(|_| prepared.prepared_by(self));
+        let Some(compiled) = state else {
+            return Err(Error::invalid_program("the program was prepared by another sandbox"));
         };
         let program = &*options.program(prepared.program());
         let _stacks = crate::wasi::WasmerCalls::begin();
-        self.run_compiled(compiled, ArtifactSource::Memory, program, options, started)
+        self.run_compiled(compiled, ArtifactSource::Prepared, program, options, started)
     }
 
     fn interrupt_handle(&self) -> InterruptHandle {
