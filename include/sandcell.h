@@ -193,9 +193,10 @@ typedef struct {
   // Non-zero: the run's stdin is streamed from `stdin_fd` instead of the program's bytes —
   // the guest reads input as it arrives (a pipe, a socket, a file, a terminal). The library
   // reads a duplicate of the descriptor, so the caller may close `stdin_fd` once the call has
-  // returned; it starts reading when the guest starts, and a guest waiting for input still
-  // ends at its timeout. A descriptor that never ends keeps a thread of the library's reading
-  // its duplicate until it does.
+  // returned; it starts reading when the guest starts and stops when the run ends (even if
+  // the descriptor is idle), and reads ahead of the guest (up to about 128 KiB the guest may
+  // not read are taken from it). A guest waiting for input still ends at its wall-clock
+  // timeout or an interrupt (CPU time does not pass while it waits).
   uint32_t stream_stdin;
   // The descriptor `stream_stdin` streams from.
   int stdin_fd;

@@ -140,6 +140,16 @@ impl RunOptions {
         self
     }
 
+    /// Streams the run's stdin from a descriptor (a pipe, a socket, a terminal, a file) as
+    /// [`stdin_reader`](RunOptions::stdin_reader) does, and better: the descriptor is polled
+    /// together with the run, so the copying ends when the run does even if the source is idle,
+    /// and a non-blocking descriptor works. The copying reads ahead of the guest (up to about
+    /// 128 KiB the guest may never read are taken from the source).
+    pub fn stdin_fd(mut self, fd: impl Into<std::os::fd::OwnedFd>) -> Self {
+        self.stdin_stream = Some(crate::input::StdinStream::from_fd(fd.into()));
+        self
+    }
+
     /// The interrupt handles of this run besides the sandbox's own.
     pub(crate) fn handles(&self) -> impl Iterator<Item = &InterruptHandle> {
         self.interrupt.iter().chain(self.cancel.iter())

@@ -48,9 +48,10 @@ pub struct RunOptions {
     /// Non-zero: the run's stdin is streamed from `stdin_fd` instead of the program's bytes —
     /// the guest reads input as it arrives (a pipe, a socket, a file, a terminal). The library
     /// reads a duplicate of the descriptor, so the caller may close `stdin_fd` once the call has
-    /// returned; it starts reading when the guest starts, and a guest waiting for input still
-    /// ends at its timeout. A descriptor that never ends keeps a thread of the library's reading
-    /// its duplicate until it does.
+    /// returned; it starts reading when the guest starts and stops when the run ends (even if
+    /// the descriptor is idle), and reads ahead of the guest (up to about 128 KiB the guest may
+    /// not read are taken from it). A guest waiting for input still ends at its wall-clock
+    /// timeout or an interrupt (CPU time does not pass while it waits).
     pub stream_stdin: u32,
     /// The descriptor `stream_stdin` streams from.
     pub stdin_fd: c_int,
@@ -210,6 +211,9 @@ unsafe fn run_options_from(options: *const RunOptions) -> Result<(sandcell::RunO
                     }
                 }
             }
+            if o.stdin_data.is_null() && o.stdin_len != 0 {
+                return Err(invalid("options->stdin_data is NULL but options->stdin_len is not 0"));
+            }
             if !o.stdin_data.is_null() {
                 if o.stream_stdin != 0 {
                     return Err(invalid("set `options->stdin_data` or `options->stream_stdin`, not both"));
@@ -229,7 +233,7 @@ unsafe fn run_options_from(options: *const RunOptions) -> Result<(sandcell::RunO
                 let fd = std::os::fd::BorrowedFd::borrow_raw(o.stdin_fd)
                     .try_clone_to_owned()
                     .map_err(|e| invalid(format!("options->stdin_fd {}: {e}", o.stdin_fd)))?;
-                run_options = run_options.stdin_reader(std::fs::File::from(fd));
+                run_options = run_options.stdin_fd(fd);
             }
         }
         Ok((run_options, _link))

@@ -270,8 +270,21 @@ class Sandbox:
         call = _Call(program, args, stdin, env, cwd, entry, name, on_stdout, on_stderr)
         return await self._run_async(call, interrupt, seconds)
 
-    async def _run_async(self, call: _Call, interrupt: Optional[Interrupt], seconds: Optional[float]) -> Outcome:
-        loop = asyncio.get_running_loop()
+    async def _run_async(
+        self,
+        call: _Call,
+        interrupt: Optional[Interrupt],
+        seconds: Optional[float],
+        release: Optional[Callable[[], None]] = None,
+    ) -> Outcome:
+        """Runs `call` on a thread of its own; `release` (if any) is called on that thread once
+        the run has returned — never while the run may still use what it releases."""
+        try:
+            loop = asyncio.get_running_loop()
+        except BaseException:
+            if release is not None:
+                release()
+            raise
         done: "asyncio.Future[Outcome]" = loop.create_future()
         stop = RunStop(interrupt)
 
@@ -289,12 +302,20 @@ class Sandbox:
                 outcome = self._run_stopped(call, stop, seconds)
             except BaseException as e:  # delivered to the awaiting task
                 error = e
+            finally:
+                if release is not None:
+                    release()
             try:
                 loop.call_soon_threadsafe(settle, outcome, error)
             except RuntimeError:  # the event loop is closed: nobody awaits the run any more
                 pass
 
-        threading.Thread(target=work, name="sandcell-run", daemon=True).start()
+        try:
+            threading.Thread(target=work, name="sandcell-run", daemon=True).start()
+        except BaseException:
+            if release is not None:
+                release()
+            raise
         try:
             return await asyncio.shield(done)
         except asyncio.CancelledError:
@@ -530,11 +551,10 @@ class Prepared:
         seconds = _run_timeout(timeout)
         _interrupt_handle(interrupt)  # type check
         handle = self._begin()
-        try:
-            call = _Call(self.program, (), stdin, None, None, None, None, on_stdout, on_stderr, handle)
-            return await self.sandbox._run_async(call, interrupt, seconds)
-        finally:
-            self._end()
+        call = _Call(self.program, (), stdin, None, None, None, None, on_stdout, on_stderr, handle)
+        # The run's thread releases the handle when the C call has returned: closing (or
+        # destroying) this coroutine early cannot free the prepared program under the run.
+        return await self.sandbox._run_async(call, interrupt, seconds, self._end)
 
     def close(self) -> None:
         """Releases the prepared program. Runs in progress on other threads finish first."""

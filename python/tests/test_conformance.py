@@ -305,3 +305,24 @@ def test_prepared_runs_async(fx: Fixture) -> None:
 
     out = asyncio.run(main())
     assert out.ok and b"stdin: async input" in out.stdout, out
+
+
+def test_stdin_from_a_socket_with_a_timeout_streams(fx: Fixture) -> None:
+    # A socket with a timeout is non-blocking underneath: having nothing yet is not the end.
+    import socket
+
+    a, b = socket.socketpair()
+    a.settimeout(5)
+
+    def feed() -> None:
+        time.sleep(0.1)
+        b.sendall(b"late input")
+        b.close()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    with fx.sandbox() as sb, a.makefile("rb", buffering=0) as stdin:
+        out = fx.run(sb, "cat", stdin=stdin, timeout=20)
+    feeder.join()
+    a.close()
+    assert out.ok and out.stdout == b"late input", out

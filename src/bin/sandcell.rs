@@ -432,27 +432,33 @@ fn policy_of(a: &RunArgs) -> Result<Policy, Failure> {
 /// The guest's stdin: `--stdin FILE`, or this process's stdin when it is a pipe or a file (never
 /// a terminal, which would wait for typing). It is streamed: the guest reads input as it arrives
 /// (an interactive pipe works, and a large file is never held in memory).
-fn stdin_reader(spec: Option<&str>) -> Result<Option<Box<dyn Read + Send>>, Failure> {
+fn stdin_fd(spec: Option<&str>) -> Result<Option<std::os::fd::OwnedFd>, Failure> {
+    use std::os::fd::AsFd;
     let fail = |message: String| Failure { code: code::HOST, kind: "host", message };
+    let own_stdin =
+        || std::io::stdin().as_fd().try_clone_to_owned().map_err(|e| fail(format!("cannot read stdin: {e}")));
     match spec {
-        Some("-") => Ok(Some(Box::new(std::io::stdin()))),
+        Some("-") => Ok(Some(own_stdin()?)),
         Some(path) => {
             let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read `{path}` for stdin: {e}")))?;
             if file.metadata().is_ok_and(|m| m.is_dir()) {
                 return Err(fail(format!("cannot read `{path}` for stdin: it is a directory")));
             }
-            Ok(Some(Box::new(file)))
+            Ok(Some(file.into()))
         }
         None => {
-            let stdin = std::io::stdin();
-            if stdin.is_terminal() {
+            if std::io::stdin().is_terminal() {
                 return Ok(None);
             }
             let meta = std::fs::metadata("/proc/self/fd/0");
             let pipe_or_file = meta
                 .map(|m| m.file_type().is_fifo() || m.file_type().is_file() || m.file_type().is_socket())
                 .unwrap_or(false);
-            Ok(pipe_or_file.then(|| Box::new(stdin) as Box<dyn Read + Send>))
+            if pipe_or_file {
+                Ok(Some(own_stdin()?))
+            } else {
+                Ok(None)
+            }
         }
     }
 }
@@ -495,11 +501,11 @@ fn sandbox_of(a: &RunArgs) -> Result<Box<dyn sandcell::Sandbox>, Failure> {
 
 fn run(a: RunArgs) -> Result<u8, Failure> {
     let sandbox = sandbox_of(&a)?;
-    let stdin = stdin_reader(a.stdin.as_deref())?;
+    let stdin = stdin_fd(a.stdin.as_deref())?;
     let program = program_of(&a);
     let mut options = RunOptions::new();
-    if let Some(reader) = stdin {
-        options = options.stdin_reader(reader);
+    if let Some(fd) = stdin {
+        options = options.stdin_fd(fd);
     }
     if !a.json {
         // Pass output through as it is produced.

@@ -973,3 +973,30 @@ fn a_prepared_module_keeps_what_it_was_prepared_from() {
         assert_eq!(sb.run(&Program::path(&path)).unwrap().status, Status::Exited(4), "{}", f.kind);
     }
 }
+
+/// A descriptor as stdin ([`RunOptions::stdin_fd`]): a non-blocking socket streams (it is not
+/// taken for end-of-file when it has nothing yet), and when the run ends the library lets go of
+/// it at once although the source is still open and idle.
+#[test]
+fn a_non_blocking_descriptor_streams_and_is_released_when_the_run_ends_on_every_backend() {
+    use std::io::{Read, Write};
+    for f in fixtures() {
+        let sb = f.sandbox(policy());
+        let (source, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        source.set_nonblocking(true).unwrap();
+        let mut writer = peer.try_clone().unwrap();
+        let feeder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            writer.write_all(b"late").unwrap();
+        });
+        let options = RunOptions::new().stdin_fd(source).timeout(Duration::from_millis(1500));
+        let out = sb.run_with(&f.guest("echo", &[]), options).unwrap();
+        feeder.join().unwrap();
+        assert_eq!(out.status, Status::Timeout, "{}", f.kind);
+        assert_eq!(text(&out.stdout), "late", "{}", f.kind);
+        // The library's copy of the socket is closed: the peer reads end-of-file.
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(peer.read(&mut buf).unwrap(), 0, "{}: the run's stdin is still held", f.kind);
+    }
+}

@@ -226,10 +226,17 @@ fn a_vcpu_waiting_for_stdin_does_not_stall_the_other_vcpus() {
     assert_eq!(out.status, Status::Exited(7), "{}", text(&out.stderr));
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     drop(writer);
-    // And input that comes is read by the waiting vCPU.
-    let out =
-        sb.run_with(&Program::path(&guest).arg("stdin_wait"), RunOptions::new().stdin_reader(&b"hello"[..])).unwrap();
+    // And input that comes later is read by the waiting vCPU (answered from the serving loop).
+    let (reader, mut writer) = crate::common::pipe();
+    let feeder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        std::io::Write::write_all(&mut writer, b"hello").unwrap();
+        std::thread::sleep(Duration::from_millis(2000));
+    });
+    let out = sb.run_with(&Program::path(&guest).arg("stdin_wait"), RunOptions::new().stdin_reader(reader)).unwrap();
     assert_eq!(out.status, Status::Exited(7), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("cpu 1 read 5"), "{}", text(&out.stdout));
+    feeder.join().unwrap();
 }
 
 /// A WASI `fd_read` of a streamed stdin answers as `readv` does: with what has arrived (a short

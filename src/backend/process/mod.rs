@@ -133,7 +133,8 @@ impl crate::Sandbox for ProcessSandbox {
         self.interrupt.clone()
     }
 
-    /// Checks the program once; each run still starts its jail from nothing.
+    /// Checks the program up front (refusing what every run would); each run still checks it
+    /// again, executes its path and starts its jail from nothing.
     fn prepare(&self, program: &Program) -> Result<crate::Prepared<'_>> {
         program.validate()?;
         self.exec_candidates(program, &program.merged_env(&self.policy.env))?;

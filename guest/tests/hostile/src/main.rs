@@ -16,6 +16,7 @@ sandcell_guest::entry!(main);
 static DATA: [u8; 16] = [0xc3; 16]; // `ret` instructions, in a non-executable data page
 static ARRIVED: AtomicU32 = AtomicU32::new(0);
 static READING: AtomicU32 = AtomicU32::new(0);
+static READ_DONE: AtomicU32 = AtomicU32::new(0);
 const SECRET: u64 = 0x5ec2_e7ed_ba5e_ba11;
 
 #[inline(never)]
@@ -49,6 +50,8 @@ fn main() -> i32 {
         let mut buf = [0u8; 16];
         let n = read_stdin(&mut buf);
         println!("cpu {} read {n}", cpu_id());
+        flush();
+        READ_DONE.fetch_add(1, Ordering::SeqCst);
         return 0;
     }
     if cpu_id() != 0 {
@@ -193,8 +196,12 @@ fn main() -> i32 {
                 while READING.load(Ordering::SeqCst) < vcpu_count() - 1 {
                     core::hint::spin_loop();
                 }
-                // Give the readers time to reach the host.
-                for _ in 0..50_000_000u64 {
+                // Wait for the readers' input, at most ≈ 1e9 TSC ticks (a few tenths of a
+                // second), then exit whether or not it came.
+                let start = core::arch::x86_64::_rdtsc();
+                while READ_DONE.load(Ordering::SeqCst) < vcpu_count() - 1
+                    && core::arch::x86_64::_rdtsc().wrapping_sub(start) < 1_000_000_000
+                {
                     core::hint::spin_loop();
                 }
                 return 7;
