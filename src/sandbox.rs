@@ -267,10 +267,15 @@ impl<'s> Prepared<'s> {
         Prepared { sandbox, program: program.clone(), artifact: Box::new(()) }
     }
 
-    /// Whether `sandbox` is the one that prepared this (backends check it before using their
-    /// state).
-    pub(crate) fn prepared_by(&self, sandbox: &dyn Sandbox) -> bool {
-        std::ptr::addr_eq(self.sandbox as *const dyn Sandbox, sandbox as *const dyn Sandbox)
+    /// The backend's state of this program, for `sandbox`'s `run_prepared`: `None` for one
+    /// made with [`Prepared::unprepared`] (a plain run); an error unless `sandbox` prepared it.
+    pub(crate) fn state<T: 'static>(&self, sandbox: &dyn Sandbox) -> Result<Option<&T>> {
+        let mine = std::ptr::addr_eq(self.sandbox as *const dyn Sandbox, sandbox as *const dyn Sandbox);
+        match self.artifact.downcast_ref::<T>() {
+            Some(state) if mine => Ok(Some(state)),
+            None if mine && self.artifact.is::<()>() => Ok(None),
+            _ => Err(crate::Error::invalid_program("the program was prepared by another sandbox")),
+        }
     }
 
     /// Runs the prepared program.

@@ -7,7 +7,7 @@ import math
 import os
 import threading
 from ctypes import POINTER, byref, c_void_p
-from typing import Any, BinaryIO, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar, Union
 
 from . import _lib
 from ._errors import InvalidArgumentError, InvalidPolicyError, check, text
@@ -154,7 +154,75 @@ def _interrupt_handle(interrupt: Optional[Interrupt]) -> Optional[c_void_p]:
     return interrupt._handle
 
 
-class Sandbox:
+_Self = TypeVar("_Self", bound="_Owned")
+
+
+class _Owned:
+    """A C handle shared by runs on several threads: `close()` releases it once the last run
+    in progress has returned. Subclasses set `_what` and `_free`, and `_own(handle)` first."""
+
+    _what = "object"
+
+    @staticmethod
+    def _free(handle: c_void_p) -> None:
+        raise NotImplementedError
+
+    def _own(self, handle: Optional[c_void_p]) -> None:
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._stops: Set[RunStop] = set()
+        self._closed = False
+        self._handle: Optional[c_void_p] = handle
+
+    def close(self) -> None:
+        """Releases it. Runs in progress on other threads finish first; new runs raise
+        `InvalidArgumentError`."""
+        with self._lock:
+            self._closed = True
+            if self._runs:
+                return  # the last run frees it
+            handle, self._handle = self._handle, None
+        if handle:
+            self._free(handle)
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called."""
+        return self._closed
+
+    def _begin(self, stop: Optional[RunStop] = None) -> c_void_p:
+        with self._lock:
+            if self._closed or not self._handle:
+                raise InvalidArgumentError(f"the {self._what} is closed")
+            self._runs += 1
+            if stop is not None:
+                self._stops.add(stop)
+            return self._handle
+
+    def _end(self, stop: Optional[RunStop] = None) -> None:
+        with self._lock:
+            self._runs -= 1
+            if stop is not None:
+                self._stops.discard(stop)
+            if not (self._closed and self._runs == 0):
+                return
+            handle, self._handle = self._handle, None
+        if handle:
+            self._free(handle)
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None and getattr(self, "_runs", 0) == 0:
+            self._free(self._handle)  # type: ignore[arg-type]
+            self._handle = None
+
+
+class Sandbox(_Owned):
     """A backend (`"wasm"`, `"process"` or `"microvm"`) with a policy applied.
 
     Give either a `Policy` or its fields as keyword arguments:
@@ -163,6 +231,9 @@ class Sandbox:
     once. Use it as a context manager, or call `close()`; runs still in progress on other
     threads finish first. `backend` and `policy` are what it was made with.
     """
+
+    _what = "sandbox"
+    _free = staticmethod(lib.sandcell_sandbox_free)
 
     def __init__(
         self,
@@ -180,11 +251,7 @@ class Sandbox:
             raise TypeError(f"policy must be a sandcell.Policy, not {type(policy).__name__}")
         self.backend: str = backend
         self.policy: Policy = policy
-        self._lock = threading.Lock()
-        self._runs = 0
-        self._stops: Set[RunStop] = set()
-        self._closed = False
-        self._handle: Optional[c_void_p] = None
+        self._own(None)
         c_policy = c_void_p()
         check(lib.sandcell_policy_from_json(policy.to_json().encode(), byref(c_policy)))
         try:
@@ -449,58 +516,11 @@ class Sandbox:
         finally:
             self._end(None)
 
-    def close(self) -> None:
-        """Releases the sandbox. Runs in progress on other threads finish first; new runs raise
-        `InvalidArgumentError`."""
-        with self._lock:
-            self._closed = True
-            if self._runs:
-                return  # the last run frees it
-            handle, self._handle = self._handle, None
-        if handle:
-            lib.sandcell_sandbox_free(handle)
-
-    @property
-    def closed(self) -> bool:
-        """Whether `close()` was called."""
-        return self._closed
-
-    def _begin(self, stop: Optional[RunStop]) -> c_void_p:
-        with self._lock:
-            if self._closed or not self._handle:
-                raise InvalidArgumentError("the sandbox is closed")
-            self._runs += 1
-            if stop is not None:
-                self._stops.add(stop)
-            return self._handle
-
-    def _end(self, stop: Optional[RunStop]) -> None:
-        with self._lock:
-            self._runs -= 1
-            if stop is not None:
-                self._stops.discard(stop)
-            if not (self._closed and self._runs == 0):
-                return
-            handle, self._handle = self._handle, None
-        if handle:
-            lib.sandcell_sandbox_free(handle)
-
-    def __enter__(self) -> "Sandbox":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_handle", None) is not None and getattr(self, "_runs", 0) == 0:
-            lib.sandcell_sandbox_free(self._handle)
-            self._handle = None
-
     def __repr__(self) -> str:
         return f"<sandcell.Sandbox {self.backend}{' (closed)' if self._closed else ''}>"
 
 
-class Prepared:
+class Prepared(_Owned):
     """A program prepared on a sandbox (`Sandbox.prepare`), to run many times.
 
     `run()` and `await run_async()` take `run()`'s per-run arguments: `stdin`, `on_stdout`,
@@ -509,13 +529,13 @@ class Prepared:
     context manager, or call `close()` (runs in progress on other threads finish first).
     """
 
+    _what = "prepared program"
+    _free = staticmethod(lib.sandcell_prepared_free)
+
     def __init__(self, sandbox: Sandbox, handle: c_void_p, program: Program) -> None:
         self.sandbox: Sandbox = sandbox
         self.program: Program = program
-        self._handle: Optional[c_void_p] = handle
-        self._lock = threading.Lock()
-        self._runs = 0
-        self._closed = False
+        self._own(handle)
 
     def run(
         self,
@@ -555,48 +575,6 @@ class Prepared:
         # The run's thread releases the handle when the C call has returned: closing (or
         # destroying) this coroutine early cannot free the prepared program under the run.
         return await self.sandbox._run_async(call, interrupt, seconds, self._end)
-
-    def close(self) -> None:
-        """Releases the prepared program. Runs in progress on other threads finish first."""
-        with self._lock:
-            self._closed = True
-            if self._runs:
-                return  # the last run frees it
-            handle, self._handle = self._handle, None
-        if handle:
-            lib.sandcell_prepared_free(handle)
-
-    @property
-    def closed(self) -> bool:
-        """Whether `close()` was called."""
-        return self._closed
-
-    def _begin(self) -> c_void_p:
-        with self._lock:
-            if self._closed or not self._handle:
-                raise InvalidArgumentError("the prepared program is closed")
-            self._runs += 1
-            return self._handle
-
-    def _end(self) -> None:
-        with self._lock:
-            self._runs -= 1
-            if not (self._closed and self._runs == 0):
-                return
-            handle, self._handle = self._handle, None
-        if handle:
-            lib.sandcell_prepared_free(handle)
-
-    def __enter__(self) -> "Prepared":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_handle", None) is not None and getattr(self, "_runs", 0) == 0:
-            lib.sandcell_prepared_free(self._handle)
-            self._handle = None
 
     def __repr__(self) -> str:
         return f"<sandcell.Prepared {self.program!r} on {self.sandbox.backend}{' (closed)' if self._closed else ''}>"

@@ -12,19 +12,10 @@ import pytest
 
 import sandcell
 from conftest import HELLO_WAT
+from test_api import GO_SPIN  # prints "go\n", then spins
 
 # The spinning guest of the issue: it never ends by itself.
 SPIN = b'(module (func (export "_start") (loop (br 0))))'
-# Prints "go\n", then spins.
-GO_SPIN = b"""(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "go\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 3))
-    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
-    (loop $l (br $l))))"""
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:

@@ -873,13 +873,8 @@ impl crate::Sandbox for MicroVmSandbox {
         _: crate::sandbox::token::PrivateToken,
     ) -> Result<Outcome> {
         let _span = tracing::info_span!("sandcell.run", backend = "microvm").entered();
-        if prepared.artifact.is::<()>() && prepared.prepared_by(self) {
-            // `Prepared::unprepared`: a plain run.
+        let Some(image) = prepared.state::<PreparedImage>(self)? else {
             return self.run_with(prepared.program(), options);
-        }
-        let state = prepared.artifact.downcast_ref::<PreparedImage>().filter(|_| prepared.prepared_by(self));
-        let Some(image) = state else {
-            return Err(Error::invalid_program("the program was prepared by another sandbox"));
         };
         let program = options.program(prepared.program());
         self.run_inner(&program, Some(image), options, Instant::now())

@@ -396,13 +396,8 @@ impl crate::Sandbox for WasmSandbox {
     ) -> Result<Outcome> {
         let _span = tracing::info_span!("sandcell.run", backend = "wasm").entered();
         let started = Instant::now();
-        if prepared.artifact.is::<()>() && prepared.prepared_by(self) {
-            // `Prepared::unprepared`: a plain run.
+        let Some(compiled) = prepared.state::<CompiledModule>(self)? else {
             return self.run_with(prepared.program(), options);
-        }
-        let state = prepared.artifact.downcast_ref::<CompiledModule>().filter(|_| prepared.prepared_by(self));
-        let Some(compiled) = state else {
-            return Err(Error::invalid_program("the program was prepared by another sandbox"));
         };
         let program = &*options.program(prepared.program());
         let _stacks = crate::wasi::WasmerCalls::begin();
