@@ -38,6 +38,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A request this backend cannot carry out (for example, an option of
+    /// [`PrepareOptions`](crate::PrepareOptions) it has no mechanism for).
+    #[error("the {backend} backend cannot do {what}: {reason}")]
+    Unsupported {
+        /// The backend that was asked.
+        backend: BackendKind,
+        /// What was asked.
+        what: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+
     /// The backend cannot run on this host at all (feature not compiled in, KVM missing, ...).
     #[error("the {backend} backend is not available on this host: {reason}")]
     BackendUnavailable {
@@ -150,7 +162,7 @@ impl CompileLimit {
 pub enum ErrorKind {
     /// [`Error::InvalidPolicy`], or an invalid argument through the C ABI.
     InvalidPolicy = 1,
-    /// [`Error::Unenforceable`].
+    /// [`Error::Unenforceable`] and [`Error::Unsupported`].
     Unenforceable = 2,
     /// [`Error::BackendUnavailable`].
     BackendUnavailable = 3,
@@ -180,6 +192,7 @@ impl Error {
         match self {
             Error::InvalidPolicy { .. } => ErrorKind::InvalidPolicy,
             Error::Unenforceable { .. } => ErrorKind::Unenforceable,
+            Error::Unsupported { .. } => ErrorKind::Unenforceable,
             Error::BackendUnavailable { .. } => ErrorKind::BackendUnavailable,
             Error::ReadProgram { .. }
             | Error::ProgramNotFound { .. }

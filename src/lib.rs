@@ -54,6 +54,7 @@ mod fuzz;
 mod input;
 mod outcome;
 mod policy;
+mod pool;
 mod probe;
 mod program;
 mod sandbox;
@@ -74,6 +75,7 @@ pub use policy::{
     DEFAULT_MAX_FUNCTIONS, DEFAULT_MAX_FUNCTION_SIZE, DEFAULT_MAX_MODULE_SIZE, DEFAULT_MAX_OPEN_FILES,
     DEFAULT_MAX_OUTPUT, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY,
 };
+pub use pool::{PoolStats, PrepareOptions, DEFAULT_IDLE_TIMEOUT, DEFAULT_POOL_SIZE, MAX_POOL_SIZE};
 pub use probe::{BackendSupport, Cgroups, HostSupport, KvmFlavor, Probe};
 pub use program::{Artifact, Program};
 #[cfg(feature = "async")]

@@ -205,6 +205,22 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     /// program, a module over its compilation budgets), found now instead.
     fn prepare(&self, program: &Program) -> Result<Prepared<'_>>;
 
+    /// [`prepare`](Sandbox::prepare) with [`PrepareOptions`](crate::PrepareOptions): a pool of
+    /// ready instances, a snapshot taken once the program says it is ready. A backend that
+    /// cannot do what the options ask refuses them ([`Error::Unsupported`](crate::Error::Unsupported)
+    /// naming the option); with [`PrepareOptions::new`](crate::PrepareOptions::new) this is
+    /// `prepare`.
+    fn prepare_with(&self, program: &Program, options: &crate::PrepareOptions) -> Result<Prepared<'_>> {
+        if !options.is_plain() {
+            return Err(crate::Error::Unsupported {
+                backend: self.backend(),
+                what: "pools of ready instances and snapshots after ready".into(),
+                reason: "it keeps no instances between runs; prepare without options".into(),
+            });
+        }
+        self.prepare(program)
+    }
+
     /// Runs a program [`prepare`](Sandbox::prepare)d on this sandbox (called by
     /// [`Prepared::run_with`]; the token keeps it from being called from outside the crate).
     #[doc(hidden)]
@@ -249,6 +265,8 @@ pub struct Prepared<'s> {
     program: Program,
     /// The backend's prepared state (its type is the backend's business).
     pub(crate) artifact: Box<dyn std::any::Any + Send + Sync>,
+    /// The counters of its pool of ready instances, if it has one.
+    pool: Option<std::sync::Arc<crate::pool::Counters>>,
 }
 
 impl<'s> Prepared<'s> {
@@ -258,13 +276,29 @@ impl<'s> Prepared<'s> {
         program: &Program,
         artifact: Box<dyn std::any::Any + Send + Sync>,
     ) -> Self {
-        Prepared { sandbox, program: program.clone(), artifact }
+        Prepared { sandbox, program: program.clone(), artifact, pool: None }
+    }
+
+    /// As [`Prepared::new`], with the counters of the program's pool.
+    pub(crate) fn pooled(
+        sandbox: &'s dyn Sandbox,
+        program: &Program,
+        artifact: Box<dyn std::any::Any + Send + Sync>,
+        pool: std::sync::Arc<crate::pool::Counters>,
+    ) -> Self {
+        Prepared { sandbox, program: program.clone(), artifact, pool: Some(pool) }
+    }
+
+    /// What the program's pool of ready instances did: `None` when it has none (prepared
+    /// without one, or on a backend that keeps none).
+    pub fn pool_stats(&self) -> Option<crate::PoolStats> {
+        self.pool.as_ref().map(|c| c.stats())
     }
 
     /// A program with nothing prepared: its runs are plain [`Sandbox::run_with`] runs. For
     /// implementations of [`Sandbox`] outside this crate, whose `prepare` has nothing to do once.
     pub fn unprepared(sandbox: &'s dyn Sandbox, program: &Program) -> Self {
-        Prepared { sandbox, program: program.clone(), artifact: Box::new(()) }
+        Prepared { sandbox, program: program.clone(), artifact: Box::new(()), pool: None }
     }
 
     /// The backend's state of this program, for `sandbox`'s `run_prepared`: `None` for one

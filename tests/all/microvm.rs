@@ -480,3 +480,158 @@ fn prepare_refuses_fuel_for_a_native_guest_as_a_run_would() {
     assert_eq!(out.status, Status::Exited(3));
     assert!(out.skipped.contains_key(&sandcell::PolicyField::Fuel));
 }
+
+/// The residue line a run restored from a clean snapshot must print.
+const CLEAN: &str = "residue: 0 markers, 0 runs, xmm15 0x0, xmm14 0x0";
+
+/// Runs of a prepared program restore its snapshot into a pooled VM: whatever a run leaves in
+/// memory (heap, stack, statics) or registers (general, SSE), the next run sees the snapshot.
+#[test]
+fn prepared_runs_reuse_a_vm_and_see_nothing_an_earlier_run_left() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(base());
+    // The marker search finds what it looks for (a plain run that plants, then counts).
+    let planted = sb.run(&Program::path(&guest).args(["find_secret", "plant"])).unwrap();
+    assert!(text(&planted.stdout).starts_with("found ") && !text(&planted.stdout).contains("found 0 "));
+    let prepared = sb.prepare(&Program::path(&guest).arg("residue")).unwrap();
+    for i in 0..5 {
+        let out = prepared.run().unwrap();
+        assert_eq!(out.status, Status::Exited(0), "run {i}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), CLEAN, "run {i}");
+        assert_eq!(out.usage.artifact, Some(sandcell::ArtifactSource::Prepared));
+    }
+    let stats = prepared.pool_stats().expect("a micro-VM prepared program has a pool");
+    assert_eq!((stats.hits, stats.misses, stats.idle), (5, 0, 1), "{stats:?}");
+    assert!(stats.snapshot_bytes > 0 && stats.snapshot_bytes < 4 << 20, "{stats:?}");
+}
+
+/// A run stopped by its timeout, or one that traps, leaves a VM that is restored like any other.
+#[test]
+fn a_pooled_vm_comes_back_clean_after_a_timeout_and_a_trap() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(base());
+    let spin = sb.prepare(&Program::path(&guest).arg("spin")).unwrap();
+    let out = spin.run_with(RunOptions::new().timeout(Duration::from_millis(100))).unwrap();
+    assert_eq!(out.status, Status::Timeout);
+    let out = spin.run_with(RunOptions::new().timeout(Duration::from_millis(100))).unwrap();
+    assert_eq!(out.status, Status::Timeout);
+    assert_eq!(spin.pool_stats().unwrap().hits, 2);
+    let residue = sb.prepare(&Program::path(&guest).arg("residue")).unwrap();
+    let interrupt = InterruptHandle::new();
+    let stopper = interrupt.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        stopper.interrupt();
+    });
+    // Planted, then stopped while running: the interrupt lands during or after the run.
+    let _ = residue.run_with(RunOptions::new().interrupt(interrupt)).unwrap();
+    let out = residue.run().unwrap();
+    assert_eq!(text(&out.stdout).trim(), CLEAN);
+}
+
+/// A pool keeps at most its size, makes a VM when none is idle (a miss), and destroys VMs idle
+/// past the timeout (evictions), even when no run comes.
+#[test]
+fn a_pool_is_bounded_counts_misses_and_evicts_idle_vms() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb: Arc<dyn Sandbox> = Arc::from(sandbox(base()));
+    let options = sandcell::PrepareOptions::new().pool_size(2).idle_timeout(Duration::from_millis(300));
+    let prepared = Arc::new(sb.prepare_with(&Program::path(&guest).arg("residue"), &options).unwrap());
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let p = prepared.clone();
+            s.spawn(move || {
+                for _ in 0..3 {
+                    let out = p.run().unwrap();
+                    assert_eq!(text(&out.stdout).trim(), CLEAN);
+                }
+            });
+        }
+    });
+    let stats = prepared.pool_stats().unwrap();
+    assert_eq!(stats.hits + stats.misses, 12, "{stats:?}");
+    assert!(stats.idle <= 2, "{stats:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while prepared.pool_stats().unwrap().idle > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let later = prepared.pool_stats().unwrap();
+    assert_eq!(later.idle, 0, "idle VMs outlived the idle timeout: {later:?}");
+    assert!(later.evictions >= 1, "{later:?}");
+    // After eviction a run still works (a miss).
+    assert_eq!(text(&prepared.run().unwrap().stdout).trim(), CLEAN);
+    assert_eq!(prepared.pool_stats().unwrap().misses, later.misses + 1);
+    // Pool size 0: every run makes its VM from the snapshot.
+    let none =
+        sb.prepare_with(&Program::path(&guest).arg("residue"), &sandcell::PrepareOptions::new().pool_size(0)).unwrap();
+    for _ in 0..2 {
+        assert_eq!(text(&none.run().unwrap().stdout).trim(), CLEAN);
+    }
+    assert_eq!(none.pool_stats().unwrap().hits, 0);
+    let too_big =
+        sb.prepare_with(&Program::path(&guest).arg("residue"), &sandcell::PrepareOptions::new().pool_size(100_000));
+    assert!(too_big.unwrap_err().to_string().contains("at most"));
+}
+
+/// `until_ready`: the program's start-up runs once; every run continues after `ready()` with
+/// its own stdin, sees the start-up's state but nothing of earlier runs, and draws fresh
+/// randomness (RDRAND).
+#[test]
+fn a_snapshot_after_ready_starts_each_run_after_the_start_up() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(base());
+    let options = sandcell::PrepareOptions::new().until_ready(true);
+    let prepared = sb.prepare_with(&Program::path(&guest).args(["ready", "50000000"]), &options).unwrap();
+    let mut randoms = std::collections::HashSet::new();
+    for input in ["first", "second", "third"] {
+        let started = Instant::now();
+        let out = prepared.run_with(RunOptions::new().stdin(input.as_bytes().to_vec())).unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(out.status, Status::Exited(0), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(!stdout.contains("before ready"), "{stdout}");
+        assert!(
+            stdout.starts_with(&format!(
+                "input {input:?}, initialised 42, residue 0 markers 0 runs xmm15 0x0 xmm14 0x0, rdrand "
+            )),
+            "{stdout}"
+        );
+        randoms.insert(stdout.trim().rsplit(' ').next().unwrap().to_owned());
+        // The start-up loop is not run again (it takes far longer than a restored run).
+        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    }
+    assert_eq!(randoms.len(), 3, "RDRAND repeated across restored runs: {randoms:?}");
+    // A streamed stdin reaches the restored guest too.
+    let (r, mut w) = common::pipe();
+    std::io::Write::write_all(&mut w, b"streamed").unwrap();
+    drop(w);
+    let out = prepared.run_with(RunOptions::new().stdin_reader(r)).unwrap();
+    assert!(text(&out.stdout).starts_with("input \"streamed\""), "{}", text(&out.stdout));
+}
+
+/// What `until_ready` cannot do is refused: a program that ends before it is ready, a guest with
+/// several vCPUs, a WASI module on this backend; and the other backends refuse pool options.
+#[test]
+fn until_ready_refuses_what_it_cannot_snapshot() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let sb = sandbox(base());
+    let options = sandcell::PrepareOptions::new().until_ready(true);
+    let err = sb.prepare_with(&Program::path(&guest).args(["exit", "3"]), &options).unwrap_err();
+    assert!(err.to_string().contains("did not say it was ready") && err.to_string().contains("code 3"), "{err}");
+    let sb_short = sandbox(Policy { timeout: Some(Duration::from_millis(200)), ..base() });
+    let err2 = sb_short.prepare_with(&Program::path(&guest).arg("spin"), &options).unwrap_err();
+    assert!(err2.to_string().contains("timeout") || err2.to_string().contains("time"), "{err2}");
+    let multi = sandbox(Policy { cpus: Some(2), ..base() });
+    let err = multi.prepare_with(&Program::path(&guest).arg("ready"), &options).unwrap_err();
+    assert!(matches!(err, sandcell::Error::Unsupported { .. }), "{err}");
+    let wasm = sb.prepare_with(&Program::path(common::repo().join("examples/hello.wat")), &options).unwrap_err();
+    assert!(matches!(wasm, sandcell::Error::Unsupported { .. }), "{wasm}");
+    let wasm_sb = SandboxBuilder::new(BackendKind::Wasm).build().unwrap();
+    let err = wasm_sb
+        .prepare_with(
+            &Program::path(common::repo().join("examples/hello.wat")),
+            &sandcell::PrepareOptions::new().pool_size(2),
+        )
+        .unwrap_err();
+    assert!(matches!(err, sandcell::Error::Unsupported { backend: BackendKind::Wasm, .. }), "{err}");
+}

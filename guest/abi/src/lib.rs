@@ -104,6 +104,10 @@ pub mod op {
     /// The guest trapped: `args[0]` = [`trap`](super::trap) kind, `args[1..3]` = message,
     /// `args[3]` = fuel used (`u64::MAX`: none).
     pub const TRAP: u16 = 6;
+    /// The guest has finished its start-up: a host preparing the program snapshots the VM here
+    /// and starts every run from this point (after this call returns, with `ret` = 0); in a
+    /// plain run the call does nothing.
+    pub const READY: u16 = 7;
 }
 
 /// Errors a host call returns (negated in `ret`).
@@ -237,6 +241,8 @@ pub enum Request {
     Wasi { function: u16, memory: Span, args: [u64; 9], nargs: u8 },
     /// [`op::TRAP`]: the wasm guest trapped ([`trap`] kinds), with a `message`.
     Trap { kind: u64, message: Span, fuel_used: Option<u64> },
+    /// [`op::READY`]: the guest's start-up is done.
+    Ready,
 }
 
 /// Why a mailbox is not a valid request.
@@ -327,6 +333,7 @@ pub fn decode(bytes: &[u8; MAILBOX_BYTES]) -> Result<Request, DecodeError> {
             Request::Wasi { function: a[0] as u16, memory: span(a[1], a[2], 1 << 32)?, args, nargs: a[3] as u8 }
         }
         op::TRAP => Request::Trap { kind: a[0], message: span(a[1], a[2], 4096)?, fuel_used: fuel(a[3]) },
+        op::READY => Request::Ready,
         other => return Err(DecodeError::UnknownOp(other)),
     })
 }
@@ -503,6 +510,7 @@ pub fn fuzz_decode(data: &[u8]) {
                 &[(*memory, 1 << 32)]
             }
             Request::Trap { message, .. } => &[(*message, 4096)],
+            Request::Ready => &[],
         };
         for (span, max) in spans {
             assert!(span.addr.checked_add(span.len).is_some() && span.len <= *max, "{span:?}");

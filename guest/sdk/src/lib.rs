@@ -156,6 +156,18 @@ pub fn read_stdin(buf: &mut [u8]) -> usize {
     n.max(0) as usize
 }
 
+/// Says the program's start-up is done. When the host prepares the program with a snapshot
+/// after ready (`PrepareOptions::until_ready`), it stops the VM here once, and every run of the
+/// prepared program continues from this call's return with its own stdin (read it after this
+/// call; arguments and environment are those of the preparing run). Output buffered so far is
+/// flushed first (a preparing run's output is discarded). In a plain run this does nothing.
+/// Call it from one vCPU while no other runs (the host refuses snapshots of several vCPUs).
+pub fn ready() {
+    flush();
+    // SAFETY: READY takes no arguments.
+    unsafe { hypercall(op::READY, &[]) };
+}
+
 /// Ends the VM with this exit code. This vCPU's buffered output goes with the exit, in the same
 /// hypercall; other vCPUs' buffered output is lost unless they [`flush`] first.
 pub fn exit(code: i32) -> ! {

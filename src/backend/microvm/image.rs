@@ -340,6 +340,34 @@ impl GuestImage {
         (first..end).step_by(PAGE as usize).all(|page| self.page_writable(page))
     }
 
+    /// The page-aligned ranges of guest RAM whose contents a run can change: every page the
+    /// guest may write ([`GuestImage::writable`]), and those only the VM's exception stubs or
+    /// the host write (the GDT and kernel stack pages, the mailboxes, the boot information).
+    /// Everything else stays as the image has it for the VM's whole life. A snapshot restores
+    /// exactly these (see `warm.rs`).
+    pub(crate) fn changeable(&self) -> Vec<(u64, u64)> {
+        let mut ranges = vec![
+            (layout::GDT, layout::GDT + PAGE),
+            (layout::KERNEL_STACK_TOP - PAGE, layout::KERNEL_STACK_TOP),
+            (layout::MAILBOX, layout::BOOT_INFO + layout::BOOT_INFO_SIZE),
+        ];
+        let mut page = layout::IMAGE;
+        while page < layout::HEAP.min(self.ram) {
+            if self.page_writable(page) {
+                match ranges.last_mut() {
+                    Some((_, end)) if *end == page => *end += PAGE,
+                    _ => ranges.push((page, page + PAGE)),
+                }
+            }
+            page += PAGE;
+        }
+        let heap_end = self.ram / LARGE * LARGE;
+        if self.heap_start < heap_end {
+            ranges.push((self.heap_start, heap_end));
+        }
+        ranges
+    }
+
     /// Whether the guest's page tables let it write the page at `page` (page-aligned).
     fn page_writable(&self, page: u64) -> bool {
         if page < layout::IMAGE {
@@ -351,8 +379,9 @@ impl GuestImage {
             let guard = layout::STACKS + cpu * layout::STACK_STRIDE;
             cpu < u64::from(self.vcpus) && page != guard
         } else {
-            // The heap is mapped in 2 MiB pages up to the last whole one below the end of RAM.
-            page < self.ram / LARGE * LARGE
+            // The heap is mapped in 2 MiB pages up to the last whole one below the end of RAM;
+            // a wasm module's bytes below `heap_start` are read-only.
+            page >= self.heap_start && page < self.ram / LARGE * LARGE
         }
     }
 }
@@ -441,7 +470,17 @@ pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Resul
         .map_err(setup("program"))?;
     let program_at = layout::HEAP;
     w.put(program_at, data).map_err(setup("program data"))?;
-    let heap_start = (program_at + data.len() as u64).next_multiple_of(PAGE);
+    // The module's bytes get 2 MiB pages of their own, read-only to the guest (the runtime
+    // only reads them): they are mapped straight from the image, shared by every run, and a
+    // snapshot never has to save or restore them.
+    let heap_start = (program_at + data.len() as u64).next_multiple_of(LARGE);
+    if heap_start + LARGE > ram {
+        return Err(Error::invalid_program(format!(
+            "the module ({} bytes) does not fit {} MiB of guest RAM",
+            data.len(),
+            ram >> 20
+        )));
+    }
 
     // Page tables: PML4, PDPT, one PD per GiB, 4 KiB page tables for the fixed area below HEAP,
     // 2 MiB pages for the heap.
@@ -469,7 +508,8 @@ pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Resul
     }
     let mut addr = layout::HEAP;
     while addr + LARGE <= ram {
-        w.u64(pd + (addr / LARGE) * 8, addr | P | W | U | A | D | PS | NX).map_err(setup("page tables"))?;
+        let flags = if addr < heap_start { P | U | A | PS | NX } else { P | W | U | A | D | PS | NX };
+        w.u64(pd + (addr / LARGE) * 8, addr | flags).map_err(setup("page tables"))?;
         addr += LARGE;
     }
     let pte =
@@ -530,8 +570,8 @@ pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Resul
             _ => content.push((page, page + PAGE, sharing)),
         }
     }
-    if heap_start > program_at {
-        content.push((program_at, heap_start, Sharing::Private));
+    if !data.is_empty() {
+        content.push((program_at, (program_at + data.len() as u64).next_multiple_of(PAGE), Sharing::Shared));
     }
     tracing::debug_span!("structures").in_scope(|| w.finish()).map_err(setup("structures"))?;
     let image_writable = loaded.pages.iter().map(|p| p.is_some_and(|p| p.write)).collect();

@@ -27,6 +27,7 @@ mod reaper;
 pub(crate) mod seccomp_vcpu;
 mod sys;
 pub(crate) mod vm;
+mod warm;
 pub(crate) mod wasi;
 
 use std::collections::HashMap;
@@ -230,6 +231,7 @@ impl MicroVmSandbox {
         program: &Program,
         wasm: bool,
         stdin: Option<&StdinSource>,
+        stdin_by_call: bool,
     ) -> Result<(Vec<u8>, usize)> {
         let mut strings = Vec::new();
         let mut argc = 0u64;
@@ -263,7 +265,10 @@ impl MicroVmSandbox {
             None => (&[], false),
         };
         let room = (layout::BOOT_INFO_SIZE - header) as usize - strings.len();
-        let inline = if wasm { 0 } else { stdin.len().min(room) };
+        // A guest prepared until ready reads the stdin of the run restored from it with the
+        // hypercall: the boot area then carries none.
+        let streamed = streamed || stdin_by_call;
+        let inline = if wasm || stdin_by_call { 0 } else { stdin.len().min(room) };
         let info = sandcell_abi::BootInfo {
             magic: sandcell_abi::MAGIC as u64,
             version: sandcell_abi::VERSION as u64,
@@ -342,7 +347,12 @@ impl MicroVmSandbox {
         }
         // A WASI guest's stdin is its WASI environment's; a native guest's is read here.
         let stdin = if wasm { None } else { Some(program.stdin_source()) };
-        let (boot, stdin_inline) = self.boot_info(&image, program, wasm, stdin.as_ref())?;
+        let pool = prepared.and_then(|p| p.pool.as_ref());
+        let after_ready = prepared.is_some_and(|p| p.ready);
+        // Restored after ready, the guest has read its boot information long ago: the run's
+        // arguments cannot change, its stdin comes by hypercall.
+        let (boot, stdin_inline) =
+            if after_ready { (Vec::new(), 0) } else { self.boot_info(&image, program, wasm, stdin.as_ref(), false)? };
 
         let mut run = Run::begin(&self.interrupt, options.handles());
         let control = run.control.clone();
@@ -379,7 +389,19 @@ impl MicroVmSandbox {
         drop(wasi_span);
         // A streamed stdin starts now, just before the guest (see `crate::input`).
         let stdin = stdin.map(StdinSource::open).transpose()?;
-        let vm = tracing::debug_span!("vm.start").in_scope(|| Vm::start(&image, &boot, seccomp_vcpu::filter()))?;
+        let vm = match pool {
+            Some(pool) => {
+                let machine = tracing::debug_span!("vm.take").in_scope(|| pool.take())?;
+                if !after_ready {
+                    if let Err(e) = machine.write_boot(&boot) {
+                        machine.destroy();
+                        return Err(e);
+                    }
+                }
+                tracing::debug_span!("vm.launch").in_scope(|| Vm::launch(machine, seccomp_vcpu::filter()))?
+            }
+            None => tracing::debug_span!("vm.start").in_scope(|| Vm::start(&image, &boot, seccomp_vcpu::filter()))?,
+        };
         let stopper = vm.stopper();
         let process = wasi.as_ref().map(|w| w.process());
         control.arm(Box::new(move || {
@@ -411,12 +433,29 @@ impl MicroVmSandbox {
             wasi: wasi.as_mut(),
             status: None,
             fuel: None,
+            ready: ReadyCall::Ignore,
         };
         tracing::debug_span!("guest").in_scope(|| session.serve());
         let (status, fuel) = (session.status.take(), session.fuel);
 
         run.finish();
-        let (cpu, peak) = tracing::debug_span!("vm.finish").in_scope(|| vm.finish());
+        let (cpu, peak) = match pool {
+            Some(pool) => {
+                let (cpu, mut machine) = tracing::debug_span!("vm.finish").in_scope(|| vm.finish_keep());
+                match (machine.complete, warm::read_resident(&mut machine)) {
+                    (true, Ok(pages)) => {
+                        pool.give_back(machine);
+                        (cpu, pages * 4096)
+                    }
+                    _ => {
+                        let peak = vm::resident_bytes(&machine.memory);
+                        machine.destroy();
+                        (cpu, peak)
+                    }
+                }
+            }
+            None => tracing::debug_span!("vm.finish").in_scope(|| vm.finish()),
+        };
         let status = match (control.reason(), status) {
             (Some(reason), _) => reason.status(),
             (None, Some(s)) => s,
@@ -431,6 +470,71 @@ impl MicroVmSandbox {
             status,
             Usage { wall: started.elapsed(), cpu, peak_memory_bytes: peak, fuel, artifact: Some(source) },
         ))
+    }
+}
+
+impl MicroVmSandbox {
+    /// Runs a native guest from its entry until it says it is ready, under the policy's limits,
+    /// and returns its VM stopped right after that call. Its output is discarded; its stdin is
+    /// empty.
+    fn run_until_ready(&self, image: &GuestImage, program: &Program) -> Result<vm::Machine> {
+        let started = Instant::now();
+        let (boot, _) = self.boot_info(image, program, false, None, true)?;
+        let machine = vm::Machine::create(image)?;
+        if let Err(e) = machine.write_boot(&boot) {
+            machine.destroy();
+            return Err(e);
+        }
+        let mut run = Run::begin(&self.interrupt, std::iter::empty());
+        let control = run.control.clone();
+        let sink = Arc::new(Sink {
+            capture: parking_lot::Mutex::new(Capture::new(self.lowered.max_output, None)),
+            control: control.clone(),
+        });
+        let vm = Vm::launch(machine, seccomp_vcpu::filter())?;
+        let stopper = vm.stopper();
+        control.arm(Box::new(move || stopper.stop()));
+        run.timeout(started, self.lowered.timeout);
+        let clocks = vm.cpu_clocks();
+        run.cpu_budget(self.lowered.cpu_time, Duration::from_millis(1), move || {
+            clocks.iter().filter_map(|(k, base)| clock_time(*k).map(|t| t.saturating_sub(*base))).sum()
+        });
+        let mut session = Session {
+            vm: &vm,
+            image,
+            sink: &sink,
+            control: &control,
+            stdin: Some(Stdin::Bytes(Arc::from(&[][..]))),
+            stdin_at: 0,
+            waiting_reads: std::collections::VecDeque::new(),
+            defer_read: None,
+            host_functions: &self.host_functions,
+            wasi: None,
+            status: None,
+            fuel: None,
+            ready: ReadyCall::Stop,
+        };
+        session.serve();
+        let (status, called) = (session.status.take(), session.ready == ReadyCall::Called);
+        run.finish();
+        let (_, machine) = vm.finish_keep();
+        let status = match (control.reason(), status) {
+            (Some(reason), _) => Some(reason.status()),
+            (None, s) => s,
+        };
+        match (called, status) {
+            (true, None) if machine.complete => Ok(machine),
+            (_, status) => {
+                machine.destroy();
+                let (_, stderr) = sink.capture.lock().take();
+                let stderr = String::from_utf8_lossy(&stderr);
+                let how = status.map_or_else(|| "it stopped".to_owned(), |s| s.to_string());
+                Err(Error::invalid_program(format!(
+                    "the program did not say it was ready while being prepared: {how}{}",
+                    if stderr.trim().is_empty() { String::new() } else { format!("; its stderr: {}", stderr.trim()) }
+                )))
+            }
+        }
     }
 }
 
@@ -477,10 +581,25 @@ impl FileId {
 /// Why fuel cannot be enforced on a native guest.
 const NATIVE_FUEL: &str = "native guest code cannot be metered instruction by instruction; use cpu_time";
 
-/// A prepared program's guest image (see [`crate::Prepared`]).
+/// A prepared program's guest image (see [`crate::Prepared`]), and the snapshot and VMs its
+/// runs start from (see `warm.rs`).
 struct PreparedImage {
     image: Arc<GuestImage>,
     wasm: bool,
+    pool: Option<Arc<warm::Pool>>,
+    /// Whether the snapshot was taken where the guest said it was ready.
+    ready: bool,
+}
+
+/// What a guest's `ready` call does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadyCall {
+    /// Nothing (a run).
+    Ignore,
+    /// Stops the VM right after the call, for a snapshot (a preparing run).
+    Stop,
+    /// The guest has called it (a preparing run; the VM is stopping).
+    Called,
 }
 
 /// Serving one VM's events until it ends.
@@ -501,6 +620,7 @@ struct Session<'a> {
     wasi: Option<&'a mut wasi::WasiService>,
     status: Option<Status>,
     fuel: Option<u64>,
+    ready: ReadyCall,
 }
 
 fn bad_host_call(message: String) -> Status {
@@ -509,7 +629,7 @@ fn bad_host_call(message: String) -> Status {
 
 impl Session<'_> {
     fn serve(&mut self) {
-        while self.status.is_none() {
+        while self.status.is_none() && self.ready != ReadyCall::Called {
             let event = if self.waiting_reads.is_empty() {
                 match self.vm.events.recv() {
                     Ok(event) => event,
@@ -755,6 +875,18 @@ impl Session<'_> {
                     }
                 }
             }
+            Request::Ready => {
+                if self.ready == ReadyCall::Stop {
+                    // The vCPU completes this call and stops before its next instruction (see
+                    // `Vm::stop_after_reply`): its registers are then the snapshot's.
+                    if self.image.vcpus != 1 {
+                        return Err("a snapshot after ready takes a guest with one vCPU".into());
+                    }
+                    self.ready = ReadyCall::Called;
+                    self.vm.stop_after_reply();
+                }
+                (0, 0)
+            }
             Request::Wasi { function, .. } if wasi::is_proc_raise(function) => {
                 // As on the wasm backend: a signal that ends a process ends the run with it.
                 let signal = match request {
@@ -856,14 +988,64 @@ impl crate::Sandbox for MicroVmSandbox {
         self.run_inner(&program, None, options, Instant::now())
     }
 
-    /// Checks the program and builds (or finds) its guest image once.
+    /// Checks the program, builds (or finds) its guest image, and snapshots a VM at its entry
+    /// (see `warm.rs`).
     fn prepare(&self, program: &Program) -> Result<crate::Prepared<'_>> {
+        self.prepare_with(program, &crate::PrepareOptions::new())
+    }
+
+    /// As `prepare`, with a pool of the asked size and idle timeout, and the snapshot taken at
+    /// the entry or where the guest says it is ready.
+    fn prepare_with(&self, program: &Program, options: &crate::PrepareOptions) -> Result<crate::Prepared<'_>> {
+        let _span = tracing::info_span!("sandcell.prepare", backend = "microvm").entered();
         Self::check_program(program)?;
+        let config = warm::PoolConfig {
+            size: options.checked_pool_size()?,
+            idle_timeout: options.idle_timeout.unwrap_or(crate::DEFAULT_IDLE_TIMEOUT),
+        };
         let (image, wasm, _) = tracing::debug_span!("image").in_scope(|| self.image(program))?;
         if !wasm {
             self.refuse_native_fuel()?;
         }
-        Ok(crate::Prepared::new(self, program, Box::new(PreparedImage { image, wasm })))
+        if options.until_ready && wasm {
+            return Err(Error::Unsupported {
+                backend: BackendKind::MicroVm,
+                what: "a snapshot after ready of a WASI guest".into(),
+                reason: "only native guests (sandcell_guest::ready) can say they are ready on this backend; \
+                         prepare the module without until_ready"
+                    .into(),
+            });
+        }
+        if options.until_ready && image.vcpus != 1 {
+            return Err(Error::Unsupported {
+                backend: BackendKind::MicroVm,
+                what: format!("a snapshot after ready of a guest with {} vCPUs", image.vcpus),
+                reason: "a snapshot after ready takes a guest with one vCPU (policy `cpus` = 1)".into(),
+            });
+        }
+        let machine = if options.until_ready {
+            tracing::debug_span!("until_ready").in_scope(|| self.run_until_ready(&image, program))?
+        } else {
+            let (boot, _) = self.boot_info(&image, program, wasm, None, false)?;
+            let machine = tracing::debug_span!("vm.create").in_scope(|| vm::Machine::create(&image))?;
+            if let Err(e) = machine.write_boot(&boot) {
+                machine.destroy();
+                return Err(e);
+            }
+            machine
+        };
+        let mut machine = machine;
+        let snapshot = match tracing::debug_span!("snapshot").in_scope(|| warm::Snapshot::take(&mut machine, &image)) {
+            Ok(s) => s,
+            Err(e) => {
+                machine.destroy();
+                return Err(e);
+            }
+        };
+        let pool = warm::Pool::new(image.clone(), snapshot, machine, config);
+        let counters = pool.stats.clone();
+        let state = PreparedImage { image, wasm, pool: Some(pool), ready: options.until_ready };
+        Ok(crate::Prepared::pooled(self, program, Box::new(state), counters))
     }
 
     fn run_prepared(

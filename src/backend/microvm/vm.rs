@@ -110,6 +110,23 @@ pub(crate) enum Reply {
     Quit,
 }
 
+/// A VM that is not running: its memory and its vCPUs (see `warm.rs` for machines kept between
+/// runs).
+pub(crate) struct Machine {
+    pub(crate) memory: GuestMemoryMmap,
+    /// The mapping behind `memory`.
+    arena: Arena,
+    /// Where the image's file mappings in the arena end.
+    content_end: usize,
+    vm: VmFd,
+    pub(crate) vcpus: Vec<VcpuFd>,
+    /// Whether it has all its vCPUs (a thread that failed keeps its vCPU; such a machine is
+    /// only destroyed).
+    pub(crate) complete: bool,
+    /// Which pages of its memory were resident when last read (see `warm::read_resident`).
+    pub(crate) resident: Vec<u8>,
+}
+
 /// A running VM.
 pub(crate) struct Vm {
     pub(crate) memory: GuestMemoryMmap,
@@ -117,7 +134,7 @@ pub(crate) struct Vm {
     arena: Arena,
     /// Where the image's file mappings in the arena end.
     content_end: usize,
-    _vm: VmFd,
+    vm: VmFd,
     /// Per vCPU: where its pooled thread hands the vCPU back when the run ends (so that the
     /// `kvm_run` mapping a `Stopper` writes to stays mapped until then), and the channel of
     /// answers to it.
@@ -131,6 +148,8 @@ pub(crate) struct Vm {
     quit_sent: Vec<AtomicBool>,
     stop: Arc<AtomicBool>,
     pub(crate) events: Receiver<Event>,
+    /// The machine's resident map, kept for when it comes back.
+    resident: Vec<u8>,
 }
 
 /// What a vCPU thread hands back when its part of a run ends: the vCPU and the CPU time used.
@@ -158,10 +177,10 @@ fn kvm_err(action: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
     move |e| Error::setup(action, std::io::Error::from_raw_os_error(e.errno()))
 }
 
-impl Vm {
-    /// Creates the VM from `image`, writes the run's boot information, and starts its vCPUs
-    /// (they enter the guest at once).
-    pub(crate) fn start(image: &GuestImage, boot: &[u8], seccomp: Arc<Vec<seccompiler::sock_filter>>) -> Result<Vm> {
+impl Machine {
+    /// Creates a VM from `image`: guest memory with the image's contents, its vCPUs with their
+    /// registers at the program's entry. Nothing runs yet.
+    pub(crate) fn create(image: &GuestImage) -> Result<Machine> {
         let kvm = kvm()?;
         let vm = kvm.create_vm().map_err(kvm_err("create a KVM virtual machine"))?;
         vm.set_tss_address(0xfffb_d000).map_err(kvm_err("set the VM's TSS address"))?;
@@ -172,8 +191,8 @@ impl Vm {
         // to look up every page of a 64 MiB file, which cost ≈ 0.15 ms per run.
         let arena = Arena::take(image.ram as usize)?;
         // SAFETY: the arena is a live anonymous mapping of `ram` bytes with these protections
-        // and flags; `Vm` keeps the arena (which unmaps it) until after the VM is closed, and
-        // the region does not unmap it.
+        // and flags; the machine keeps the arena (which unmaps it) until after the VM is
+        // closed, and the region does not unmap it.
         let region = unsafe { MmapRegion::<()>::build_raw(arena.base(), arena.len(), sys::ANON_PROT, sys::ANON_FLAGS) }
             .map_err(|e| Error::setup("map guest memory", std::io::Error::other(e.to_string())))?;
         // The program's read-only pages are mapped shared, straight from the image: KVM maps a
@@ -184,7 +203,7 @@ impl Vm {
         // them.
         for (start, end, sharing) in &image.content {
             let shared = *sharing == Sharing::Shared;
-            // SAFETY: the range lies inside the arena, which only this run uses, which is
+            // SAFETY: the range lies inside the arena, which only this machine uses, which is
             // unmapped or reset as a whole, and whose fresh contents nothing refers to yet; the
             // file is the image, at least `ram` bytes long; shared ranges are never written (see
             // above).
@@ -204,23 +223,15 @@ impl Vm {
             userspace_addr: host_addr,
         };
         // SAFETY: the region is a live mapping of exactly `memory_size` bytes owned by `memory`,
-        // which this `Vm` keeps until the VM file descriptor is closed.
+        // which the machine keeps until the VM file descriptor is closed.
         unsafe { vm.set_user_memory_region(slot) }.map_err(kvm_err("give the VM its memory"))?;
         for (start, end) in &image.hot {
             // The range lies inside the mapping (the image builder keeps it below `ram`).
             sys::populate_write((host_addr + start) as *mut u8, (end - start) as usize);
         }
-        memory
-            .write_slice(boot, GuestAddress(layout::BOOT_INFO))
-            .map_err(|_| Error::invalid_program("arguments and environment do not fit the boot area"))?;
-
-        install_kick_handler();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (events_tx, events) = channel();
         let mut vcpus = Vec::new();
-        let mut exits = Vec::new();
         for cpu in 0..image.vcpus {
-            let mut vcpu = vm.create_vcpu(cpu as u64).map_err(kvm_err("create a vCPU"))?;
+            let vcpu = vm.create_vcpu(cpu as u64).map_err(kvm_err("create a vCPU"))?;
             let mut sregs = initial_sregs(&vcpu, cpu)?;
             configure_sregs(&mut sregs);
             vcpu.set_sregs(&sregs).map_err(kvm_err("enter 64-bit user mode"))?;
@@ -234,20 +245,98 @@ impl Vm {
                 ..Default::default()
             };
             vcpu.set_regs(&regs).map_err(kvm_err("set vCPU registers"))?;
-            exits.push(AtomicPtr::new(&mut vcpu.get_kvm_run().immediate_exit as *mut u8));
             vcpus.push(vcpu);
         }
+        Ok(Machine {
+            memory,
+            arena,
+            content_end: image.content_end as usize,
+            vm,
+            vcpus,
+            complete: true,
+            resident: Vec::new(),
+        })
+    }
+
+    /// Writes a run's boot information.
+    pub(crate) fn write_boot(&self, boot: &[u8]) -> Result<()> {
+        self.memory
+            .write_slice(boot, GuestAddress(layout::BOOT_INFO))
+            .map_err(|_| Error::invalid_program("arguments and environment do not fit the boot area"))
+    }
+
+    /// The host address of guest RAM and its length.
+    pub(crate) fn ram(&self) -> (*mut u8, usize) {
+        (self.arena.base(), self.arena.len())
+    }
+
+    /// Destroys the VM (on the reaper thread when it can) and cleans its memory for reuse.
+    pub(crate) fn destroy(self) {
+        let Machine { memory, arena, content_end, vm, vcpus, .. } = self;
+        drop(memory);
+        // Before returning, the arena becomes one plain anonymous mapping again (no image file
+        // mapped into it, nothing new in this process's memory map).
+        let clean = arena.reset_front(content_end);
+        let fds: Vec<_> = std::iter::once(vm.as_raw_fd()).chain(vcpus.iter().map(|v| v.as_raw_fd())).collect();
+        match if clean { reaper::hand_over(&fds, arena) } else { Err(arena) } {
+            Ok(handed) => {
+                // The reaper destroys the VM and recycles the arena once these copies are
+                // closed; closing them is cheap.
+                drop(vcpus);
+                drop(vm);
+                drop(handed);
+            }
+            Err(arena) => {
+                // The VM goes before its memory: unmapping or discarding memory a live VM maps
+                // makes KVM zap the guest's mappings first (an MMU-notifier invalidation).
+                drop(vcpus);
+                drop(vm);
+                if clean {
+                    arena.recycle();
+                }
+            }
+        }
+    }
+}
+
+impl Vm {
+    /// Creates the VM from `image`, writes the run's boot information, and starts its vCPUs
+    /// (they enter the guest at once).
+    pub(crate) fn start(image: &GuestImage, boot: &[u8], seccomp: Arc<Vec<seccompiler::sock_filter>>) -> Result<Vm> {
+        let machine = Machine::create(image)?;
+        if let Err(e) = machine.write_boot(boot) {
+            machine.destroy();
+            return Err(e);
+        }
+        Vm::launch(machine, seccomp)
+    }
+
+    /// Starts `machine`'s vCPUs from the registers they hold (they enter the guest at once).
+    pub(crate) fn launch(machine: Machine, seccomp: Arc<Vec<seccompiler::sock_filter>>) -> Result<Vm> {
+        install_kick_handler();
+        // All threads first: once the first vCPU is given out, the guest runs.
+        let workers = match pool::take(machine.vcpus.len(), &seccomp) {
+            Ok(w) => w,
+            Err(e) => {
+                machine.destroy();
+                return Err(e);
+            }
+        };
+        let Machine { memory, arena, content_end, vm, mut vcpus, resident, .. } = machine;
+        let count = vcpus.len();
+        let exits: Vec<_> =
+            vcpus.iter_mut().map(|v| AtomicPtr::new(&mut v.get_kvm_run().immediate_exit as *mut u8)).collect();
         let immediate_exit = Arc::new(exits);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (events_tx, events) = channel();
         let mut handles = Vec::new();
         let mut pthreads = Vec::new();
         let mut clocks = Vec::new();
-        // All threads first: once the first vCPU is given out, the guest runs.
-        let workers = pool::take(vcpus.len(), &seccomp)?;
         for ((cpu, vcpu), worker) in vcpus.into_iter().enumerate().zip(workers) {
             let (reply_tx, replies) = channel();
             let (done, done_rx) = channel();
             pthreads.push(worker.pthread);
-            if image.vcpus == 1 {
+            if count == 1 {
                 // One vCPU and this thread take turns (one waits while the other runs), so they
                 // share this CPU: handing over then needs no wake-up of another CPU, which costs
                 // ≈ 25 µs each way on a virtualised host. Several vCPUs run in parallel and are
@@ -272,12 +361,11 @@ impl Vm {
             handles.push((done_rx, reply_tx));
         }
         let quit_sent = handles.iter().map(|_| AtomicBool::new(false)).collect();
-        let content_end = image.content_end as usize;
         Ok(Vm {
             memory,
             arena,
             content_end,
-            _vm: vm,
+            vm,
             vcpus: handles,
             immediate_exit,
             pthreads,
@@ -285,7 +373,16 @@ impl Vm {
             quit_sent,
             stop,
             events,
+            resident,
         })
+    }
+
+    /// Makes every vCPU stop at its next entry into the guest, without running an instruction:
+    /// one answered now completes its exit (a hypercall's `out`) and comes back, so that its
+    /// registers can be read as the guest would continue (as KVM's API asks before reading
+    /// state after an I/O exit).
+    pub(crate) fn stop_after_reply(&self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 
     /// A handle that stops this VM's vCPUs from any thread (valid until `finish`).
@@ -309,11 +406,21 @@ impl Vm {
         }
     }
 
-    /// Stops every vCPU and waits until each thread has handed its vCPU back. The caller must
-    /// have disarmed any external `Stopper` first. A thread in the guest is kicked out; a thread
-    /// waiting for an answer finds `Quit` queued; either way it ends its part of the run.
-    /// Returns the CPU time the vCPU threads used for this run and the guest memory it used.
+    /// Stops every vCPU and waits until each thread has handed its vCPU back, then destroys
+    /// the VM. The caller must have disarmed any external `Stopper` first. Returns the CPU time
+    /// the vCPU threads used for this run and the guest memory it used.
     pub(crate) fn finish(self) -> (Duration, u64) {
+        let (cpu, machine) = self.finish_keep();
+        let peak = resident_bytes(&machine.memory);
+        machine.destroy();
+        (cpu, peak)
+    }
+
+    /// As [`Vm::finish`], but keeps the VM: the machine comes back with the vCPUs its threads
+    /// handed back, as the run left them (all of them unless a thread failed: see
+    /// [`Machine::complete`]). A thread in the guest is kicked out; a thread waiting for an
+    /// answer finds `Quit` queued; either way it ends its part of the run.
+    pub(crate) fn finish_keep(self) -> (Duration, Machine) {
         self.stop.store(true, Ordering::SeqCst);
         for (cpu, (_, tx)) in self.vcpus.iter().enumerate() {
             // A vCPU already told to quit is out of the guest: it needs no kick.
@@ -325,40 +432,17 @@ impl Vm {
         let mut cpu = Duration::ZERO;
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for (done, _) in self.vcpus {
-            // The vCPU (and its `kvm_run` mapping) is dropped below, after every kick. The kick
-            // cannot reach the thread's next run: the signal was pending before `Quit` was sent,
-            // so it is delivered before the thread can see `Quit` and hand the vCPU back.
+            // The kick cannot reach the thread's next run: the signal was pending before `Quit`
+            // was sent, so it is delivered before the thread can see `Quit` and hand the vCPU
+            // back.
             if let Ok((vcpu, used)) = done.recv() {
                 cpu += used;
                 vcpus.push(vcpu);
             }
         }
-        let Vm { memory, arena, content_end, _vm: vm, .. } = self;
-        let peak = resident_bytes(&memory);
-        drop(memory);
-        // Before returning, the arena becomes one plain anonymous mapping again (no image file
-        // mapped into it, nothing new in this process's memory map).
-        let clean = arena.reset_front(content_end);
-        let fds: Vec<_> = std::iter::once(vm.as_raw_fd()).chain(vcpus.iter().map(|v| v.as_raw_fd())).collect();
-        match if clean { reaper::hand_over(&fds, arena) } else { Err(arena) } {
-            Ok(handed) => {
-                // The reaper destroys the VM and recycles the arena once these copies are
-                // closed; closing them is cheap.
-                drop(vcpus);
-                drop(vm);
-                drop(handed);
-            }
-            Err(arena) => {
-                // The VM goes before its memory: unmapping or discarding memory a live VM maps
-                // makes KVM zap the guest's mappings first (an MMU-notifier invalidation).
-                drop(vcpus);
-                drop(vm);
-                if clean {
-                    arena.recycle();
-                }
-            }
-        }
-        (cpu, peak)
+        let Vm { memory, arena, content_end, vm, pthreads, resident, .. } = self;
+        let complete = vcpus.len() == pthreads.len();
+        (cpu, Machine { memory, arena, content_end, vm, vcpus, complete, resident })
     }
 }
 

@@ -17,6 +17,11 @@ static DATA: [u8; 16] = [0xc3; 16]; // `ret` instructions, in a non-executable d
 static ARRIVED: AtomicU32 = AtomicU32::new(0);
 static READING: AtomicU32 = AtomicU32::new(0);
 static READ_DONE: AtomicU32 = AtomicU32::new(0);
+/// Runs this VM's memory has seen (`residue`, `ready`): every run restored from a snapshot must
+/// find the snapshot's value.
+static RUNS: AtomicU32 = AtomicU32::new(0);
+/// Set before `ready` (`ready` mode): every run after it must see it.
+static INITIALISED: AtomicU32 = AtomicU32::new(0);
 const SECRET: u64 = 0x5ec2_e7ed_ba5e_ba11;
 
 #[inline(never)]
@@ -39,6 +44,53 @@ fn plant_secret() {
         // SAFETY: the top of the heap and pages well below this frame, all mapped read-write.
         unsafe { core::ptr::write_volatile(page as *mut u64, SECRET) };
     }
+}
+
+/// What a previous run could have left behind: markers in the heap and the stack, the static
+/// run counter, and the SSE registers (xmm14, xmm15) that `leave_residue` sets before the run
+/// ends (general registers are restored the same way, but the program's own code uses them).
+#[inline(never)]
+fn count_residue() -> (u32, u32, u64, u64) {
+    let (start, end) = sandcell_guest::heap();
+    let sp: u64;
+    let (x15, x14): (u64, u64);
+    // SAFETY: reads registers.
+    unsafe {
+        asm!("mov {}, rsp", out(reg) sp);
+        asm!("movq {}, xmm15", out(reg) x15);
+        asm!("movq {}, xmm14", out(reg) x14);
+    }
+    let bottom = layout::stack_top(0) - layout::STACK_STRIDE + 4096;
+    let mut found = 0;
+    for range in [start..end, bottom..(sp & !4095) - 4096] {
+        for page in range.step_by(4096) {
+            // SAFETY: heap and stack pages, mapped for the guest.
+            if unsafe { core::ptr::read_volatile(page as *const u64) } == SECRET {
+                found += 1;
+            }
+        }
+    }
+    (found, RUNS.load(Ordering::SeqCst), x15, x14)
+}
+
+/// Leaves markers in memory, the run counter and registers for the next run to find.
+#[inline(never)]
+fn leave_residue() {
+    plant_secret();
+    RUNS.fetch_add(1, Ordering::SeqCst);
+    // SAFETY: sets two registers the program does not use afterwards (the values stay in them
+    // until the exit, which is what the next run must not see).
+    unsafe {
+        asm!("movq xmm15, {}", in(reg) SECRET, out("xmm15") _);
+        asm!("movq xmm14, {}", in(reg) SECRET, out("xmm14") _);
+    }
+}
+
+fn rdrand() -> u64 {
+    let v: u64;
+    // SAFETY: RDRAND writes one register and the carry flag (the host CPU has it).
+    unsafe { asm!("2: rdrand {0}", "jnc 2b", out(reg) v) };
+    v
 }
 
 fn main() -> i32 {
@@ -235,6 +287,38 @@ fn main() -> i32 {
                     }
                 }
                 println!("found {found} secrets");
+            }
+            // Reports what an earlier run of the same VM left, then leaves the same behind.
+            "residue" => {
+                let (found, runs, x15, x14) = count_residue();
+                println!("residue: {found} markers, {runs} runs, xmm15 {x15:#x}, xmm14 {x14:#x}");
+                flush();
+                leave_residue();
+                sandcell_guest::exit(0);
+            }
+            // Start-up (a costly loop, a static set), ready, then per run: stdin echoed with
+            // what the run sees (the residue, fresh randomness).
+            "ready" => {
+                println!("before ready: discarded");
+                let mut acc = 0u64;
+                for i in 0..(arg.parse::<u64>().unwrap_or(1_000_000)) {
+                    acc = acc.wrapping_mul(6364136223846793005).wrapping_add(i);
+                }
+                core::hint::black_box(acc);
+                INITIALISED.store(42, Ordering::SeqCst);
+                sandcell_guest::ready();
+                let (found, runs, x15, x14) = count_residue();
+                let mut buf = [0u8; 256];
+                let n = read_stdin(&mut buf);
+                let input = core::str::from_utf8(&buf[..n]).unwrap_or("?");
+                println!(
+                    "input {input:?}, initialised {}, residue {found} markers {runs} runs xmm15 {x15:#x} xmm14 {x14:#x}, rdrand {:016x}",
+                    INITIALISED.load(Ordering::SeqCst),
+                    rdrand()
+                );
+                flush();
+                leave_residue();
+                sandcell_guest::exit(0);
             }
             "alloc" => {
                 let mib: usize = arg.parse().unwrap_or(1);

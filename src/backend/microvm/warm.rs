@@ -1,0 +1,396 @@
+//! Warm starts: a snapshot of a micro-VM, and a pool of VMs that runs restore from it.
+//!
+//! A prepared program ([`crate::Prepared`]) keeps a [`Snapshot`] of its VM — at the program's
+//! entry, or where the guest said it was ready (`prepare_with` and `PrepareOptions::until_ready`)
+//! — and a bounded pool of idle VMs ([`Machine`]s) that hold that state. A run takes an idle VM
+//! (or, when none is idle, makes one and restores the snapshot into it), runs it, then restores
+//! the snapshot into it again and puts it back. Creating a VM, registering its memory and
+//! creating its vCPUs — most of a cold run on this kind of host — are off the run's path, and
+//! KVM's mappings of the pages a run did not change stay warm.
+//!
+//! **What a restore resets.** Every page a run can change (see [`GuestImage::changeable`]: the
+//! pages the guest's page tables let it write, and those only the host or the exception stubs
+//! write) gets the snapshot's contents back:
+//! - a page that was resident when the snapshot was taken, or that is part of the image's
+//!   private contents, is saved in the snapshot and copied back into the VM's memory (its host
+//!   mapping stays, so KVM's mapping of it stays too);
+//! - any other page a run made resident is discarded (`MADV_DONTNEED`): it reads as zeros again,
+//!   as it did at the snapshot, and KVM drops its mapping.
+//!
+//! Which pages are resident comes from `mincore`, which for the anonymous memory outside the
+//! image's file mappings is exact (a page the guest or the host touched is resident). Pages
+//! nobody can change (the image's read-only pages, page tables, IDT, TSS, stubs) are not looked
+//! at. The vCPUs get their registers back (general, special — segments, control registers,
+//! descriptor tables —, x87/SSE, pending events). A run therefore sees exactly the
+//! snapshot's state whatever the previous run wrote; a hostile test checks it.
+//!
+//! A VM whose run did not hand every vCPU back, or whose restore failed, is destroyed instead
+//! of pooled.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs, kvm_vcpu_events};
+use kvm_ioctls::{Cap, SyncReg};
+use parking_lot::Mutex;
+
+use super::image::{GuestImage, Sharing};
+use super::sys;
+use super::vm::Machine;
+use crate::{Error, Result};
+
+const PAGE: usize = 0x1000;
+
+/// One vCPU's registers.
+struct CpuState {
+    regs: kvm_regs,
+    sregs: kvm_sregs,
+    fpu: kvm_fpu,
+    events: kvm_vcpu_events,
+}
+
+fn kvm_err(action: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
+    move |e| Error::setup(action, std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// A VM's state at one point: its vCPUs' registers and the contents of the pages a run can
+/// change.
+pub(crate) struct Snapshot {
+    cpus: Vec<CpuState>,
+    /// The changeable page ranges (page indexes `[start, end)`).
+    changeable: Vec<(usize, usize)>,
+    /// For each page of guest RAM: whether its contents are saved.
+    saved: Vec<bool>,
+    /// The saved pages, ascending.
+    saved_pages: Vec<u32>,
+    /// The saved pages' contents, in page order.
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").field("vcpus", &self.cpus.len()).field("saved_bytes", &self.data.len()).finish()
+    }
+}
+
+/// Reads which pages of `machine`'s guest RAM are resident (`mincore`) into its
+/// `resident` map, which stays allocated with the machine (a 512 MiB guest's map is 128 KiB:
+/// allocating it per run cost a fresh mapping and its page faults). Returns how many are.
+pub(crate) fn read_resident(machine: &mut Machine) -> Result<u64> {
+    let (base, len) = machine.ram();
+    machine.resident.resize(len / PAGE, 0);
+    if !sys::mincore(base, len, &mut machine.resident) {
+        return Err(Error::setup("read which guest pages are in use", std::io::Error::last_os_error()));
+    }
+    Ok(machine.resident.iter().map(|b| u64::from(b & 1)).sum())
+}
+
+impl Snapshot {
+    /// Takes `machine`'s state (its vCPUs must be stopped, out of the guest, with any I/O exit
+    /// completed).
+    pub(crate) fn take(machine: &mut Machine, image: &GuestImage) -> Result<Snapshot> {
+        let mut cpus = Vec::with_capacity(machine.vcpus.len());
+        for vcpu in &machine.vcpus {
+            cpus.push(CpuState {
+                regs: vcpu.get_regs().map_err(kvm_err("read vCPU registers"))?,
+                sregs: vcpu.get_sregs().map_err(kvm_err("read vCPU state"))?,
+                fpu: vcpu.get_fpu().map_err(kvm_err("read vCPU FPU state"))?,
+                events: vcpu.get_vcpu_events().map_err(kvm_err("read vCPU events"))?,
+            });
+        }
+        let (base, len) = machine.ram();
+        let pages = len / PAGE;
+        let changeable: Vec<(usize, usize)> = image
+            .changeable()
+            .into_iter()
+            .map(|(s, e)| (s as usize / PAGE, (e as usize / PAGE).min(pages)))
+            .filter(|(s, e)| s < e)
+            .collect();
+        read_resident(machine)?;
+        let resident = &machine.resident;
+        let mut saved = vec![false; pages];
+        // The image's private contents are file pages: `mincore` says nothing about whether a
+        // run changed them, so the changeable ones among them are always saved.
+        for (start, end, sharing) in &image.content {
+            if *sharing == Sharing::Private {
+                let (s, e) = (*start as usize / PAGE, (*end as usize).div_ceil(PAGE).min(pages));
+                saved[s..e].iter_mut().for_each(|b| *b = true);
+            }
+        }
+        let mut keep = vec![false; pages];
+        for &(s, e) in &changeable {
+            for p in s..e {
+                keep[p] = saved[p] || resident[p] & 1 != 0;
+            }
+        }
+        let saved_pages: Vec<u32> = (0..pages).filter(|p| keep[*p]).map(|p| p as u32).collect();
+        let mut data = Vec::with_capacity(saved_pages.len() * PAGE);
+        for p in saved_pages.iter().map(|p| *p as usize) {
+            // SAFETY: page `p` lies inside the machine's guest RAM mapping, alive while
+            // `machine` is; its vCPUs are stopped, so nothing writes it meanwhile.
+            let page = unsafe { std::slice::from_raw_parts(base.add(p * PAGE), PAGE) };
+            data.extend_from_slice(page);
+        }
+        Ok(Snapshot { cpus, changeable, saved: keep, saved_pages, data })
+    }
+
+    /// The bytes the snapshot holds (memory kept per prepared program).
+    pub(crate) fn saved_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Puts `machine` back in the snapshot's state (its vCPUs must be out of the guest, and its
+    /// resident map read since they stopped: [`read_resident`]).
+    pub(crate) fn restore(&self, machine: &mut Machine) -> Result<()> {
+        if machine.vcpus.len() != self.cpus.len() {
+            return Err(Error::setup("restore a snapshot", std::io::Error::other("the VM has another vCPU count")));
+        }
+        let (base, len) = machine.ram();
+        if len / PAGE != self.saved.len() || machine.resident.len() != self.saved.len() {
+            return Err(Error::setup("restore a snapshot", std::io::Error::other("the VM has another memory size")));
+        }
+        let resident = &machine.resident;
+        for (i, p) in self.saved_pages.iter().enumerate() {
+            // SAFETY: page `p` lies inside guest RAM (checked when the snapshot was taken, and
+            // the memory has the same size); the vCPUs are out of the guest and the host holds
+            // no reference into it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.data.as_ptr().add(i * PAGE), base.add(*p as usize * PAGE), PAGE)
+            };
+        }
+        let flush = |(start, end): (usize, usize)| -> Result<()> {
+            // SAFETY: the pages lie inside the machine's guest RAM, an anonymous mapping (they
+            // are not saved, so not the image's private contents), and nothing of the host
+            // refers to their contents; the vCPUs are out of the guest.
+            if unsafe { sys::discard(base.add(start * PAGE), (end - start) * PAGE) } {
+                Ok(())
+            } else {
+                Err(Error::setup("reset guest memory", std::io::Error::last_os_error()))
+            }
+        };
+        // Pages made resident since the snapshot are discarded. Most of guest RAM is untouched:
+        // the scan skips eight absent pages at a time.
+        let mut discard: Option<(usize, usize)> = None;
+        for &(s, e) in &self.changeable {
+            let mut p = s;
+            while p < e {
+                if p % 8 == 0 && p + 8 <= e {
+                    let chunk = u64::from_ne_bytes(resident[p..p + 8].try_into().unwrap_or([1; 8]));
+                    if chunk & 0x0101_0101_0101_0101 == 0 {
+                        p += 8;
+                        continue;
+                    }
+                }
+                if resident[p] & 1 != 0 && !self.saved[p] {
+                    discard = match discard {
+                        Some((ds, de)) if de == p => Some((ds, p + 1)),
+                        Some(range) => {
+                            flush(range)?;
+                            Some((p, p + 1))
+                        }
+                        None => Some((p, p + 1)),
+                    };
+                }
+                p += 1;
+            }
+        }
+        if let Some(range) = discard {
+            flush(range)?;
+        }
+        // Each vCPU ioctl costs ≈ 10 µs on PVM: the general and special registers and the
+        // pending events go in the `kvm_run` page (`KVM_CAP_SYNC_REGS`), which KVM applies at
+        // the next entry, before anything else it does there; only x87/SSE needs an ioctl. The
+        // debug registers are not restored: only kernel mode can write DR0-3/DR7 or read any
+        // of them, and the VM's only kernel-mode code (its exception stubs) does neither.
+        let sync = sync_regs_supported();
+        for (vcpu, state) in machine.vcpus.iter_mut().zip(&self.cpus) {
+            if sync {
+                let regs = vcpu.sync_regs_mut();
+                regs.regs = state.regs;
+                regs.sregs = state.sregs;
+                regs.events = state.events;
+                vcpu.set_sync_dirty_reg(SyncReg::Register);
+                vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+                vcpu.set_sync_dirty_reg(SyncReg::VcpuEvents);
+            } else {
+                vcpu.set_sregs(&state.sregs).map_err(kvm_err("restore vCPU state"))?;
+                vcpu.set_regs(&state.regs).map_err(kvm_err("restore vCPU registers"))?;
+                vcpu.set_vcpu_events(&state.events).map_err(kvm_err("restore vCPU events"))?;
+            }
+            vcpu.set_fpu(&state.fpu).map_err(kvm_err("restore vCPU FPU state"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether KVM takes registers through the `kvm_run` page (checked once).
+fn sync_regs_supported() -> bool {
+    static SYNC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SYNC.get_or_init(|| super::vm::kvm().is_ok_and(|kvm| kvm.check_extension(Cap::SyncRegs)))
+}
+
+/// How a prepared program keeps VMs (see [`crate::PrepareOptions`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PoolConfig {
+    pub(crate) size: usize,
+    pub(crate) idle_timeout: Duration,
+}
+
+/// A prepared program's snapshot and its idle VMs.
+pub(crate) struct Pool {
+    pub(crate) snapshot: Snapshot,
+    image: Arc<GuestImage>,
+    config: PoolConfig,
+    idle: Mutex<Vec<(Machine, Instant)>>,
+    pub(crate) stats: Arc<crate::pool::Counters>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("snapshot", &self.snapshot).field("config", &self.config).finish()
+    }
+}
+
+impl Pool {
+    /// A pool for `snapshot`, taken from `first` (which becomes its first idle VM).
+    pub(crate) fn new(image: Arc<GuestImage>, snapshot: Snapshot, first: Machine, config: PoolConfig) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            snapshot,
+            image,
+            config,
+            idle: Mutex::new(Vec::new()),
+            stats: Arc::new(crate::pool::Counters::default()),
+        });
+        pool.stats.snapshot_bytes.store(pool.snapshot.saved_bytes() as u64, Ordering::Relaxed);
+        if config.size == 0 {
+            first.destroy();
+        } else {
+            pool.put(first);
+        }
+        janitor::watch(&pool);
+        pool
+    }
+
+    /// An idle VM in the snapshot's state, or a new one restored from it.
+    pub(crate) fn take(&self) -> Result<Machine> {
+        let (found, expired) = {
+            let mut idle = self.idle.lock();
+            let expired = self.expired(&mut idle);
+            (idle.pop().map(|(m, _)| m), expired)
+        };
+        self.evict(expired);
+        self.stats.idle.store(self.idle.lock().len() as u64, Ordering::Relaxed);
+        if let Some(machine) = found {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(machine);
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let machine = tracing::debug_span!("vm.create").in_scope(|| Machine::create(&self.image))?;
+        let mut machine = machine;
+        let restored = read_resident(&mut machine).and_then(|_| self.snapshot.restore(&mut machine));
+        if let Err(e) = restored {
+            machine.destroy();
+            return Err(e);
+        }
+        Ok(machine)
+    }
+
+    /// Restores `machine` (back from a run, its resident map read since its vCPUs stopped) to
+    /// the snapshot and keeps it if there is room.
+    pub(crate) fn give_back(&self, mut machine: Machine) {
+        match tracing::debug_span!("vm.restore").in_scope(|| self.snapshot.restore(&mut machine)) {
+            Ok(()) => self.put(machine),
+            Err(e) => {
+                tracing::debug!("a VM could not be restored, destroyed: {e}");
+                machine.destroy();
+            }
+        }
+    }
+
+    fn put(&self, machine: Machine) {
+        let refused = {
+            let mut idle = self.idle.lock();
+            if idle.len() < self.config.size {
+                idle.push((machine, Instant::now()));
+                None
+            } else {
+                Some(machine)
+            }
+        };
+        if let Some(machine) = refused {
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            machine.destroy();
+        }
+        self.stats.idle.store(self.idle.lock().len() as u64, Ordering::Relaxed);
+    }
+
+    /// Takes the VMs idle for longer than the idle timeout out of `idle`.
+    fn expired(&self, idle: &mut Vec<(Machine, Instant)>) -> Vec<Machine> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < idle.len() {
+            if now.duration_since(idle[i].1) >= self.config.idle_timeout {
+                out.push(idle.swap_remove(i).0);
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    fn evict(&self, machines: Vec<Machine>) {
+        for m in machines {
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            m.destroy();
+        }
+    }
+
+    /// Destroys the VMs idle past the timeout (called by the janitor).
+    fn trim(&self) {
+        let expired = self.expired(&mut self.idle.lock());
+        if !expired.is_empty() {
+            self.evict(expired);
+            self.stats.idle.store(self.idle.lock().len() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for (m, _) in self.idle.get_mut().drain(..) {
+            m.destroy();
+        }
+    }
+}
+
+/// Destroys pooled VMs that stay idle past their timeout even when no run comes to notice: one
+/// thread per process, started with the first pool, waking once a second while pools exist.
+mod janitor {
+    use super::*;
+    use std::sync::OnceLock;
+
+    static POOLS: Mutex<Vec<Weak<Pool>>> = Mutex::new(Vec::new());
+
+    pub(super) fn watch(pool: &Arc<Pool>) {
+        POOLS.lock().push(Arc::downgrade(pool));
+        static STARTED: OnceLock<bool> = OnceLock::new();
+        STARTED.get_or_init(|| {
+            std::thread::Builder::new()
+                .name("sandcell-vm-pool".into())
+                .spawn(|| loop {
+                    std::thread::sleep(Duration::from_millis(500));
+                    let live: Vec<Arc<Pool>> = {
+                        let mut pools = POOLS.lock();
+                        pools.retain(|w| w.strong_count() > 0);
+                        pools.iter().filter_map(Weak::upgrade).collect()
+                    };
+                    for pool in live {
+                        pool.trim();
+                    }
+                })
+                .is_ok()
+        });
+    }
+}
