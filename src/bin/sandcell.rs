@@ -162,6 +162,13 @@ struct BenchArgs {
     /// Warm runs to time after preparing the program.
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
+    /// Ready instances the prepared program keeps between runs (backends with pools: microvm).
+    #[arg(long, value_name = "N")]
+    pool: Option<usize>,
+    /// Prepare by running the program until it says it is ready, and start each warm run from
+    /// there (microvm, native guests calling `sandcell_guest::ready`).
+    #[arg(long)]
+    until_ready: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -564,13 +571,18 @@ fn bench(a: BenchArgs) -> Result<u8, Failure> {
     let cold = sandbox.run(&program)?;
     let cold_us = micros(t.elapsed());
     let t = std::time::Instant::now();
-    let prepared = sandbox.prepare(&program)?;
+    let mut options = sandcell::PrepareOptions::new().until_ready(a.until_ready);
+    if let Some(n) = a.pool {
+        options = options.pool_size(n);
+    }
+    let prepared = sandbox.prepare_with(&program, &options)?;
     let prepare_us = micros(t.elapsed());
     let mut warm = Vec::with_capacity(a.runs as usize);
     let mut failed = 0u32;
     for i in 0..a.runs {
         progress.at(u64::from(i));
         let t = std::time::Instant::now();
+        // After ready, each run reads the program's stdin (the preparing run had none).
         let status = prepared.run()?.status;
         warm.push(micros(t.elapsed()));
         failed += u32::from(status != Status::Exited(0));
@@ -595,6 +607,7 @@ fn bench(a: BenchArgs) -> Result<u8, Failure> {
                 "runs": a.runs,
                 "not_exit_0": failed,
             },
+            "pool": prepared.pool_stats(),
         });
         println!("{v}");
     } else {
@@ -603,6 +616,15 @@ fn bench(a: BenchArgs) -> Result<u8, Failure> {
         println!("cold      {}", human(cold_us));
         println!("prepare   {}", human(prepare_us));
         println!("warm      median {}, p90 {} ({} runs)", human(median), human(p90), a.runs);
+        if let Some(p) = prepared.pool_stats() {
+            println!(
+                "pool      {} hits, {} misses, {} evictions; snapshot {} KiB",
+                p.hits,
+                p.misses,
+                p.evictions,
+                p.snapshot_bytes.div_ceil(1024)
+            );
+        }
     }
     if cold.status != Status::Exited(0) || failed > 0 {
         eprintln!("sandcell: note: the program did not always exit 0; the times are of what it did");

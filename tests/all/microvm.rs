@@ -581,7 +581,7 @@ fn a_snapshot_after_ready_starts_each_run_after_the_start_up() {
     let guest = or_skip!(hostile(), "no micro-VM");
     let sb = sandbox(base());
     let options = sandcell::PrepareOptions::new().until_ready(true);
-    let prepared = sb.prepare_with(&Program::path(&guest).args(["ready", "50000000"]), &options).unwrap();
+    let prepared = sb.prepare_with(&Program::path(&guest).args(["ready", "50000000", "check"]), &options).unwrap();
     let mut randoms = std::collections::HashSet::new();
     for input in ["first", "second", "third"] {
         let started = Instant::now();
