@@ -144,6 +144,12 @@
 // limit at all. (0 means the default.)
 #define SANDCELL_UNLIMITED_U32 UINT32_MAX
 
+// Ready instances a prepared program keeps by default (sandcell_prepare_options_t).
+#define SANDCELL_DEFAULT_POOL_SIZE 1
+
+// The largest pool a prepared program may keep.
+#define SANDCELL_MAX_POOL_SIZE 64
+
 // An error: a kind and a message.
 typedef struct sandcell_error_t sandcell_error_t;
 
@@ -207,6 +213,40 @@ typedef struct {
   // The length of `stdin_data`.
   size_t stdin_len;
 } sandcell_run_options_t;
+
+// How sandcell_sandbox_prepare_with() prepares a program. Set `size` and zero the rest:
+// `sandcell_prepare_options_t options = {.size = sizeof(sandcell_prepare_options_t)};`
+typedef struct {
+  // sizeof(sandcell_prepare_options_t), set by the caller (see EXTENSIBLE STRUCTS at the top).
+  size_t size;
+  // Non-zero: keep `pool_size` ready instances between runs (0 keeps none); zero: the
+  // default (SANDCELL_DEFAULT_POOL_SIZE). Backends that keep no instances refuse it.
+  uint32_t set_pool_size;
+  // See `set_pool_size` (at most SANDCELL_MAX_POOL_SIZE).
+  uint32_t pool_size;
+  // How long an idle instance is kept, in milliseconds (0: the default, 30 s).
+  uint64_t idle_timeout_ms;
+  // Non-zero: run the program until it says it is ready and start every run from there
+  // (micro-VM native guests calling `sandcell_guest::ready`); refused where unsupported.
+  uint32_t until_ready;
+} sandcell_prepare_options_t;
+
+// What a prepared program's pool of ready instances did (sandcell_prepared_pool_stats()). Set
+// `size` before the call; the library sets it to the bytes it wrote.
+typedef struct {
+  // sizeof(sandcell_pool_stats_t) (see EXTENSIBLE STRUCTS at the top).
+  size_t size;
+  // Runs that took an idle instance.
+  uint64_t hits;
+  // Runs that found none idle and made one.
+  uint64_t misses;
+  // Instances destroyed for idling past the timeout or a full pool.
+  uint64_t evictions;
+  // Instances idle now.
+  uint64_t idle;
+  // Bytes of guest memory the snapshot keeps.
+  uint64_t snapshot_bytes;
+} sandcell_pool_stats_t;
 
 // What a run consumed. Set `size` before passing it to sandcell_outcome_usage():
 // `sandcell_usage_t usage = {.size = sizeof(sandcell_usage_t)};`
@@ -424,6 +464,20 @@ sandcell_error_t *sandcell_sandbox_run(const sandcell_sandbox_t *sandbox,
 sandcell_error_t *sandcell_sandbox_prepare(const sandcell_sandbox_t *sandbox,
                                            const sandcell_program_t *program,
                                            sandcell_prepared_t **prepared);
+
+// As sandcell_sandbox_prepare(), with `options` (NULL: the defaults): a pool of ready
+// instances of the given size and idle timeout, a snapshot taken once the program says it is
+// ready. A backend that cannot do what they ask fails with SANDCELL_ERROR_UNENFORCEABLE.
+sandcell_error_t *sandcell_sandbox_prepare_with(const sandcell_sandbox_t *sandbox,
+                                                const sandcell_program_t *program,
+                                                const sandcell_prepare_options_t *options,
+                                                sandcell_prepared_t **prepared);
+
+// The statistics of a prepared program's pool into `stats` (its `size` set by the caller);
+// `*has_pool` is set to 1, or to 0 (and `stats` left alone) when the program keeps no pool.
+sandcell_error_t *sandcell_prepared_pool_stats(const sandcell_prepared_t *prepared,
+                                               sandcell_pool_stats_t *stats,
+                                               int *has_pool);
 
 // Runs a prepared program, as sandcell_sandbox_run() runs a program (`options` may be NULL).
 sandcell_error_t *sandcell_prepared_run(const sandcell_prepared_t *prepared,

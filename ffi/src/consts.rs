@@ -88,3 +88,12 @@ pub const SANDCELL_UNLIMITED: u64 = u64::MAX;
 /// Passed to a uint32_t setter of a limit (sandcell_policy_set_max_processes(), _cpus()): no
 /// limit at all. (0 means the default.)
 pub const SANDCELL_UNLIMITED_U32: u32 = u32::MAX;
+
+/// Ready instances a prepared program keeps by default (sandcell_prepare_options_t).
+pub const SANDCELL_DEFAULT_POOL_SIZE: u32 = 1;
+/// The largest pool a prepared program may keep.
+pub const SANDCELL_MAX_POOL_SIZE: u32 = 64;
+const _: () = assert!(
+    SANDCELL_DEFAULT_POOL_SIZE as usize == sandcell::DEFAULT_POOL_SIZE
+        && SANDCELL_MAX_POOL_SIZE as usize == sandcell::MAX_POOL_SIZE
+);

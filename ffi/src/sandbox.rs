@@ -259,21 +259,151 @@ pub unsafe extern "C" fn sandcell_sandbox_prepare(
     program: *const Program,
     prepared: *mut *mut Prepared,
 ) -> *mut Error {
+    // SAFETY: `prepare` checks its arguments.
+    guard(|| unsafe { prepare(sandbox, program, &sandcell::PrepareOptions::new(), prepared) })
+}
+
+/// How sandcell_sandbox_prepare_with() prepares a program. Set `size` and zero the rest:
+/// `sandcell_prepare_options_t options = {.size = sizeof(sandcell_prepare_options_t)};`
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PrepareOptions {
+    /// sizeof(sandcell_prepare_options_t), set by the caller (see EXTENSIBLE STRUCTS at the top).
+    pub size: usize,
+    /// Non-zero: keep `pool_size` ready instances between runs (0 keeps none); zero: the
+    /// default (SANDCELL_DEFAULT_POOL_SIZE). Backends that keep no instances refuse it.
+    pub set_pool_size: u32,
+    /// See `set_pool_size` (at most SANDCELL_MAX_POOL_SIZE).
+    pub pool_size: u32,
+    /// How long an idle instance is kept, in milliseconds (0: the default, 30 s).
+    pub idle_timeout_ms: u64,
+    /// Non-zero: run the program until it says it is ready and start every run from there
+    /// (micro-VM native guests calling `sandcell_guest::ready`); refused where unsupported.
+    pub until_ready: u32,
+}
+
+const _: () = assert!(std::mem::offset_of!(PrepareOptions, size) == 0);
+
+// SAFETY: repr(C), `size` first; integers only.
+unsafe impl Extensible for PrepareOptions {
+    const C_NAME: &'static str = "sandcell_prepare_options_t";
+    const MIN_SIZE: usize = std::mem::size_of::<PrepareOptions>();
+}
+
+/// What a prepared program's pool of ready instances did (sandcell_prepared_pool_stats()). Set
+/// `size` before the call; the library sets it to the bytes it wrote.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PoolStats {
+    /// sizeof(sandcell_pool_stats_t) (see EXTENSIBLE STRUCTS at the top).
+    pub size: usize,
+    /// Runs that took an idle instance.
+    pub hits: u64,
+    /// Runs that found none idle and made one.
+    pub misses: u64,
+    /// Instances destroyed for idling past the timeout or a full pool.
+    pub evictions: u64,
+    /// Instances idle now.
+    pub idle: u64,
+    /// Bytes of guest memory the snapshot keeps.
+    pub snapshot_bytes: u64,
+}
+
+const _: () = assert!(std::mem::offset_of!(PoolStats, size) == 0);
+
+// SAFETY: repr(C), `size` first; integers only.
+unsafe impl Extensible for PoolStats {
+    const C_NAME: &'static str = "sandcell_pool_stats_t";
+    const MIN_SIZE: usize = std::mem::size_of::<PoolStats>();
+}
+
+/// As sandcell_sandbox_prepare(), with `options` (NULL: the defaults): a pool of ready
+/// instances of the given size and idle timeout, a snapshot taken once the program says it is
+/// ready. A backend that cannot do what they ask fails with SANDCELL_ERROR_UNENFORCEABLE.
+#[no_mangle]
+pub unsafe extern "C" fn sandcell_sandbox_prepare_with(
+    sandbox: *const Sandbox,
+    program: *const Program,
+    options: *const PrepareOptions,
+    prepared: *mut *mut Prepared,
+) -> *mut Error {
     guard(|| {
-        // SAFETY: checked handles and out-parameter.
+        // SAFETY: checked handles, struct and out-parameter.
         unsafe {
-            let sb = get(sandbox, "sandbox", "sandbox")?;
-            let prog = get(program, "program", "program")?;
-            if prepared.is_null() {
-                return Err(invalid("the out-parameter `prepared` is NULL"));
+            let mut opts = sandcell::PrepareOptions::new();
+            if !options.is_null() {
+                let o = extensible::read(options, "options")?;
+                if o.set_pool_size != 0 {
+                    opts = opts.pool_size(o.pool_size as usize);
+                }
+                if o.idle_timeout_ms != 0 {
+                    opts = opts.idle_timeout(std::time::Duration::from_millis(o.idle_timeout_ms));
+                }
+                opts = opts.until_ready(o.until_ready != 0);
             }
-            let keep = sb.0.clone();
-            let made = keep.prepare(&prog.0).map_err(from_sandcell)?;
-            // SAFETY: `made` borrows the sandbox behind `keep`, a heap allocation that the
-            // `Prepared` keeps alive (and never moves) for as long as `made` exists: the field
-            // order drops `made` first.
-            let made: sandcell::Prepared<'static> = std::mem::transmute(made);
-            out(prepared, register(Prepared { prepared: made, _sandbox: keep }, "prepared"), "prepared")
+            prepare(sandbox, program, &opts, prepared)
+        }
+    })
+}
+
+/// Prepares `program` on `sandbox` with `options` into `prepared`.
+unsafe fn prepare(
+    sandbox: *const Sandbox,
+    program: *const Program,
+    options: &sandcell::PrepareOptions,
+    prepared: *mut *mut Prepared,
+) -> Result<()> {
+    // SAFETY: checked handles and out-parameter.
+    unsafe {
+        let sb = get(sandbox, "sandbox", "sandbox")?;
+        let prog = get(program, "program", "program")?;
+        if prepared.is_null() {
+            return Err(invalid("the out-parameter `prepared` is NULL"));
+        }
+        let keep = sb.0.clone();
+        let made = keep.prepare_with(&prog.0, options).map_err(from_sandcell)?;
+        // SAFETY: `made` borrows the sandbox behind `keep`, a heap allocation that the
+        // `Prepared` keeps alive (and never moves) for as long as `made` exists: the field
+        // order drops `made` first.
+        let made: sandcell::Prepared<'static> = std::mem::transmute(made);
+        out(prepared, register(Prepared { prepared: made, _sandbox: keep }, "prepared"), "prepared")
+    }
+}
+
+/// The statistics of a prepared program's pool into `stats` (its `size` set by the caller);
+/// `*has_pool` is set to 1, or to 0 (and `stats` left alone) when the program keeps no pool.
+#[no_mangle]
+pub unsafe extern "C" fn sandcell_prepared_pool_stats(
+    prepared: *const Prepared,
+    stats: *mut PoolStats,
+    has_pool: *mut c_int,
+) -> *mut Error {
+    guard(|| {
+        // SAFETY: checked handle, struct and out-parameter.
+        unsafe {
+            let p = get(prepared, "prepared", "prepared")?;
+            if has_pool.is_null() {
+                return Err(invalid("the out-parameter `has_pool` is NULL"));
+            }
+            match p.prepared.pool_stats() {
+                Some(s) => {
+                    extensible::write(
+                        stats,
+                        PoolStats {
+                            size: std::mem::size_of::<PoolStats>(),
+                            hits: s.hits,
+                            misses: s.misses,
+                            evictions: s.evictions,
+                            idle: s.idle,
+                            snapshot_bytes: s.snapshot_bytes,
+                        },
+                        "stats",
+                    )?;
+                    *has_pool = 1;
+                }
+                None => *has_pool = 0,
+            }
+            Ok(())
         }
     })
 }

@@ -1117,6 +1117,63 @@ static void test_prepared(const char *backend) {
     sandcell_sandbox_free(sb);
 }
 
+/* Prepare options: a pool of ready instances and its statistics where the backend keeps one
+ * (micro-VM), a loud refusal where it does not (wasm); bad arguments refused. */
+static void test_prepare_options(const char *backend) {
+    sandcell_sandbox_t *sb = NULL;
+    OK(sandcell_sandbox_new(backend, NULL, NULL, &sb));
+    if (sb == NULL) return;
+    sandcell_program_t *hello = wat(HELLO);
+    sandcell_prepare_options_t po = {.size = sizeof(sandcell_prepare_options_t)};
+    po.set_pool_size = 1;
+    po.pool_size = 2;
+    po.idle_timeout_ms = 60000;
+    sandcell_prepared_t *prepared = NULL;
+    sandcell_pool_stats_t stats = {.size = sizeof(sandcell_pool_stats_t)};
+    int has_pool = -1;
+    if (strcmp(backend, "microvm") == 0) {
+        OK(sandcell_sandbox_prepare_with(sb, hello, &po, &prepared));
+        for (int i = 0; i < 3 && prepared; i++) {
+            sandcell_outcome_t *o = NULL;
+            OK(sandcell_prepared_run(prepared, NULL, &o));
+            if (o) {
+                CHECK(output_is(o, SANDCELL_STREAM_STDOUT, "Hello, world!\n"));
+                sandcell_outcome_free(o);
+            }
+        }
+        OK(sandcell_prepared_pool_stats(prepared, &stats, &has_pool));
+        CHECK(has_pool == 1);
+        CHECK(stats.size == sizeof(sandcell_pool_stats_t));
+        CHECK(stats.hits == 3 && stats.misses == 0 && stats.idle == 1 && stats.snapshot_bytes > 0);
+        FAILS(sandcell_prepared_pool_stats(prepared, &stats, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "has_pool");
+        sandcell_pool_stats_t small = {.size = 8};
+        FAILS(sandcell_prepared_pool_stats(prepared, &small, &has_pool), SANDCELL_ERROR_INVALID_ARGUMENT,
+              "sandcell_pool_stats_t");
+        sandcell_prepared_free(prepared);
+        po.pool_size = SANDCELL_MAX_POOL_SIZE + 1;
+        sandcell_prepared_t *none = NULL;
+        FAILS(sandcell_sandbox_prepare_with(sb, hello, &po, &none), SANDCELL_ERROR_INVALID_PROGRAM, "at most");
+        sandcell_prepare_options_t ready = {.size = sizeof(sandcell_prepare_options_t), .until_ready = 1};
+        FAILS(sandcell_sandbox_prepare_with(sb, hello, &ready, &none), SANDCELL_ERROR_UNENFORCEABLE, "ready");
+    } else {
+        sandcell_prepared_t *none = NULL;
+        FAILS(sandcell_sandbox_prepare_with(sb, hello, &po, &none), SANDCELL_ERROR_UNENFORCEABLE, "pool");
+        /* No options: a plain prepare, without a pool. */
+        OK(sandcell_sandbox_prepare_with(sb, hello, NULL, &prepared));
+        if (prepared) {
+            OK(sandcell_prepared_pool_stats(prepared, &stats, &has_pool));
+            CHECK(has_pool == 0);
+        }
+        sandcell_prepared_free(prepared);
+    }
+    sandcell_prepare_options_t bad = {.size = 4};
+    sandcell_prepared_t *none = NULL;
+    FAILS(sandcell_sandbox_prepare_with(sb, hello, &bad, &none), SANDCELL_ERROR_INVALID_ARGUMENT,
+          "sandcell_prepare_options_t");
+    sandcell_program_free(hello);
+    sandcell_sandbox_free(sb);
+}
+
 static void test_sandbox_new(void) {
     sandcell_sandbox_t *sb = NULL;
     FAILS(sandcell_sandbox_new("quantum", NULL, NULL, &sb), SANDCELL_ERROR_INVALID_ARGUMENT, "quantum");
@@ -1221,6 +1278,7 @@ int main(int argc, char **argv) {
         printf("backend %s\n", b);
         test_runs(b);
         test_prepared(b);
+        test_prepare_options(b);
         test_concurrent(b);
     }
     printf("%d checks, %d failed\n", checks, failures);
