@@ -67,6 +67,29 @@ class RunOptions(Structure):
     ]
 
 
+class PrepareOptions(Structure):
+    c_name = "sandcell_prepare_options_t"
+    _fields_ = [
+        ("size", c_size_t),
+        ("set_pool_size", c_uint32),
+        ("pool_size", c_uint32),
+        ("idle_timeout_ms", c_uint64),
+        ("until_ready", c_uint32),
+    ]
+
+
+class PoolStats(Structure):
+    c_name = "sandcell_pool_stats_t"
+    _fields_ = [
+        ("size", c_size_t),
+        ("hits", c_uint64),
+        ("misses", c_uint64),
+        ("evictions", c_uint64),
+        ("idle", c_uint64),
+        ("snapshot_bytes", c_uint64),
+    ]
+
+
 class Usage(Structure):
     c_name = "sandcell_usage_t"
     _fields_ = [
@@ -129,6 +152,8 @@ _SIGNATURES = {
     "sandcell_sandbox_new": ([c_char_p, P, c_char_p, PP], P),
     "sandcell_sandbox_run": ([P, P, POINTER(RunOptions), PP], P),
     "sandcell_sandbox_prepare": ([P, P, PP], P),
+    "sandcell_sandbox_prepare_with": ([P, P, POINTER(PrepareOptions), PP], P),
+    "sandcell_prepared_pool_stats": ([P, POINTER(PoolStats), POINTER(c_int)], P),
     "sandcell_prepared_run": ([P, POINTER(RunOptions), PP], P),
     "sandcell_prepared_free": ([P], None),
     "sandcell_sandbox_interrupt": ([P], P),

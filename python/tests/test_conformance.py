@@ -296,6 +296,38 @@ def test_a_prepared_program_runs_many_times_with_each_runs_own_input(fx: Fixture
         spin.close()
 
 
+def test_prepare_options_pool_where_the_backend_keeps_one_and_are_refused_elsewhere(fx: Fixture) -> None:
+    with fx.sandbox() as sb:
+        with sb.prepare(fx.program, ["hello"], name="testguest") as plain:
+            assert plain.run().ok
+            stats = plain.pool_stats
+            if fx.backend == "microvm":
+                assert stats is not None and stats["hits"] == 1 and stats["idle"] == 1, stats
+            else:
+                assert stats is None
+        if fx.backend == "microvm":
+            with sb.prepare(fx.program, ["hello"], name="testguest", pool_size=2, idle_timeout="250ms") as pooled:
+                for i in range(3):
+                    out = pooled.run(stdin=f"in-{i}")
+                    assert out.ok and f"stdin: in-{i}" in out.stdout.decode(), out
+                assert pooled.pool_stats is not None and pooled.pool_stats["hits"] == 3
+                deadline = time.monotonic() + 5
+                while pooled.pool_stats["idle"] and time.monotonic() < deadline:  # type: ignore[index]
+                    time.sleep(0.05)
+                assert pooled.pool_stats == {**pooled.pool_stats, "idle": 0}  # type: ignore[dict-item]
+                assert pooled.pool_stats["evictions"] >= 1  # type: ignore[index]
+            # A WASI module cannot say it is ready on the micro-VM (native guests can).
+            with pytest.raises(sandcell.UnenforceableError, match="ready"):
+                sb.prepare(fx.program, ["hello"], until_ready=True)
+        else:
+            with pytest.raises(sandcell.UnenforceableError, match="pool"):
+                sb.prepare(fx.program, ["hello"], pool_size=2)
+        with pytest.raises(sandcell.InvalidArgumentError, match="pool_size"):
+            sb.prepare(fx.program, ["hello"], pool_size=-1)
+        with pytest.raises(sandcell.InvalidArgumentError, match="timeout"):
+            sb.prepare(fx.program, ["hello"], idle_timeout=0)
+
+
 def test_prepared_runs_async(fx: Fixture) -> None:
     import asyncio
 
