@@ -191,6 +191,17 @@ impl ArtifactCache {
         mac
     }
 
+    /// The MAC of `payload` stored under `name` with this cache's key: what makes a file
+    /// sandcell later trusts (an artifact, a snapshot) unforgeable without the key.
+    pub(crate) fn seal(&self, name: &str, payload: &[u8]) -> [u8; MAC_LEN] {
+        self.mac(name, payload).finalize().into_bytes().into()
+    }
+
+    /// Whether `mac` is [`ArtifactCache::seal`]'s for `name` and `payload` (in constant time).
+    pub(crate) fn verify(&self, name: &str, payload: &[u8], mac: &[u8]) -> bool {
+        self.mac(name, payload).verify_slice(mac).is_ok()
+    }
+
     fn file_name(name: &str) -> String {
         format!("{name}.art")
     }

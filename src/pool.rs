@@ -16,6 +16,7 @@ pub struct PrepareOptions {
     pub(crate) pool_size: Option<usize>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) until_ready: bool,
+    pub(crate) snapshot_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PrepareOptions {
@@ -34,7 +35,7 @@ pub const MAX_POOL_SIZE: usize = 64;
 impl PrepareOptions {
     /// What [`Sandbox::prepare`](crate::Sandbox::prepare) does.
     pub fn new() -> Self {
-        PrepareOptions { pool_size: None, idle_timeout: None, until_ready: false }
+        PrepareOptions { pool_size: None, idle_timeout: None, until_ready: false, snapshot_file: None }
     }
 
     /// How many ready instances to keep between runs (at most [`MAX_POOL_SIZE`]; 0 keeps none:
@@ -59,6 +60,17 @@ impl PrepareOptions {
     /// cannot snapshot a running program refuse it.
     pub fn until_ready(mut self, yes: bool) -> Self {
         self.until_ready = yes;
+        self
+    }
+
+    /// Starts from the snapshot saved in this file ([`Prepared::save_snapshot`](crate::Prepared::save_snapshot))
+    /// instead of making one: the program's start-up is not run at all. The file is checked
+    /// before anything runs — sealed with the key of the sandbox's artifact cache, made by this
+    /// sandcell version, on a CPU with the same features, under the same policy, for the same
+    /// program — and refused with the reason otherwise. Not together with `until_ready` (the
+    /// file says where its snapshot was taken).
+    pub fn snapshot_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.snapshot_file = Some(path.into());
         self
     }
 

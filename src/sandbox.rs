@@ -221,6 +221,16 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
         self.prepare(program)
     }
 
+    /// Saves a prepared program's snapshot (called by [`Prepared::save_snapshot`]).
+    #[doc(hidden)]
+    fn save_prepared(&self, _prepared: &Prepared<'_>, _path: &std::path::Path, _: PrivateToken) -> Result<()> {
+        Err(crate::Error::Unsupported {
+            backend: self.backend(),
+            what: "snapshot files".into(),
+            reason: "it takes no snapshots".into(),
+        })
+    }
+
     /// Runs a program [`prepare`](Sandbox::prepare)d on this sandbox (called by
     /// [`Prepared::run_with`]; the token keeps it from being called from outside the crate).
     #[doc(hidden)]
@@ -320,6 +330,15 @@ impl<'s> Prepared<'s> {
     /// Runs the prepared program with [`RunOptions`] of this run.
     pub fn run_with(&self, options: RunOptions) -> Result<Outcome> {
         self.sandbox.run_prepared(self, options, PrivateToken(()))
+    }
+
+    /// Saves the program's snapshot to a file (written whole, then renamed into place; mode
+    /// 0600), which another process loads with
+    /// [`PrepareOptions::snapshot_file`](crate::PrepareOptions::snapshot_file). The file is
+    /// sealed with the key of the sandbox's artifact cache, so the sandbox needs one
+    /// ([`SandboxBuilder::cache_dir`]). Backends without snapshots refuse.
+    pub fn save_snapshot(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        self.sandbox.save_prepared(self, path.as_ref(), PrivateToken(()))
     }
 
     /// The program as prepared (its arguments and environment are every run's).

@@ -583,6 +583,7 @@ fn a_snapshot_after_ready_starts_each_run_after_the_start_up() {
     let options = sandcell::PrepareOptions::new().until_ready(true);
     let prepared = sb.prepare_with(&Program::path(&guest).args(["ready", "50000000", "check"]), &options).unwrap();
     let mut randoms = std::collections::HashSet::new();
+    let mut tokens = std::collections::HashSet::new();
     for input in ["first", "second", "third"] {
         let started = Instant::now();
         let out = prepared.run_with(RunOptions::new().stdin(input.as_bytes().to_vec())).unwrap();
@@ -592,15 +593,18 @@ fn a_snapshot_after_ready_starts_each_run_after_the_start_up() {
         assert!(!stdout.contains("before ready"), "{stdout}");
         assert!(
             stdout.starts_with(&format!(
-                "input {input:?}, initialised 42, residue 0 markers 0 runs xmm15 0x0 xmm14 0x0, rdrand "
+                "input {input:?}, initialised 42, residue 0 markers 0 runs xmm15 0x0 xmm14 0x0, token "
             )),
             "{stdout}"
         );
-        randoms.insert(stdout.trim().rsplit(' ').next().unwrap().to_owned());
+        tokens.insert(field(&stdout, "token"));
+        randoms.insert(field(&stdout, "rdrand"));
         // The start-up loop is not run again (it takes far longer than a restored run).
         assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
     }
     assert_eq!(randoms.len(), 3, "RDRAND repeated across restored runs: {randoms:?}");
+    // What the guest drew before ready is part of the snapshot: shared (documented).
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
     // A streamed stdin reaches the restored guest too.
     let (r, mut w) = common::pipe();
     std::io::Write::write_all(&mut w, b"streamed").unwrap();
@@ -634,4 +638,106 @@ fn until_ready_refuses_what_it_cannot_snapshot() {
         )
         .unwrap_err();
     assert!(matches!(err, sandcell::Error::Unsupported { backend: BackendKind::Wasm, .. }), "{err}");
+}
+
+/// The hex word after `name ` in a line of the hostile guest's output.
+fn field(line: &str, name: &str) -> String {
+    let at = line.find(&format!("{name} ")).unwrap_or_else(|| panic!("no {name} in {line}")) + name.len() + 1;
+    line[at..].chars().take_while(char::is_ascii_hexdigit).collect()
+}
+
+/// A snapshot saved to a file is loaded by another sandbox (as another process would): its runs
+/// continue after the start-up without running it again; a file altered, truncated, sealed
+/// with another key, made by another version, under another policy or for another program is
+/// refused with the reason, and never run.
+#[test]
+fn snapshot_files_load_elsewhere_and_anything_else_is_refused() {
+    let guest = or_skip!(hostile(), "no micro-VM");
+    let cache = common::TempDir::new("snap-cache");
+    let dir = common::TempDir::new("snap");
+    let file = dir.path().join("ready.snap");
+    let make = |policy: Policy, cache: &std::path::Path| {
+        SandboxBuilder::new(BackendKind::MicroVm).policy(policy).cache_dir(cache).build().unwrap()
+    };
+    let program = Program::path(&guest).args(["ready", "1000", "check"]);
+    let sb = make(base(), cache.path());
+    let prepared = sb.prepare_with(&program, &sandcell::PrepareOptions::new().until_ready(true)).unwrap();
+    let first = text(&prepared.run_with(RunOptions::new().stdin(b"a".to_vec())).unwrap().stdout);
+    prepared.save_snapshot(&file).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions()) & 0o777,
+        0o600
+    );
+
+    let other = make(base(), cache.path());
+    let from_file = sandcell::PrepareOptions::new().snapshot_file(&file);
+    let loaded = other.prepare_with(&program, &from_file).unwrap();
+    let out = loaded.run_with(RunOptions::new().stdin(b"b".to_vec())).unwrap();
+    let second = text(&out.stdout);
+    assert!(second.starts_with("input \"b\", initialised 42, residue 0 markers 0 runs"), "{second}");
+    assert_eq!(field(&first, "token"), field(&second, "token"), "the start-up ran again");
+    assert_ne!(field(&first, "rdrand"), field(&second, "rdrand"));
+
+    let refused = |sandbox: &dyn Sandbox, program: &Program, needle: &str| {
+        let e = sandbox.prepare_with(program, &from_file).unwrap_err();
+        assert!(e.to_string().contains(needle), "expected `{needle}`: {e}");
+    };
+    let good = std::fs::read(&file).unwrap();
+    // Altered anywhere: a data byte, the header.
+    for at in [good.len() - 100, 50] {
+        let mut bad = good.clone();
+        bad[at] ^= 1;
+        std::fs::write(&file, &bad).unwrap();
+        refused(&*other, &program, "does not verify");
+    }
+    std::fs::write(&file, &good[..good.len() / 2]).unwrap();
+    refused(&*other, &program, "does not verify");
+    std::fs::write(&file, b"not a snapshot").unwrap();
+    refused(&*other, &program, "not a sandcell snapshot");
+    std::fs::write(&file, &good).unwrap();
+    // Another cache's key.
+    let elsewhere = common::TempDir::new("snap-other");
+    refused(&*make(base(), elsewhere.path()), &program, "does not verify");
+    // Another policy; another program.
+    refused(
+        &*make(Policy { env: [("X".into(), "1".into())].into(), ..base() }, cache.path()),
+        &program,
+        "another policy",
+    );
+    refused(&*other, &Program::path(common::vm_guest("hello").unwrap()), "another program");
+    // Sealed with the right key but made by another version, or on another CPU.
+    let key = std::fs::read(cache.path().join("key")).unwrap();
+    for (from, to, needle) in [
+        ("\"sandcell\":\"", "\"sandcell\":\"0.0.0-", "made by sandcell 0.0.0-"),
+        ("\"cpu\":\"", "\"cpu\":\"00", "another model"),
+    ] {
+        let payload = &good[40..];
+        let json_len = u32::from_le_bytes(payload[..4].try_into().unwrap()) as usize;
+        let json = String::from_utf8(payload[4..4 + json_len].to_vec()).unwrap().replacen(from, to, 1);
+        let mut p = (json.len() as u32).to_le_bytes().to_vec();
+        p.extend_from_slice(json.as_bytes());
+        p.extend_from_slice(&payload[4 + json_len..]);
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(b"snapshot\0");
+        mac.update(&p);
+        let mut forged = b"SCSNAP01".to_vec();
+        forged.extend_from_slice(&mac.finalize().into_bytes());
+        forged.extend_from_slice(&p);
+        std::fs::write(&file, &forged).unwrap();
+        refused(&*other, &program, needle);
+    }
+    // No cache, no snapshot files; until_ready with a file is contradictory.
+    let uncached = sandbox(base());
+    let e = uncached
+        .prepare_with(&program, &sandcell::PrepareOptions::new().until_ready(true))
+        .unwrap()
+        .save_snapshot(&file);
+    assert!(matches!(e, Err(sandcell::Error::Unsupported { .. })), "{e:?}");
+    let both = sandcell::PrepareOptions::new().snapshot_file(&file).until_ready(true);
+    assert!(other.prepare_with(&program, &both).is_err());
+    // Backends without snapshots refuse to save one.
+    let wasm = SandboxBuilder::new(BackendKind::Wasm).build().unwrap();
+    let p = wasm.prepare(&Program::path(common::repo().join("examples/hello.wat"))).unwrap();
+    assert!(matches!(p.save_snapshot(&file), Err(sandcell::Error::Unsupported { backend: BackendKind::Wasm, .. })));
 }

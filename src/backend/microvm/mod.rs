@@ -120,7 +120,7 @@ impl MicroVmSandbox {
 
     /// The guest image for a program, from the cache or built. Returns it and whether the
     /// program is a wasm module.
-    fn image(&self, program: &Program) -> Result<(Arc<GuestImage>, bool, ArtifactSource)> {
+    fn image(&self, program: &Program) -> Result<(Arc<GuestImage>, bool, ArtifactSource, [u8; 32])> {
         let file = match program.artifact() {
             crate::Artifact::Path(path) => FileId::of(path).map(|id| (path, id)),
             crate::Artifact::Bytes(_) => None,
@@ -129,7 +129,7 @@ impl MicroVmSandbox {
             if let Some((known, key, wasm)) = self.files.lock().get(*path) {
                 if known == id {
                     if let Some(img) = self.images.lock().get(key) {
-                        return Ok((img.clone(), *wasm, ArtifactSource::Memory));
+                        return Ok((img.clone(), *wasm, ArtifactSource::Memory, *key));
                     }
                 }
             }
@@ -144,7 +144,7 @@ impl MicroVmSandbox {
                 files.insert(path.clone(), (id, key, wasm));
             }
         }
-        Ok((image, wasm, source))
+        Ok((image, wasm, source, key))
     }
 
     /// The guest image for a program's contents, from the cache or built, and its cache key.
@@ -330,7 +330,8 @@ impl MicroVmSandbox {
             Some(p) => (p.image.clone(), p.wasm, ArtifactSource::Prepared),
             None => {
                 Self::check_program(program)?;
-                tracing::debug_span!("image").in_scope(|| self.image(program))?
+                let (image, wasm, source, _) = tracing::debug_span!("image").in_scope(|| self.image(program))?;
+                (image, wasm, source)
             }
         };
         let mut record = self.lowered.record.clone();
@@ -473,7 +474,100 @@ impl MicroVmSandbox {
     }
 }
 
+/// Writes `bytes` to `path` as a new file readable by its owner only: a temporary file in the
+/// same directory, renamed over `path` once complete (a reader never sees half a snapshot).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().ok_or_else(|| std::io::Error::other("the path names no file"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 impl MicroVmSandbox {
+    /// The cache whose key seals snapshot files.
+    fn snapshot_cache(&self) -> Result<&crate::cache::ArtifactCache> {
+        self.cache.as_ref().ok_or_else(|| Error::Unsupported {
+            backend: BackendKind::MicroVm,
+            what: "snapshot files without an artifact cache".into(),
+            reason: "snapshot files are sealed with the key of the sandbox's artifact cache: set a cache directory \
+                     (SandboxBuilder::cache_dir)"
+                .into(),
+        })
+    }
+
+    /// What a snapshot of `image` under this sandbox records and a loaded one must match.
+    fn snapshot_header(&self, image: &GuestImage, key: [u8; 32], ready: bool) -> warm::file::Header {
+        let policy = serde_json::to_vec(&self.policy).unwrap_or_default();
+        warm::file::Header {
+            sandcell: env!("CARGO_PKG_VERSION").to_owned(),
+            cpu: warm::file::cpu(),
+            policy: crate::cache::hex(&Sha256::digest(&policy)),
+            program: crate::cache::hex(&key),
+            ready,
+            ram: image.ram,
+            vcpus: image.vcpus,
+        }
+    }
+
+    /// Prepares `program` from the snapshot file at `path` (checked before anything runs).
+    fn prepare_from_file(
+        &self,
+        program: &Program,
+        image: Arc<GuestImage>,
+        wasm: bool,
+        key: [u8; 32],
+        path: &std::path::Path,
+        config: warm::PoolConfig,
+    ) -> Result<crate::Prepared<'_>> {
+        let cache = self.snapshot_cache()?;
+        let refuse = |reason: String| {
+            Error::invalid_program(format!("the snapshot file `{}` cannot be used: {reason}", path.display()))
+        };
+        // At most the image's RAM and the file's own structure.
+        let limit = image.ram + (4 << 20);
+        let file = std::fs::File::open(path).map_err(|e| refuse(e.to_string()))?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)
+            .map_err(|e| refuse(e.to_string()))?;
+        if bytes.len() as u64 > limit {
+            return Err(refuse("it is larger than any snapshot of this program".into()));
+        }
+        // Where the snapshot was taken (`ready`) is the file's to say; everything else must match.
+        let expected = self.snapshot_header(&image, key, false);
+        let (snapshot, ready) = warm::file::decode(&bytes, &expected, cache, &image).map_err(refuse)?;
+        if ready && wasm {
+            return Err(refuse("it says a WASI guest was ready, which this backend never snapshots".into()));
+        }
+        let mut machine = tracing::debug_span!("vm.create").in_scope(|| vm::Machine::create(&image))?;
+        let restored = warm::read_resident(&mut machine).and_then(|_| snapshot.restore(&mut machine));
+        if let Err(e) = restored {
+            machine.destroy();
+            return Err(e);
+        }
+        let pool = warm::Pool::new(image.clone(), snapshot, machine, config);
+        let counters = pool.stats.clone();
+        let state = PreparedImage { image, wasm, pool: Some(pool), ready, key };
+        Ok(crate::Prepared::pooled(self, program, Box::new(state), counters))
+    }
+
     /// Runs a native guest from its entry until it says it is ready, under the policy's limits,
     /// and returns its VM stopped right after that call. Its output is discarded; its stdin is
     /// empty.
@@ -586,6 +680,8 @@ const NATIVE_FUEL: &str = "native guest code cannot be metered instruction by in
 struct PreparedImage {
     image: Arc<GuestImage>,
     wasm: bool,
+    /// The image's key (what a snapshot file names as its program).
+    key: [u8; 32],
     pool: Option<Arc<warm::Pool>>,
     /// Whether the snapshot was taken where the guest said it was ready.
     ready: bool,
@@ -1003,9 +1099,17 @@ impl crate::Sandbox for MicroVmSandbox {
             size: options.checked_pool_size()?,
             idle_timeout: options.idle_timeout.unwrap_or(crate::DEFAULT_IDLE_TIMEOUT),
         };
-        let (image, wasm, _) = tracing::debug_span!("image").in_scope(|| self.image(program))?;
+        let (image, wasm, _, key) = tracing::debug_span!("image").in_scope(|| self.image(program))?;
         if !wasm {
             self.refuse_native_fuel()?;
+        }
+        if let Some(path) = &options.snapshot_file {
+            if options.until_ready {
+                return Err(Error::invalid_program(
+                    "until_ready and a snapshot file together: the file says where its snapshot was taken",
+                ));
+            }
+            return self.prepare_from_file(program, image, wasm, key, path, config);
         }
         if options.until_ready && wasm {
             return Err(Error::Unsupported {
@@ -1044,8 +1148,26 @@ impl crate::Sandbox for MicroVmSandbox {
         };
         let pool = warm::Pool::new(image.clone(), snapshot, machine, config);
         let counters = pool.stats.clone();
-        let state = PreparedImage { image, wasm, pool: Some(pool), ready: options.until_ready };
+        let state = PreparedImage { image, wasm, pool: Some(pool), ready: options.until_ready, key };
         Ok(crate::Prepared::pooled(self, program, Box::new(state), counters))
+    }
+
+    fn save_prepared(
+        &self,
+        prepared: &crate::Prepared<'_>,
+        path: &std::path::Path,
+        _: crate::sandbox::token::PrivateToken,
+    ) -> Result<()> {
+        let state = prepared.state::<PreparedImage>(self)?;
+        let Some(pool) = state.and_then(|s| s.pool.as_ref().map(|p| (s, p))) else {
+            return Err(Error::invalid_program("the program was not prepared with a snapshot"));
+        };
+        let (state, pool) = pool;
+        let cache = self.snapshot_cache()?;
+        let header = self.snapshot_header(&state.image, state.key, state.ready);
+        let bytes = warm::file::encode(&pool.snapshot, &header, cache);
+        write_private(path, &bytes)
+            .map_err(|e| Error::setup(format!("write the snapshot file `{}`", path.display()), e))
     }
 
     fn run_prepared(

@@ -394,3 +394,222 @@ mod janitor {
         });
     }
 }
+
+/// Snapshot files: a [`Snapshot`] saved by one process and loaded by another.
+///
+/// ```text
+/// "SCSNAP01"  magic and format version
+/// mac[32]     HMAC-SHA256 of the rest, keyed with the sandbox's artifact cache key
+/// u32 n, n bytes of JSON: sandcell version, CPU, policy, program (image key), ready, RAM, vCPUs
+/// u32 vCPUs, then per vCPU its registers (kvm_regs, kvm_sregs, kvm_fpu, kvm_vcpu_events)
+/// u32 n, n changeable page ranges (u64 start, u64 end)
+/// u32 n, n saved pages (u32, ascending), then their contents (n × 4096 bytes)
+/// ```
+///
+/// Loading refuses, with the reason, anything that is not exactly such a file made with the
+/// same key (corrupt, truncated, altered, another cache's), and a file made by another sandcell
+/// version, on a CPU with other features, under another policy or for another program, RAM
+/// size or vCPU count. The MAC is what makes the restored state trustworthy: without the key
+/// nobody can make a file that loads. The registers are checked as well (user mode, the VM's
+/// own page tables and descriptor tables), so a file that verified can still only hold a state
+/// a guest could have reached.
+pub(crate) mod file {
+    use super::*;
+
+    const MAGIC: &[u8; 8] = b"SCSNAP01";
+    const MAC_NAME: &str = "snapshot";
+
+    /// What a snapshot file must match to be loaded.
+    #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub(crate) struct Header {
+        pub(crate) sandcell: String,
+        pub(crate) cpu: String,
+        pub(crate) policy: String,
+        pub(crate) program: String,
+        pub(crate) ready: bool,
+        pub(crate) ram: u64,
+        pub(crate) vcpus: u32,
+    }
+
+    /// The host CPU's identity and features (CPUID leaves 0, 1 and 7), as a digest: a
+    /// snapshot's FPU/SSE state and what its guest detected belong to them.
+    pub(crate) fn cpu() -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for (leaf, sub) in [(0u32, 0u32), (1, 0), (7, 0)] {
+            // SAFETY: CPUID is available on every x86-64 CPU (the call is safe in newer Rust).
+            #[allow(unused_unsafe)]
+            let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, sub) };
+            // Leaf 1's EBX holds the current CPU's APIC id, which differs from CPU to CPU.
+            let ebx = if leaf == 1 { r.ebx & 0x0000_ffff } else { r.ebx };
+            for v in [r.eax, ebx, r.ecx, r.edx] {
+                h.update(v.to_le_bytes());
+            }
+        }
+        crate::cache::hex(&h.finalize())
+    }
+
+    fn bytes_of<T: Copy>(v: &T) -> &[u8] {
+        // SAFETY: `T` is one of the KVM register structs: plain integers and arrays, no
+        // pointers; its bytes (padding included, which KVM zeroes) are read only.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+    }
+
+    /// A reader over the file's bytes that reports truncation.
+    struct Cursor<'a>(&'a [u8]);
+
+    fn truncated() -> String {
+        "the file is truncated or malformed".into()
+    }
+
+    impl<'a> Cursor<'a> {
+        fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+            let (a, b) = self.0.split_at_checked(n).ok_or_else(truncated)?;
+            self.0 = b;
+            Ok(a)
+        }
+        fn u32(&mut self) -> std::result::Result<u32, String> {
+            Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| truncated())?))
+        }
+        fn u64(&mut self) -> std::result::Result<u64, String> {
+            Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| truncated())?))
+        }
+        fn pod<T: Copy + Default>(&mut self) -> std::result::Result<T, String> {
+            let b = self.take(std::mem::size_of::<T>())?;
+            let mut v = T::default();
+            // SAFETY: `T` is a KVM register struct (any bytes are a valid value) and `b` has
+            // exactly its size.
+            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), (&mut v as *mut T).cast::<u8>(), b.len()) };
+            Ok(v)
+        }
+    }
+
+    /// The file's bytes for `snapshot` with `header`, sealed with `cache`'s key.
+    pub(crate) fn encode(snapshot: &Snapshot, header: &Header, cache: &crate::cache::ArtifactCache) -> Vec<u8> {
+        let mut p = Vec::with_capacity(snapshot.data.len() + 4096);
+        let json = serde_json::to_vec(header).unwrap_or_default();
+        p.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        p.extend_from_slice(&json);
+        p.extend_from_slice(&(snapshot.cpus.len() as u32).to_le_bytes());
+        for c in &snapshot.cpus {
+            p.extend_from_slice(bytes_of(&c.regs));
+            p.extend_from_slice(bytes_of(&c.sregs));
+            p.extend_from_slice(bytes_of(&c.fpu));
+            p.extend_from_slice(bytes_of(&c.events));
+        }
+        p.extend_from_slice(&(snapshot.changeable.len() as u32).to_le_bytes());
+        for (s, e) in &snapshot.changeable {
+            p.extend_from_slice(&(*s as u64).to_le_bytes());
+            p.extend_from_slice(&(*e as u64).to_le_bytes());
+        }
+        p.extend_from_slice(&(snapshot.saved_pages.len() as u32).to_le_bytes());
+        for page in &snapshot.saved_pages {
+            p.extend_from_slice(&page.to_le_bytes());
+        }
+        p.extend_from_slice(&snapshot.data);
+        let mut out = Vec::with_capacity(p.len() + 40);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&cache.seal(MAC_NAME, &p));
+        out.extend_from_slice(&p);
+        out
+    }
+
+    /// The snapshot in `bytes` and whether it was taken where the guest said it was ready, if
+    /// it is one `cache`'s key sealed and it matches `expected` (but for `ready`); otherwise why
+    /// not. `image` is the program's image, whose changeable pages a snapshot of it has.
+    pub(crate) fn decode(
+        bytes: &[u8],
+        expected: &Header,
+        cache: &crate::cache::ArtifactCache,
+        image: &GuestImage,
+    ) -> std::result::Result<(Snapshot, bool), String> {
+        let rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or("it is not a sandcell snapshot file (or of another format version)")?;
+        let (mac, payload) = rest.split_at_checked(32).ok_or_else(truncated)?;
+        if !cache.verify(MAC_NAME, payload, mac) {
+            return Err("it does not verify: altered, truncated, or not made with this artifact cache's key".into());
+        }
+        let mut c = Cursor(payload);
+        let n = c.u32()? as usize;
+        let header: Header = serde_json::from_slice(c.take(n)?).map_err(|e| format!("its header is malformed: {e}"))?;
+        if header.sandcell != expected.sandcell {
+            return Err(format!("it was made by sandcell {}; this is sandcell {}", header.sandcell, expected.sandcell));
+        }
+        if header.cpu != expected.cpu {
+            return Err("it was made on a CPU of another model or with other features".into());
+        }
+        if header.policy != expected.policy {
+            return Err("it was made under another policy".into());
+        }
+        if header.program != expected.program || header.ram != expected.ram || header.vcpus != expected.vcpus {
+            return Err("it was made for another program (or guest RAM size or vCPU count)".into());
+        }
+        let ncpu = c.u32()? as usize;
+        if ncpu != image.vcpus as usize {
+            return Err(truncated());
+        }
+        let mut cpus = Vec::with_capacity(ncpu);
+        for _ in 0..ncpu {
+            let state = CpuState { regs: c.pod()?, sregs: c.pod()?, fpu: c.pod()?, events: c.pod()? };
+            check_registers(&state.sregs)?;
+            cpus.push(state);
+        }
+        let pages = (image.ram as usize) / PAGE;
+        let expected_ranges: Vec<(usize, usize)> = image
+            .changeable()
+            .into_iter()
+            .map(|(s, e)| (s as usize / PAGE, (e as usize / PAGE).min(pages)))
+            .filter(|(s, e)| s < e)
+            .collect();
+        let nranges = c.u32()? as usize;
+        let mut changeable = Vec::with_capacity(nranges.min(4096));
+        for _ in 0..nranges {
+            changeable.push((c.u64()? as usize, c.u64()? as usize));
+        }
+        if changeable != expected_ranges {
+            return Err("its page ranges are not those of this program's image".into());
+        }
+        let npages = c.u32()? as usize;
+        if npages > pages {
+            return Err(truncated());
+        }
+        let mut saved = vec![false; pages];
+        let mut saved_pages = Vec::with_capacity(npages);
+        let mut last: Option<u32> = None;
+        for _ in 0..npages {
+            let p = c.u32()?;
+            let inside = changeable.iter().any(|(s, e)| (*s..*e).contains(&(p as usize)));
+            if !inside || last.is_some_and(|l| p <= l) {
+                return Err("its saved pages are not changeable pages of the image, in order".into());
+            }
+            saved[p as usize] = true;
+            saved_pages.push(p);
+            last = Some(p);
+        }
+        let data = c.take(npages * PAGE)?.to_vec();
+        if !c.0.is_empty() {
+            return Err("the file has bytes after its end".into());
+        }
+        Ok((Snapshot { cpus, changeable, saved, saved_pages, data }, header.ready))
+    }
+
+    /// A restored vCPU must be in user mode on the VM's own page tables, GDT and IDT, in long
+    /// mode with paging: what any guest state looks like at a snapshot point.
+    fn check_registers(s: &kvm_sregs) -> std::result::Result<(), String> {
+        use sandcell_abi::layout;
+        let ok = s.cs.dpl == 3
+            && s.ss.dpl == 3
+            && s.cr3 == layout::PAGE_TABLES
+            && s.cr0 & 0x8000_0001 == 0x8000_0001
+            && s.efer & 0x500 == 0x500
+            && s.gdt.base == layout::GDT
+            && s.idt.base == layout::IDT
+            && s.tr.base == layout::TSS;
+        if ok {
+            Ok(())
+        } else {
+            Err("its vCPU state is not a user-mode state of this VM".into())
+        }
+    }
+}

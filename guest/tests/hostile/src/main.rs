@@ -22,6 +22,8 @@ static READ_DONE: AtomicU32 = AtomicU32::new(0);
 static RUNS: AtomicU32 = AtomicU32::new(0);
 /// Set before `ready` (`ready` mode): every run after it must see it.
 static INITIALISED: AtomicU32 = AtomicU32::new(0);
+/// Randomness drawn before `ready` (`ready` mode): shared by every run from the snapshot.
+static TOKEN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 const SECRET: u64 = 0x5ec2_e7ed_ba5e_ba11;
 
 #[inline(never)]
@@ -306,6 +308,8 @@ fn main() -> i32 {
                 }
                 core::hint::black_box(acc);
                 INITIALISED.store(42, Ordering::SeqCst);
+                // Drawn once, before ready: every run restored from the snapshot sees this one.
+                TOKEN.store(rdrand(), Ordering::SeqCst);
                 sandcell_guest::ready();
                 // The residue check reads the whole heap (slow on PVM); `ready N` alone only
                 // echoes, for benchmarks.
@@ -315,8 +319,9 @@ fn main() -> i32 {
                 let n = read_stdin(&mut buf);
                 let input = core::str::from_utf8(&buf[..n]).unwrap_or("?");
                 println!(
-                    "input {input:?}, initialised {}, residue {found} markers {runs} runs xmm15 {x15:#x} xmm14 {x14:#x}, rdrand {:016x}",
+                    "input {input:?}, initialised {}, residue {found} markers {runs} runs xmm15 {x15:#x} xmm14 {x14:#x}, token {:016x}, rdrand {:016x}",
                     INITIALISED.load(Ordering::SeqCst),
+                    TOKEN.load(Ordering::SeqCst),
                     rdrand()
                 );
                 flush();
