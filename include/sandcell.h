@@ -229,6 +229,11 @@ typedef struct {
   // Non-zero: run the program until it says it is ready and start every run from there
   // (micro-VM native guests calling `sandcell_guest::ready`); refused where unsupported.
   uint32_t until_ready;
+  // Non-NULL: start from the snapshot saved in this file (sandcell_prepared_save_snapshot())
+  // instead of making one; the file is checked first and refused with the reason
+  // (SANDCELL_ERROR_INVALID_PROGRAM) unless it was sealed with the sandbox's artifact cache
+  // key by this sandcell version, on this CPU, under the same policy, for the same program.
+  const char *snapshot_file;
 } sandcell_prepare_options_t;
 
 // What a prepared program's pool of ready instances did (sandcell_prepared_pool_stats()). Set
@@ -478,6 +483,13 @@ sandcell_error_t *sandcell_sandbox_prepare_with(const sandcell_sandbox_t *sandbo
 sandcell_error_t *sandcell_prepared_pool_stats(const sandcell_prepared_t *prepared,
                                                sandcell_pool_stats_t *stats,
                                                int *has_pool);
+
+// Saves a prepared program's snapshot to the file at `path` (written whole, then renamed into
+// place, mode 0600), for sandcell_sandbox_prepare_with() in another process. The sandbox needs
+// an artifact cache (its key seals the file); backends without snapshots fail with
+// SANDCELL_ERROR_UNENFORCEABLE.
+sandcell_error_t *sandcell_prepared_save_snapshot(const sandcell_prepared_t *prepared,
+                                                  const char *path);
 
 // Runs a prepared program, as sandcell_sandbox_run() runs a program (`options` may be NULL).
 sandcell_error_t *sandcell_prepared_run(const sandcell_prepared_t *prepared,

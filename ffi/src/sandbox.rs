@@ -280,11 +280,16 @@ pub struct PrepareOptions {
     /// Non-zero: run the program until it says it is ready and start every run from there
     /// (micro-VM native guests calling `sandcell_guest::ready`); refused where unsupported.
     pub until_ready: u32,
+    /// Non-NULL: start from the snapshot saved in this file (sandcell_prepared_save_snapshot())
+    /// instead of making one; the file is checked first and refused with the reason
+    /// (SANDCELL_ERROR_INVALID_PROGRAM) unless it was sealed with the sandbox's artifact cache
+    /// key by this sandcell version, on this CPU, under the same policy, for the same program.
+    pub snapshot_file: *const c_char,
 }
 
 const _: () = assert!(std::mem::offset_of!(PrepareOptions, size) == 0);
 
-// SAFETY: repr(C), `size` first; integers only.
+// SAFETY: repr(C), `size` first; integers and a raw pointer only.
 unsafe impl Extensible for PrepareOptions {
     const C_NAME: &'static str = "sandcell_prepare_options_t";
     const MIN_SIZE: usize = std::mem::size_of::<PrepareOptions>();
@@ -340,6 +345,9 @@ pub unsafe extern "C" fn sandcell_sandbox_prepare_with(
                     opts = opts.idle_timeout(std::time::Duration::from_millis(o.idle_timeout_ms));
                 }
                 opts = opts.until_ready(o.until_ready != 0);
+                if !o.snapshot_file.is_null() {
+                    opts = opts.snapshot_file(string(o.snapshot_file, "options->snapshot_file")?);
+                }
             }
             prepare(sandbox, program, &opts, prepared)
         }
@@ -404,6 +412,22 @@ pub unsafe extern "C" fn sandcell_prepared_pool_stats(
                 None => *has_pool = 0,
             }
             Ok(())
+        }
+    })
+}
+
+/// Saves a prepared program's snapshot to the file at `path` (written whole, then renamed into
+/// place, mode 0600), for sandcell_sandbox_prepare_with() in another process. The sandbox needs
+/// an artifact cache (its key seals the file); backends without snapshots fail with
+/// SANDCELL_ERROR_UNENFORCEABLE.
+#[no_mangle]
+pub unsafe extern "C" fn sandcell_prepared_save_snapshot(prepared: *const Prepared, path: *const c_char) -> *mut Error {
+    guard(|| {
+        // SAFETY: checked handle and string.
+        unsafe {
+            let p = get(prepared, "prepared", "prepared")?;
+            let path = string(path, "path")?;
+            p.prepared.save_snapshot(path).map_err(from_sandcell)
         }
     })
 }

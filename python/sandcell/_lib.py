@@ -75,6 +75,7 @@ class PrepareOptions(Structure):
         ("pool_size", c_uint32),
         ("idle_timeout_ms", c_uint64),
         ("until_ready", c_uint32),
+        ("snapshot_file", c_char_p),
     ]
 
 
@@ -154,6 +155,7 @@ _SIGNATURES = {
     "sandcell_sandbox_prepare": ([P, P, PP], P),
     "sandcell_sandbox_prepare_with": ([P, P, POINTER(PrepareOptions), PP], P),
     "sandcell_prepared_pool_stats": ([P, POINTER(PoolStats), POINTER(c_int)], P),
+    "sandcell_prepared_save_snapshot": ([P, c_char_p], P),
     "sandcell_prepared_run": ([P, POINTER(RunOptions), PP], P),
     "sandcell_prepared_free": ([P], None),
     "sandcell_sandbox_interrupt": ([P], P),

@@ -486,6 +486,7 @@ class Sandbox(_Owned):
         pool_size: Optional[int] = None,
         idle_timeout: Optional[Duration] = None,
         until_ready: bool = False,
+        snapshot_file: Optional[Union[str, "os.PathLike[str]"]] = None,
     ) -> "Prepared":
         """Does once what every run of `program` would repeat and returns a `Prepared` whose
         `run()` starts from there: reading and checking the program and finding (or compiling)
@@ -497,11 +498,12 @@ class Sandbox(_Owned):
 
         `pool_size` (ready instances kept between runs, 0 to 64) and `idle_timeout` (seconds an
         idle one is kept) shape the pool; `until_ready=True` runs the program once until it says
-        it is ready and starts every run from there. A backend that cannot do what they ask
-        raises `UnenforceableError`."""
+        it is ready and starts every run from there; `snapshot_file` starts from a snapshot
+        another process saved (`Prepared.save_snapshot`), checked first. A backend that cannot
+        do what they ask raises `UnenforceableError`."""
         call = _Call(program, args, None, env, cwd, entry, name, None, None)
         options = None
-        if pool_size is not None or idle_timeout is not None or until_ready:
+        if pool_size is not None or idle_timeout is not None or until_ready or snapshot_file is not None:
             options = _lib.PrepareOptions(size=sizeof(_lib.PrepareOptions))
             if pool_size is not None:
                 if isinstance(pool_size, bool) or not isinstance(pool_size, int) or not 0 <= pool_size < 2**32:
@@ -513,6 +515,8 @@ class Sandbox(_Owned):
                 assert seconds is not None
                 options.idle_timeout_ms = max(1, round(seconds * 1000))
             options.until_ready = 1 if until_ready else 0
+            if snapshot_file is not None:
+                options.snapshot_file = os.fsencode(snapshot_file)
         handle = self._begin(None)
         try:
             prog = _make_program(call)
@@ -600,6 +604,16 @@ class Prepared(_Owned):
         # The run's thread releases the handle when the C call has returned: closing (or
         # destroying) this coroutine early cannot free the prepared program under the run.
         return await self.sandbox._run_async(call, interrupt, seconds, self._end)
+
+    def save_snapshot(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """Saves the program's snapshot to `path` (mode 0600) for `Sandbox.prepare(...,
+        snapshot_file=path)` in another process. The sandbox needs a `cache_dir` (its key seals
+        the file); backends without snapshots raise `UnenforceableError`."""
+        handle = self._begin()
+        try:
+            check(lib.sandcell_prepared_save_snapshot(handle, os.fsencode(path)))
+        finally:
+            self._end()
 
     @property
     def pool_stats(self) -> Optional[Dict[str, int]]:

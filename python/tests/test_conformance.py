@@ -328,6 +328,26 @@ def test_prepare_options_pool_where_the_backend_keeps_one_and_are_refused_elsewh
             sb.prepare(fx.program, ["hello"], idle_timeout=0)
 
 
+def test_snapshot_files_are_saved_and_loaded_where_the_backend_takes_snapshots(fx: Fixture, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    snap = tmp_path / "hello.snap"
+    with fx.sandbox(cache_dir=str(cache)) as sb, sb.prepare(fx.program, ["hello"], name="testguest") as prepared:
+        if fx.backend != "microvm":
+            with pytest.raises(sandcell.UnenforceableError, match="snapshot"):
+                prepared.save_snapshot(snap)
+            return
+        prepared.save_snapshot(snap)
+    with fx.sandbox(cache_dir=str(cache)) as other:
+        with other.prepare(fx.program, ["hello"], name="testguest", snapshot_file=snap) as loaded:
+            out = loaded.run(stdin="from a file")
+            assert out.ok and "stdin: from a file" in out.stdout.decode(), out
+        data = bytearray(snap.read_bytes())
+        data[-5] ^= 0xFF
+        snap.write_bytes(bytes(data))
+        with pytest.raises(sandcell.InvalidProgramError, match="verify"):
+            other.prepare(fx.program, ["hello"], name="testguest", snapshot_file=snap)
+
+
 def test_prepared_runs_async(fx: Fixture) -> None:
     import asyncio
 

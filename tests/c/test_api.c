@@ -1166,6 +1166,57 @@ static void test_prepare_options(const char *backend) {
         }
         sandcell_prepared_free(prepared);
     }
+    /* Snapshot files: saved by one sandbox, loaded by another with the same cache; a corrupt
+     * one refused; backends without snapshots refuse to save. */
+    {
+        char dir[] = "/tmp/sandcell-c-snap-XXXXXX";
+        CHECK(mkdtemp(dir) != NULL);
+        char file[256];
+        snprintf(file, sizeof file, "%s/hello.snap", dir);
+        sandcell_sandbox_t *a = NULL, *b = NULL;
+        OK(sandcell_sandbox_new(backend, NULL, dir, &a));
+        OK(sandcell_sandbox_new(backend, NULL, dir, &b));
+        sandcell_prepared_t *pa = NULL, *pb = NULL;
+        if (a) OK(sandcell_sandbox_prepare(a, hello, &pa));
+        if (pa && strcmp(backend, "microvm") == 0) {
+            OK(sandcell_prepared_save_snapshot(pa, file));
+            FAILS(sandcell_prepared_save_snapshot(pa, NULL), SANDCELL_ERROR_INVALID_ARGUMENT, "path");
+            sandcell_prepare_options_t load = {.size = sizeof(sandcell_prepare_options_t), .snapshot_file = file};
+            if (b) OK(sandcell_sandbox_prepare_with(b, hello, &load, &pb));
+            if (pb) {
+                sandcell_outcome_t *o = NULL;
+                OK(sandcell_prepared_run(pb, NULL, &o));
+                if (o) CHECK(output_is(o, SANDCELL_STREAM_STDOUT, "Hello, world!\n"));
+                sandcell_outcome_free(o);
+                sandcell_prepared_free(pb);
+            }
+            FILE *f = fopen(file, "r+b");
+            CHECK(f != NULL);
+            if (f) {
+                fseek(f, 60, SEEK_SET);
+                fputc('!', f);
+                fclose(f);
+            }
+            sandcell_prepared_t *none = NULL;
+            if (b) FAILS(sandcell_sandbox_prepare_with(b, hello, &load, &none), SANDCELL_ERROR_INVALID_PROGRAM, "verify");
+            /* Without a cache there is no key to seal snapshot files with. */
+            sandcell_sandbox_t *uncached = NULL;
+            sandcell_prepared_t *pu = NULL;
+            OK(sandcell_sandbox_new(backend, NULL, NULL, &uncached));
+            if (uncached) OK(sandcell_sandbox_prepare(uncached, hello, &pu));
+            if (pu) FAILS(sandcell_prepared_save_snapshot(pu, file), SANDCELL_ERROR_UNENFORCEABLE, "cache");
+            sandcell_prepared_free(pu);
+            sandcell_sandbox_free(uncached);
+        } else if (pa) {
+            FAILS(sandcell_prepared_save_snapshot(pa, file), SANDCELL_ERROR_UNENFORCEABLE, "snapshot");
+        }
+        sandcell_prepared_free(pa);
+        sandcell_sandbox_free(a);
+        sandcell_sandbox_free(b);
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        CHECK(system(cmd) == 0);
+    }
     sandcell_prepare_options_t bad = {.size = 4};
     sandcell_prepared_t *none = NULL;
     FAILS(sandcell_sandbox_prepare_with(sb, hello, &bad, &none), SANDCELL_ERROR_INVALID_ARGUMENT,
