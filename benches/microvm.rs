@@ -92,12 +92,35 @@ fn benches(c: &mut Criterion) {
         let program = Program::path(&hello);
         assert_eq!(sandbox.run(&program).unwrap().status, Status::Exited(0));
         c.bench_function("microvm/native_hello", |b| b.iter(|| sandbox.run(&program).unwrap()));
+        // Prepared: each run restores the snapshot into the pooled VM (see warm.rs).
+        let prepared = sandbox.prepare(&program).unwrap();
+        c.bench_function("microvm/native_hello_restored", |b| b.iter(|| prepared.run().unwrap()));
+        // Runs per second on this machine's CPUs: one thread per CPU, each with its own
+        // prepared program (own pool), 200 runs each.
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let preps: Vec<_> = (0..threads).map(|_| sandbox.prepare(&program).unwrap()).collect();
+        c.bench_function(&format!("microvm/native_hello_restored_x{threads}_200"), |b| {
+            b.iter(|| {
+                std::thread::scope(|s| {
+                    for p in &preps {
+                        s.spawn(move || {
+                            for _ in 0..200 {
+                                p.run().unwrap();
+                            }
+                        });
+                    }
+                })
+            })
+        });
     } else {
         eprintln!("skipping microvm/native_hello: build guest/examples/hello first");
     }
     let wat = Program::bytes(include_bytes!("../examples/hello.wat").to_vec());
     assert_eq!(sandbox.run(&wat).unwrap().stdout, b"Hello, world!\n");
     c.bench_function("microvm/wasi_hello", |b| b.iter(|| sandbox.run(&wat).unwrap()));
+    let prepared = sandbox.prepare(&wat).unwrap();
+    c.bench_function("microvm/wasi_hello_restored", |b| b.iter(|| prepared.run().unwrap()));
+    drop(prepared);
 
     // The whole command, as a user types it: `sandcell run --backend wasm|microvm hello.wat`, a
     // new process each time, with the CLI's default artifact cache (warm after the first run).

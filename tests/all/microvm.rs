@@ -741,3 +741,38 @@ fn snapshot_files_load_elsewhere_and_anything_else_is_refused() {
     let p = wasm.prepare(&Program::path(common::repo().join("examples/hello.wat"))).unwrap();
     assert!(matches!(p.save_snapshot(&file), Err(sandcell::Error::Unsupported { backend: BackendKind::Wasm, .. })));
 }
+
+/// A WASI module prepared on the micro-VM starts each run from its instantiated state (the
+/// snapshot the runtime takes before `_start`): what a run writes to its linear memory or
+/// globals is gone in the next, and `random_get` is fresh in each.
+#[test]
+fn prepared_wasi_runs_start_from_the_instantiated_module_and_draw_fresh_randomness() {
+    or_skip!(available(), "no micro-VM");
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "random_get" (func $r (param i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (global $g (mut i32) (i32.const 48))
+      (data (i32.const 100) "0")
+      (func (export "_start")
+        ;; memory[100] and the global: each run adds one and prints both ("11" when fresh)
+        (i32.store8 (i32.const 100) (i32.add (i32.load8_u (i32.const 100)) (i32.const 1)))
+        (global.set $g (i32.add (global.get $g) (i32.const 1)))
+        (i32.store8 (i32.const 101) (global.get $g))
+        ;; then 16 random bytes
+        (drop (call $r (i32.const 102) (i32.const 16)))
+        (i32.store (i32.const 0) (i32.const 100))
+        (i32.store (i32.const 4) (i32.const 18))
+        (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+    let sb = sandbox(base());
+    let prepared = sb.prepare(&Program::bytes(wat.as_bytes().to_vec())).unwrap();
+    let mut randoms = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let out = prepared.run().unwrap();
+        assert_eq!(out.status, Status::Exited(0), "{}", text(&out.stderr));
+        assert_eq!(&out.stdout[..2], b"11", "state of an earlier run was visible");
+        randoms.insert(out.stdout[2..].to_vec());
+    }
+    assert_eq!(randoms.len(), 4, "random_get repeated across runs");
+    assert_eq!(prepared.pool_stats().unwrap().hits, 4);
+}

@@ -28,7 +28,9 @@ pub const MAGIC: u32 = 0x3156_4353;
 /// cannot find in its own memory; the mailboxes share one page, next to the boot information.
 /// 3: the boot information is a typed header ([`BootInfo`]) that also carries the cap on a wasm
 /// guest's linear memory.
-pub const VERSION: u16 = 3;
+/// 4: [`op::READY`], and [`BootInfo::snapshot`] (the wasm runtime says ready after instantiating
+/// its module when the host prepares a snapshot).
+pub const VERSION: u16 = 4;
 
 /// The guest-physical layout.
 pub mod layout {
@@ -423,11 +425,15 @@ pub struct BootInfo {
     pub stdin_more: u64,
     /// The cap on a wasm guest's linear memory in bytes, `u64::MAX` for none.
     pub memory_cap: u64,
+    /// Non-zero while the host prepares a snapshot of the guest: the wasm runtime then says
+    /// ready ([`op::READY`]) once its module is compiled and instantiated, right before `_start`,
+    /// and every run of the prepared program starts from there.
+    pub snapshot: u64,
 }
 
 impl BootInfo {
     /// Number of 8-byte fields.
-    pub const FIELDS: usize = 15;
+    pub const FIELDS: usize = 16;
     /// Size of the header in bytes: the strings start here.
     pub const SIZE: u64 = Self::FIELDS as u64 * 8;
 
@@ -448,6 +454,7 @@ impl BootInfo {
             self.stdin_len,
             self.stdin_more,
             self.memory_cap,
+            self.snapshot,
         ]
     }
 
@@ -478,6 +485,7 @@ impl BootInfo {
             stdin_len: f[12],
             stdin_more: f[13],
             memory_cap: f[14],
+            snapshot: f[15],
         }
     }
 }

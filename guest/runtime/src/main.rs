@@ -160,6 +160,11 @@ fn main() -> i32 {
     let Ok(start) = instance.get_typed_func::<(), ()>(&store, "_start") else {
         report_trap(trap::OTHER, "the module has no `_start` export", None);
     };
+    // Compiled and instantiated, no guest code run yet (but a start function): when the host
+    // prepares a snapshot, every run of the prepared module starts here.
+    if sandcell_guest::preparing() {
+        sandcell_guest::ready();
+    }
     match start.call(&mut store, ()) {
         Ok(()) => finish(0, used(&store)),
         Err(e) => {

@@ -156,6 +156,12 @@ pub fn read_stdin(buf: &mut [u8]) -> usize {
     n.max(0) as usize
 }
 
+/// Whether the host is preparing a snapshot of this guest (see [`ready`]): a program may skip
+/// work it only does for a snapshot otherwise.
+pub fn preparing() -> bool {
+    boot().snapshot != 0
+}
+
 /// Says the program's start-up is done. When the host prepares the program with a snapshot
 /// after ready (`PrepareOptions::until_ready`), it stops the VM here once, and every run of the
 /// prepared program continues from this call's return with its own stdin (read it after this

@@ -231,7 +231,7 @@ impl MicroVmSandbox {
         program: &Program,
         wasm: bool,
         stdin: Option<&StdinSource>,
-        stdin_by_call: bool,
+        preparing: bool,
     ) -> Result<(Vec<u8>, usize)> {
         let mut strings = Vec::new();
         let mut argc = 0u64;
@@ -267,8 +267,8 @@ impl MicroVmSandbox {
         let room = (layout::BOOT_INFO_SIZE - header) as usize - strings.len();
         // A guest prepared until ready reads the stdin of the run restored from it with the
         // hypercall: the boot area then carries none.
-        let streamed = streamed || stdin_by_call;
-        let inline = if wasm || stdin_by_call { 0 } else { stdin.len().min(room) };
+        let streamed = streamed || preparing;
+        let inline = if wasm || preparing { 0 } else { stdin.len().min(room) };
         let info = sandcell_abi::BootInfo {
             magic: sandcell_abi::MAGIC as u64,
             version: sandcell_abi::VERSION as u64,
@@ -285,6 +285,7 @@ impl MicroVmSandbox {
             stdin_len: inline as u64,
             stdin_more: u64::from(streamed || inline < stdin.len()),
             memory_cap: if wasm { self.lowered.linear_memory.unwrap_or(u64::MAX) } else { u64::MAX },
+            snapshot: u64::from(preparing),
         };
         let mut boot = info.to_bytes().to_vec();
         boot.extend_from_slice(&strings);
@@ -553,9 +554,6 @@ impl MicroVmSandbox {
         // Where the snapshot was taken (`ready`) is the file's to say; everything else must match.
         let expected = self.snapshot_header(&image, key, false);
         let (snapshot, ready) = warm::file::decode(&bytes, &expected, cache, &image).map_err(refuse)?;
-        if ready && wasm {
-            return Err(refuse("it says a WASI guest was ready, which this backend never snapshots".into()));
-        }
         let mut machine = tracing::debug_span!("vm.create").in_scope(|| vm::Machine::create(&image))?;
         let restored = warm::read_resident(&mut machine).and_then(|_| snapshot.restore(&mut machine));
         if let Err(e) = restored {
@@ -568,12 +566,12 @@ impl MicroVmSandbox {
         Ok(crate::Prepared::pooled(self, program, Box::new(state), counters))
     }
 
-    /// Runs a native guest from its entry until it says it is ready, under the policy's limits,
-    /// and returns its VM stopped right after that call. Its output is discarded; its stdin is
-    /// empty.
-    fn run_until_ready(&self, image: &GuestImage, program: &Program) -> Result<vm::Machine> {
+    /// Runs a guest from its entry until it says it is ready, under the policy's limits, and
+    /// returns its VM stopped right after that call. Its output is discarded; its stdin is
+    /// empty; a WASI guest (the runtime says ready before `_start`) may make no WASI call.
+    fn run_until_ready(&self, image: &GuestImage, program: &Program, wasm: bool) -> Result<vm::Machine> {
         let started = Instant::now();
-        let (boot, _) = self.boot_info(image, program, false, None, true)?;
+        let (boot, _) = self.boot_info(image, program, wasm, None, true)?;
         let machine = vm::Machine::create(image)?;
         if let Err(e) = machine.write_boot(&boot) {
             machine.destroy();
@@ -1127,16 +1125,32 @@ impl crate::Sandbox for MicroVmSandbox {
                 reason: "a snapshot after ready takes a guest with one vCPU (policy `cpus` = 1)".into(),
             });
         }
-        let machine = if options.until_ready {
-            tracing::debug_span!("until_ready").in_scope(|| self.run_until_ready(&image, program))?
-        } else {
+        let at_entry = || -> Result<vm::Machine> {
             let (boot, _) = self.boot_info(&image, program, wasm, None, false)?;
             let machine = tracing::debug_span!("vm.create").in_scope(|| vm::Machine::create(&image))?;
             if let Err(e) = machine.write_boot(&boot) {
                 machine.destroy();
                 return Err(e);
             }
-            machine
+            Ok(machine)
+        };
+        let (machine, ready) = if options.until_ready {
+            (tracing::debug_span!("until_ready").in_scope(|| self.run_until_ready(&image, program, false))?, true)
+        } else if wasm {
+            // The guest runtime compiles and instantiates the module, then says ready right
+            // before `_start` (no guest code has run, no WASI call was made): each run starts
+            // there, with its own arguments, environment and stdin (all WASI, served per run).
+            // A module whose start function calls WASI cannot be snapshotted there: its runs
+            // start from the entry (and compile the module each time), as unprepared ones do.
+            match tracing::debug_span!("until_ready").in_scope(|| self.run_until_ready(&image, program, true)) {
+                Ok(machine) => (machine, true),
+                Err(e) => {
+                    tracing::debug!("no snapshot after instantiation ({e}); snapshot at the entry");
+                    (at_entry()?, false)
+                }
+            }
+        } else {
+            (at_entry()?, false)
         };
         let mut machine = machine;
         let snapshot = match tracing::debug_span!("snapshot").in_scope(|| warm::Snapshot::take(&mut machine, &image)) {
@@ -1148,7 +1162,7 @@ impl crate::Sandbox for MicroVmSandbox {
         };
         let pool = warm::Pool::new(image.clone(), snapshot, machine, config);
         let counters = pool.stats.clone();
-        let state = PreparedImage { image, wasm, pool: Some(pool), ready: options.until_ready, key };
+        let state = PreparedImage { image, wasm, pool: Some(pool), ready, key };
         Ok(crate::Prepared::pooled(self, program, Box::new(state), counters))
     }
 
