@@ -316,8 +316,14 @@ def test_prepare_options_pool_where_the_backend_keeps_one_and_are_refused_elsewh
                     time.sleep(0.05)
                 assert pooled.pool_stats == {**pooled.pool_stats, "idle": 0}  # type: ignore[dict-item]
                 assert pooled.pool_stats["evictions"] >= 1  # type: ignore[index]
-            # A WASI module cannot say it is ready on the micro-VM (native guests can).
-            with pytest.raises(sandcell.UnenforceableError, match="ready"):
+            # Prepared until ready: the start-up runs once; each run continues after the guest
+            # wrote /run/sandcell/ready, with its own stdin.
+            with sb.prepare(fx.program, ["ready"], name="testguest", until_ready=True) as ready:
+                for text in ("one", "two"):
+                    out = ready.run(stdin=text).stdout.decode()
+                    assert out.startswith(f'ready Ok(()), input "{text}", table 49950000, run 1'), out
+            # A program that never says it is ready cannot be prepared until ready.
+            with pytest.raises(sandcell.InvalidProgramError, match="did not say it was ready"):
                 sb.prepare(fx.program, ["hello"], until_ready=True)
         else:
             with pytest.raises(sandcell.UnenforceableError, match="pool"):

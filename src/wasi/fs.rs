@@ -333,5 +333,96 @@ pub(crate) fn build_root(
     for (guest, _, mount) in mounts {
         root.mount(guest, Arc::new(MountDir::new(mount.clone(), limits.clone())))?;
     }
+    root.mount(Path::new(RUN_DIR), Arc::new(RunDir))?;
     Ok(root)
+}
+
+/// `/run/sandcell`: sandcell's own directory in every WASI guest's file system. It holds one
+/// file, `ready`, which a guest writes (and closes) to say its start-up is done (a micro-VM
+/// preparing the program until ready snapshots it there; anywhere else the write does nothing).
+/// Writes to `ready` are discarded; nothing can be created, removed or renamed here, so a guest
+/// cannot grow host memory through it.
+#[derive(Debug, Default)]
+pub(crate) struct RunDir;
+
+/// The guest path of [`RunDir`], and its one file's name.
+pub(crate) const RUN_DIR: &str = "/run/sandcell";
+pub(crate) const READY_FILE: &str = "ready";
+
+impl RunDir {
+    /// `Some(true)` for the directory itself, `Some(false)` for `ready`, `None` otherwise.
+    fn entry(path: &Path) -> Option<bool> {
+        let mut names = path.components().filter(|c| !matches!(c, Component::RootDir | Component::CurDir));
+        match (names.next(), names.next()) {
+            (None, _) => Some(true),
+            (Some(Component::Normal(n)), None) if n == READY_FILE => Some(false),
+            _ => None,
+        }
+    }
+
+    fn meta(dir: bool) -> Metadata {
+        Metadata {
+            ft: if dir { virtual_fs::FileType::new_dir() } else { virtual_fs::FileType::new_file() },
+            accessed: 0,
+            created: 0,
+            modified: 0,
+            len: 0,
+        }
+    }
+}
+
+impl FileSystem for RunDir {
+    fn readlink(&self, _: &Path) -> FsResult<PathBuf> {
+        Err(FsError::InvalidInput)
+    }
+
+    fn read_dir(&self, path: &Path) -> FsResult<ReadDir> {
+        match Self::entry(path) {
+            Some(true) => Ok(ReadDir::new(vec![virtual_fs::DirEntry {
+                path: Path::new("/").join(READY_FILE),
+                metadata: Ok(Self::meta(false)),
+            }])),
+            Some(false) => Err(FsError::BaseNotDirectory),
+            None => Err(FsError::EntryNotFound),
+        }
+    }
+
+    fn create_dir(&self, _: &Path) -> FsResult<()> {
+        Err(FsError::PermissionDenied)
+    }
+
+    fn remove_dir(&self, _: &Path) -> FsResult<()> {
+        Err(FsError::PermissionDenied)
+    }
+
+    fn rename<'a>(&'a self, _: &'a Path, _: &'a Path) -> Pin<Box<dyn Future<Output = FsResult<()>> + Send + 'a>> {
+        Box::pin(async { Err(FsError::PermissionDenied) })
+    }
+
+    fn metadata(&self, path: &Path) -> FsResult<Metadata> {
+        Self::entry(path).map(Self::meta).ok_or(FsError::EntryNotFound)
+    }
+
+    fn symlink_metadata(&self, path: &Path) -> FsResult<Metadata> {
+        self.metadata(path)
+    }
+
+    fn remove_file(&self, _: &Path) -> FsResult<()> {
+        Err(FsError::PermissionDenied)
+    }
+
+    fn new_open_options(&self) -> OpenOptions<'_> {
+        OpenOptions::new(self)
+    }
+}
+
+impl FileOpener for RunDir {
+    fn open(&self, path: &Path, conf: &OpenOptionsConfig) -> FsResult<Box<dyn VirtualFile + Send + Sync + 'static>> {
+        match Self::entry(path) {
+            Some(false) => Ok(Box::new(virtual_fs::NullFile::default())),
+            Some(true) => Err(FsError::NotAFile),
+            None if conf.create || conf.create_new => Err(FsError::PermissionDenied),
+            None => Err(FsError::EntryNotFound),
+        }
+    }
 }

@@ -229,8 +229,18 @@ impl WasiHost {
                 .add_preopen_build(|p| p.directory(guest).read(true).write(writable).create(writable))
                 .map_err(|e| Error::Engine { reason: format!("cannot preopen `{}`: {e}", guest.display()) })?;
         }
+        // sandcell's own directory comes last: the mounts keep their descriptors.
+        builder
+            .add_preopen_build(|p| p.directory(fs::RUN_DIR).read(true).write(true).create(true))
+            .map_err(|e| Error::Engine { reason: format!("cannot preopen `{}`: {e}", fs::RUN_DIR) })?;
         let env = builder.build().map_err(|e| Error::invalid_program(format!("cannot set up WASI: {e}")))?;
         Ok(WasiFunctionEnv::new(store, env))
+    }
+
+    /// The descriptor of `/run/sandcell` in a run's WASI environment: after wasix's own root
+    /// (3) and the mounts, in their order (see [`WasiHost::env`]).
+    pub(crate) fn run_dir_fd(&self) -> u32 {
+        4 + self.mounts.len() as u32
     }
 
     /// The WASI preview 1 imports with sandcell's wrappers (descriptor cap, no sockets, the

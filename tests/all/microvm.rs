@@ -613,8 +613,8 @@ fn a_snapshot_after_ready_starts_each_run_after_the_start_up() {
     assert!(text(&out.stdout).starts_with("input \"streamed\""), "{}", text(&out.stdout));
 }
 
-/// What `until_ready` cannot do is refused: a program that ends before it is ready, a guest with
-/// several vCPUs, a WASI module on this backend; and the other backends refuse pool options.
+/// What `until_ready` cannot do is refused: a program that ends before it is ready (native or
+/// WASI), a guest with several vCPUs; and the other backends refuse pool options.
 #[test]
 fn until_ready_refuses_what_it_cannot_snapshot() {
     let guest = or_skip!(hostile(), "no micro-VM");
@@ -628,8 +628,9 @@ fn until_ready_refuses_what_it_cannot_snapshot() {
     let multi = sandbox(Policy { cpus: Some(2), ..base() });
     let err = multi.prepare_with(&Program::path(&guest).arg("ready"), &options).unwrap_err();
     assert!(matches!(err, sandcell::Error::Unsupported { .. }), "{err}");
+    // A WASI module that never writes /run/sandcell/ready ends before it is ready.
     let wasm = sb.prepare_with(&Program::path(common::repo().join("examples/hello.wat")), &options).unwrap_err();
-    assert!(matches!(wasm, sandcell::Error::Unsupported { .. }), "{wasm}");
+    assert!(wasm.to_string().contains("did not say it was ready"), "{wasm}");
     let wasm_sb = SandboxBuilder::new(BackendKind::Wasm).build().unwrap();
     let err = wasm_sb
         .prepare_with(
@@ -775,4 +776,42 @@ fn prepared_wasi_runs_start_from_the_instantiated_module_and_draw_fresh_randomne
     }
     assert_eq!(randoms.len(), 4, "random_get repeated across runs");
     assert_eq!(prepared.pool_stats().unwrap().hits, 4);
+}
+
+/// A WASI program says it is ready by writing `/run/sandcell/ready` (here Rust's `std::fs::write`):
+/// prepared until ready on the micro-VM, its start-up runs once and every run continues after
+/// the write with its own stdin, the start-up's state, nothing of earlier runs, fresh
+/// randomness; a program with files open at that point is refused. Unprepared, on either WASI
+/// backend, the write succeeds and does nothing.
+#[test]
+fn a_wasi_program_says_ready_by_writing_run_sandcell_ready() {
+    or_skip!(available(), "no micro-VM");
+    let guest = or_skip!(common::wasm_guest(), "no wasm test guest");
+    let sb = sandbox(base());
+    let options = sandcell::PrepareOptions::new().until_ready(true);
+    let prepared = sb.prepare_with(&Program::path(guest).arg("ready").name("testguest"), &options).unwrap();
+    let mut randoms = std::collections::HashSet::new();
+    for input in ["one", "two", "three"] {
+        let out = prepared.run_with(RunOptions::new().stdin(input.as_bytes().to_vec())).unwrap();
+        assert_eq!(out.status, Status::Exited(0), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(!stdout.contains("before ready"), "{stdout}");
+        assert!(
+            stdout.starts_with(&format!("ready Ok(()), input {input:?}, table 49950000, run 1, random ")),
+            "{stdout}"
+        );
+        assert!(stdout.trim_end().ends_with("kept false"), "{stdout}");
+        randoms.insert(field(&stdout, "random"));
+    }
+    assert_eq!(randoms.len(), 3, "{randoms:?}");
+    let open = sb.prepare_with(&Program::path(guest).args(["ready", "keep-open"]).name("testguest"), &options);
+    let e = open.unwrap_err().to_string();
+    assert!(e.contains("files open"), "{e}");
+    for backend in [BackendKind::MicroVm, BackendKind::Wasm] {
+        let plain = SandboxBuilder::new(backend).policy(base()).build().unwrap();
+        let out = plain.run(&Program::path(guest).arg("ready").name("testguest").stdin(b"x".to_vec())).unwrap();
+        let stdout = text(&out.stdout);
+        assert!(stdout.starts_with("before ready"), "{backend:?}: {stdout}");
+        assert!(stdout.contains("ready Ok(()), input \"x\""), "{backend:?}: {stdout}");
+    }
 }

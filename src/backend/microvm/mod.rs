@@ -436,6 +436,7 @@ impl MicroVmSandbox {
             status: None,
             fuel: None,
             ready: ReadyCall::Ignore,
+            files: OpenFiles::default(),
         };
         tracing::debug_span!("guest").in_scope(|| session.serve());
         let (status, fuel) = (session.status.take(), session.fuel);
@@ -569,9 +570,11 @@ impl MicroVmSandbox {
     /// Runs a guest from its entry until it says it is ready, under the policy's limits, and
     /// returns its VM stopped right after that call. Its output is discarded; its stdin is
     /// empty; a WASI guest (the runtime says ready before `_start`) may make no WASI call.
-    fn run_until_ready(&self, image: &GuestImage, program: &Program, wasm: bool) -> Result<vm::Machine> {
+    fn run_until_ready(&self, image: &GuestImage, program: &Program, wasm: bool, mode: ReadyCall) -> Result<vm::Machine> {
         let started = Instant::now();
         let (boot, _) = self.boot_info(image, program, wasm, None, true)?;
+        // The preparing run's stdin is empty (each run restored from it has its own).
+        let program = &program.clone().stdin(Vec::new());
         let machine = vm::Machine::create(image)?;
         if let Err(e) = machine.write_boot(&boot) {
             machine.destroy();
@@ -583,9 +586,28 @@ impl MicroVmSandbox {
             capture: parking_lot::Mutex::new(Capture::new(self.lowered.max_output, None)),
             control: control.clone(),
         });
+        // A WASI program that says ready itself (`/run/sandcell/ready`) makes WASI calls
+        // before: it is served as in any run.
+        let _stacks = (mode == ReadyCall::StopAtFile).then(crate::wasi::WasmerCalls::begin);
+        let mut wasi = match mode {
+            ReadyCall::StopAtFile => match wasi::WasiService::new(&self.lowered.wasi, self.cache.as_ref(), program, &sink) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    machine.destroy();
+                    return Err(e);
+                }
+            },
+            _ => None,
+        };
         let vm = Vm::launch(machine, seccomp_vcpu::filter())?;
         let stopper = vm.stopper();
-        control.arm(Box::new(move || stopper.stop()));
+        let process = wasi.as_ref().map(|w| w.process());
+        control.arm(Box::new(move || {
+            stopper.stop();
+            if let Some(p) = &process {
+                p.signal_process(wasmer_wasix::types::wasi::Signal::Sigkill);
+            }
+        }));
         run.timeout(started, self.lowered.timeout);
         let clocks = vm.cpu_clocks();
         run.cpu_budget(self.lowered.cpu_time, Duration::from_millis(1), move || {
@@ -601,15 +623,19 @@ impl MicroVmSandbox {
             waiting_reads: std::collections::VecDeque::new(),
             defer_read: None,
             host_functions: &self.host_functions,
-            wasi: None,
+            wasi: wasi.as_mut(),
             status: None,
             fuel: None,
-            ready: ReadyCall::Stop,
+            ready: mode,
+            files: OpenFiles { run_dir: self.lowered.wasi.run_dir_fd(), ..OpenFiles::default() },
         };
         session.serve();
         let (status, called) = (session.status.take(), session.ready == ReadyCall::Called);
         run.finish();
         let (_, machine) = vm.finish_keep();
+        if let Some(w) = wasi {
+            w.finish(0);
+        }
         let status = match (control.reason(), status) {
             (Some(reason), _) => Some(reason.status()),
             (None, s) => s,
@@ -692,6 +718,10 @@ enum ReadyCall {
     Ignore,
     /// Stops the VM right after the call, for a snapshot (a preparing run).
     Stop,
+    /// A preparing run of a WASI program that says ready itself: the VM stops right after the
+    /// guest closes a descriptor it opened on `/run/sandcell/ready` (the runtime's own `ready`
+    /// call, before `_start`, does nothing).
+    StopAtFile,
     /// The guest has called it (a preparing run; the VM is stopping).
     Called,
 }
@@ -715,6 +745,19 @@ struct Session<'a> {
     status: Option<Status>,
     fuel: Option<u64>,
     ready: ReadyCall,
+    /// The WASI descriptors a preparing run has open (`ReadyCall::StopAtFile` only).
+    files: OpenFiles,
+}
+
+/// The files a WASI guest opened (`path_open`) and has not closed, and which of them are
+/// `/run/sandcell/ready`: at the snapshot it may have none open but that one (a run restored
+/// from it gets a fresh WASI environment, with its standard streams and preopens only).
+#[derive(Debug, Default)]
+struct OpenFiles {
+    /// The descriptor of `/run/sandcell` ([`crate::wasi::WasiHost::run_dir_fd`]).
+    run_dir: u32,
+    open: std::collections::BTreeSet<u32>,
+    ready: std::collections::BTreeSet<u32>,
 }
 
 fn bad_host_call(message: String) -> Status {
@@ -970,6 +1013,7 @@ impl Session<'_> {
                 }
             }
             Request::Ready => {
+                // (With `StopAtFile` this is the runtime's call before `_start`: nothing.)
                 if self.ready == ReadyCall::Stop {
                     // The vCPU completes this call and stops before its next instruction (see
                     // `Vm::stop_after_reply`): its registers are then the snapshot's.
@@ -1001,9 +1045,65 @@ impl Session<'_> {
                 let host = self.vm.memory.get_host_address(GuestAddress(memory.addr)).map_err(|e| e.to_string())?;
                 let wasi = self.wasi.as_deref_mut().ok_or("WASI calls are for wasm guests")?;
                 let errno = wasi.call(function as usize, (host, memory.len as usize), &args[..nargs as usize])?;
+                if self.ready == ReadyCall::StopAtFile && errno == 0 {
+                    // SAFETY: `host` is the guest's linear memory, `memory.len` bytes inside
+                    // guest RAM (checked above); the vCPU is stopped.
+                    let linear = unsafe { std::slice::from_raw_parts(host, memory.len as usize) };
+                    self.track_files(function, &args[..nargs as usize], linear)?;
+                }
                 (errno as i64, 0)
             }
         })
+    }
+
+    /// Follows the descriptors a WASI guest being prepared opens and closes, and stops it for
+    /// the snapshot when it closes one it opened on `/run/sandcell/ready` (see [`OpenFiles`]).
+    fn track_files(&mut self, function: u16, args: &[u64], linear: &[u8]) -> std::result::Result<(), String> {
+        let at = |ptr: u64, len: usize| linear.get(ptr as usize..(ptr as usize).checked_add(len)?);
+        match sandcell_abi::WASI_FUNCTIONS.get(function as usize).copied() {
+            Some("path_open") if args.len() == 9 => {
+                let Some(fd) = at(args[8], 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) else {
+                    return Ok(());
+                };
+                let path = at(args[2], args[3].min(64) as usize).unwrap_or_default();
+                let path = path.strip_prefix(b"./").unwrap_or(path);
+                if args[0] as u32 == self.files.run_dir && path == crate::wasi::fs::READY_FILE.as_bytes() {
+                    self.files.ready.insert(fd);
+                }
+                self.files.open.insert(fd);
+            }
+            Some("fd_renumber") if args.len() == 2 => {
+                let (from, to) = (args[0] as u32, args[1] as u32);
+                self.files.open.remove(&to);
+                let was_ready = self.files.ready.remove(&from);
+                self.files.ready.remove(&to);
+                if self.files.open.remove(&from) {
+                    self.files.open.insert(to);
+                    if was_ready {
+                        self.files.ready.insert(to);
+                    }
+                }
+            }
+            Some("fd_close") if args.len() == 1 => {
+                let fd = args[0] as u32;
+                self.files.open.remove(&fd);
+                if self.files.ready.remove(&fd) {
+                    let others: Vec<String> = self.files.open.iter().map(u32::to_string).collect();
+                    if !others.is_empty() {
+                        return Err(format!(
+                            "the program said it was ready with files open (descriptors {}): a run restored from the \
+                             snapshot starts with a fresh WASI environment, so close them before writing \
+                             /run/sandcell/ready",
+                            others.join(", ")
+                        ));
+                    }
+                    self.ready = ReadyCall::Called;
+                    self.vm.stop_after_reply();
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn exception(&self, e: Exception) -> Status {
@@ -1109,15 +1209,6 @@ impl crate::Sandbox for MicroVmSandbox {
             }
             return self.prepare_from_file(program, image, wasm, key, path, config);
         }
-        if options.until_ready && wasm {
-            return Err(Error::Unsupported {
-                backend: BackendKind::MicroVm,
-                what: "a snapshot after ready of a WASI guest".into(),
-                reason: "only native guests (sandcell_guest::ready) can say they are ready on this backend; \
-                         prepare the module without until_ready"
-                    .into(),
-            });
-        }
         if options.until_ready && image.vcpus != 1 {
             return Err(Error::Unsupported {
                 backend: BackendKind::MicroVm,
@@ -1135,14 +1226,19 @@ impl crate::Sandbox for MicroVmSandbox {
             Ok(machine)
         };
         let (machine, ready) = if options.until_ready {
-            (tracing::debug_span!("until_ready").in_scope(|| self.run_until_ready(&image, program, false))?, true)
+            // A native guest calls `sandcell_guest::ready()`; a WASI program writes and closes
+            // `/run/sandcell/ready`.
+            let mode = if wasm { ReadyCall::StopAtFile } else { ReadyCall::Stop };
+            (tracing::debug_span!("until_ready").in_scope(|| self.run_until_ready(&image, program, wasm, mode))?, true)
         } else if wasm {
             // The guest runtime compiles and instantiates the module, then says ready right
             // before `_start` (no guest code has run, no WASI call was made): each run starts
             // there, with its own arguments, environment and stdin (all WASI, served per run).
             // A module whose start function calls WASI cannot be snapshotted there: its runs
             // start from the entry (and compile the module each time), as unprepared ones do.
-            match tracing::debug_span!("until_ready").in_scope(|| self.run_until_ready(&image, program, true)) {
+            match tracing::debug_span!("until_ready")
+                .in_scope(|| self.run_until_ready(&image, program, true, ReadyCall::Stop))
+            {
                 Ok(machine) => (machine, true),
                 Err(e) => {
                     tracing::debug!("no snapshot after instantiation ({e}); snapshot at the entry");

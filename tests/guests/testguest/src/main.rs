@@ -30,6 +30,33 @@ fn main() {
                 }
             }
         }
+        // A start-up (a table computed, a file kept open with `keep-open`), "ready" written to
+        // /run/sandcell/ready, then per run: stdin, the start-up's state, this run's count, and
+        // fresh random bytes.
+        "ready" => {
+            static mut RUNS: u32 = 0;
+            print!("before ready (discarded when prepared until ready)\n");
+            std::io::stdout().flush().unwrap();
+            let table: Vec<u64> = (0..100_000u64).map(|i| i.wrapping_mul(2654435761) % 1000).collect();
+            let kept = rest.first().is_some_and(|a| a == "keep-open").then(|| std::fs::File::open("/run/sandcell").unwrap());
+            let written = std::fs::write("/run/sandcell/ready", b"ready");
+            let mut input = String::new();
+            std::io::stdin().read_to_string(&mut input).unwrap();
+            // SAFETY: one thread.
+            let runs = unsafe {
+                RUNS += 1;
+                RUNS
+            };
+            let mut random = [0u8; 8];
+            getrandom(&mut random);
+            println!(
+                "ready {:?}, input {input:?}, table {}, run {runs}, random {}, kept {}",
+                written.map_err(|e| e.kind()),
+                table.iter().sum::<u64>(),
+                random.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                kept.is_some()
+            );
+        }
         "env" => {
             let mut vars: Vec<(String, String)> = std::env::vars().collect();
             vars.sort();
@@ -212,5 +239,22 @@ fn fib(n: u64) -> u64 {
         n
     } else {
         fib(n - 1) + fib(n - 2)
+    }
+}
+
+/// Random bytes from the platform (WASI `random_get`, Linux `getrandom`).
+fn getrandom(buf: &mut [u8]) {
+    let mut f = std::fs::File::open("/dev/urandom").ok();
+    if let Some(f) = f.as_mut() {
+        if f.read_exact(buf).is_ok() {
+            return;
+        }
+    }
+    // WASI guests have no /dev/urandom: std's HashMap keys come from random_get.
+    use std::hash::{BuildHasher, Hasher};
+    for chunk in buf.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(0);
+        chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
     }
 }
