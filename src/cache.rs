@@ -258,7 +258,7 @@ impl ArtifactCache {
 }
 
 /// Fills `buf` from the kernel's random source.
-fn random(buf: &mut [u8]) -> io::Result<()> {
+pub(crate) fn random(buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: the pointer and length describe the unfilled part of `buf`.

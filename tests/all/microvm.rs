@@ -598,6 +598,7 @@ fn a_snapshot_after_ready_starts_each_run_after_the_start_up() {
             "{stdout}"
         );
         tokens.insert(field(&stdout, "token"));
+        assert!(stdout.trim_end().ends_with("preparing false"), "{stdout}");
         randoms.insert(field(&stdout, "rdrand"));
         // The start-up loop is not run again (it takes far longer than a restored run).
         assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
@@ -706,6 +707,18 @@ fn snapshot_files_load_elsewhere_and_anything_else_is_refused() {
         "another policy",
     );
     refused(&*other, &Program::path(common::vm_guest("hello").unwrap()), "another program");
+    // The same binary with other arguments or environment: what it read before ready differs.
+    refused(&*other, &Program::path(&guest).args(["ready", "1000", "check", "x"]), "another program");
+    refused(&*other, &program.clone().env("K", "V"), "another program");
+    // Not through a symlink; not a FIFO.
+    let link = dir.join("link.snap");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let e = other.prepare_with(&program, &sandcell::PrepareOptions::new().snapshot_file(&link)).unwrap_err();
+    assert!(e.to_string().contains("cannot be used"), "{e}");
+    let fifo = dir.join("fifo.snap");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let e = other.prepare_with(&program, &sandcell::PrepareOptions::new().snapshot_file(&fifo)).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
     // Sealed with the right key but made by another version, or on another CPU.
     let key = std::fs::read(cache.path().join("key")).unwrap();
     for (from, to, needle) in [

@@ -445,7 +445,8 @@ impl MicroVmSandbox {
         let (cpu, peak) = match pool {
             Some(pool) => {
                 let (cpu, mut machine) = tracing::debug_span!("vm.finish").in_scope(|| vm.finish_keep());
-                match (machine.complete, warm::read_resident(&mut machine)) {
+                let complete = machine.complete && warm::complete_pending(&mut machine);
+                match (complete, warm::read_resident(&mut machine)) {
                     (true, Ok(pages)) => {
                         pool.give_back(machine);
                         (cpu, pages * 4096)
@@ -482,21 +483,20 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().ok_or_else(|| std::io::Error::other("the path names no file"))?;
+    let mut nonce = [0u8; 8];
+    crate::cache::random(&mut nonce)?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    tmp_name.push(format!(".{}.tmp", crate::cache::hex(&nonce)));
     let tmp = path.with_file_name(tmp_name);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, path)
-    })();
+    // `create_new`: the temporary file is ours (never one someone else put there).
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    let result = f.write_all(bytes).and_then(|_| f.sync_data()).and_then(|_| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -516,13 +516,34 @@ impl MicroVmSandbox {
     }
 
     /// What a snapshot of `image` under this sandbox records and a loaded one must match.
-    fn snapshot_header(&self, image: &GuestImage, key: [u8; 32], ready: bool) -> warm::file::Header {
+    fn snapshot_header(&self, image: &GuestImage, key: [u8; 32], program: &Program, ready: bool) -> warm::file::Header {
         let policy = serde_json::to_vec(&self.policy).unwrap_or_default();
+        // The program is its image and what a guest may have read before the snapshot: its
+        // arguments, environment and the host functions' names (a snapshot after ready holds
+        // them in guest memory; a run restored from it keeps them).
+        let mut h = Sha256::new();
+        h.update(key);
+        for a in std::iter::once(program.argv0()).chain(program.arguments().iter().cloned()) {
+            h.update((a.len() as u64).to_le_bytes());
+            h.update(a.as_bytes());
+        }
+        for (k, v) in program.merged_env(&self.policy.env) {
+            h.update((k.len() as u64).to_le_bytes());
+            h.update(k.as_bytes());
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(v.as_bytes());
+        }
+        let mut names: Vec<&String> = self.host_functions.keys().collect();
+        names.sort();
+        for n in names {
+            h.update((n.len() as u64).to_le_bytes());
+            h.update(n.as_bytes());
+        }
         warm::file::Header {
             sandcell: env!("CARGO_PKG_VERSION").to_owned(),
             cpu: warm::file::cpu(),
             policy: crate::cache::hex(&Sha256::digest(&policy)),
-            program: crate::cache::hex(&key),
+            program: crate::cache::hex(&h.finalize()),
             ready,
             ram: image.ram,
             vcpus: image.vcpus,
@@ -545,7 +566,18 @@ impl MicroVmSandbox {
         };
         // At most the image's RAM and the file's own structure.
         let limit = image.ram + (4 << 20);
-        let file = std::fs::File::open(path).map_err(|e| refuse(e.to_string()))?;
+        // Not through a symlink, not a FIFO or device (which could block or never end).
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|e| refuse(e.to_string()))?
+        };
+        if !file.metadata().map_err(|e| refuse(e.to_string()))?.is_file() {
+            return Err(refuse("it is not a regular file".into()));
+        }
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)
             .map_err(|e| refuse(e.to_string()))?;
@@ -553,7 +585,7 @@ impl MicroVmSandbox {
             return Err(refuse("it is larger than any snapshot of this program".into()));
         }
         // Where the snapshot was taken (`ready`) is the file's to say; everything else must match.
-        let expected = self.snapshot_header(&image, key, false);
+        let expected = self.snapshot_header(&image, key, program, false);
         let (snapshot, ready) = warm::file::decode(&bytes, &expected, cache, &image).map_err(refuse)?;
         let mut machine = tracing::debug_span!("vm.create").in_scope(|| vm::Machine::create(&image))?;
         let restored = warm::read_resident(&mut machine).and_then(|_| snapshot.restore(&mut machine));
@@ -570,7 +602,16 @@ impl MicroVmSandbox {
     /// Runs a guest from its entry until it says it is ready, under the policy's limits, and
     /// returns its VM stopped right after that call. Its output is discarded; its stdin is
     /// empty; a WASI guest (the runtime says ready before `_start`) may make no WASI call.
-    fn run_until_ready(&self, image: &GuestImage, program: &Program, wasm: bool, mode: ReadyCall) -> Result<vm::Machine> {
+    ///
+    /// `Err` is the host's failure; `Ok(Err(why))` says the guest did not get there (it ended,
+    /// trapped, was stopped, or made a call it may not make before ready).
+    fn run_until_ready(
+        &self,
+        image: &GuestImage,
+        program: &Program,
+        wasm: bool,
+        mode: ReadyCall,
+    ) -> Result<std::result::Result<vm::Machine, String>> {
         let started = Instant::now();
         let (boot, _) = self.boot_info(image, program, wasm, None, true)?;
         // The preparing run's stdin is empty (each run restored from it has its own).
@@ -590,13 +631,15 @@ impl MicroVmSandbox {
         // before: it is served as in any run.
         let _stacks = (mode == ReadyCall::StopAtFile).then(crate::wasi::WasmerCalls::begin);
         let mut wasi = match mode {
-            ReadyCall::StopAtFile => match wasi::WasiService::new(&self.lowered.wasi, self.cache.as_ref(), program, &sink) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    machine.destroy();
-                    return Err(e);
+            ReadyCall::StopAtFile => {
+                match wasi::WasiService::new(&self.lowered.wasi, self.cache.as_ref(), program, &sink) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        machine.destroy();
+                        return Err(e);
+                    }
                 }
-            },
+            }
             _ => None,
         };
         let vm = Vm::launch(machine, seccomp_vcpu::filter())?;
@@ -641,13 +684,21 @@ impl MicroVmSandbox {
             (None, s) => s,
         };
         match (called, status) {
-            (true, None) if machine.complete => Ok(machine),
+            (true, None) if machine.complete => {
+                // Runs restored from here are not preparing any more (`sandcell_guest::preparing`).
+                let field = layout::BOOT_INFO + 15 * 8;
+                if machine.memory.write_obj(0u64, GuestAddress(field)).is_err() {
+                    machine.destroy();
+                    return Err(Error::setup("finish the snapshot", std::io::Error::other("boot area")));
+                }
+                Ok(Ok(machine))
+            }
             (_, status) => {
                 machine.destroy();
                 let (_, stderr) = sink.capture.lock().take();
                 let stderr = String::from_utf8_lossy(&stderr);
                 let how = status.map_or_else(|| "it stopped".to_owned(), |s| s.to_string());
-                Err(Error::invalid_program(format!(
+                Ok(Err(format!(
                     "the program did not say it was ready while being prepared: {how}{}",
                     if stderr.trim().is_empty() { String::new() } else { format!("; its stderr: {}", stderr.trim()) }
                 )))
@@ -1229,19 +1280,24 @@ impl crate::Sandbox for MicroVmSandbox {
             // A native guest calls `sandcell_guest::ready()`; a WASI program writes and closes
             // `/run/sandcell/ready`.
             let mode = if wasm { ReadyCall::StopAtFile } else { ReadyCall::Stop };
-            (tracing::debug_span!("until_ready").in_scope(|| self.run_until_ready(&image, program, wasm, mode))?, true)
+            let machine = tracing::debug_span!("until_ready")
+                .in_scope(|| self.run_until_ready(&image, program, wasm, mode))?
+                .map_err(Error::invalid_program)?;
+            (machine, true)
         } else if wasm {
             // The guest runtime compiles and instantiates the module, then says ready right
             // before `_start` (no guest code has run, no WASI call was made): each run starts
             // there, with its own arguments, environment and stdin (all WASI, served per run).
             // A module whose start function calls WASI cannot be snapshotted there: its runs
             // start from the entry (and compile the module each time), as unprepared ones do.
+            // A module that traps or is stopped before `_start` has its runs do the same (a
+            // run's outcome, not an error of `prepare`). A failure of the host is an error.
             match tracing::debug_span!("until_ready")
-                .in_scope(|| self.run_until_ready(&image, program, true, ReadyCall::Stop))
+                .in_scope(|| self.run_until_ready(&image, program, true, ReadyCall::Stop))?
             {
                 Ok(machine) => (machine, true),
-                Err(e) => {
-                    tracing::debug!("no snapshot after instantiation ({e}); snapshot at the entry");
+                Err(why) => {
+                    tracing::debug!("no snapshot after instantiation ({why}); snapshot at the entry");
                     (at_entry()?, false)
                 }
             }
@@ -1274,7 +1330,7 @@ impl crate::Sandbox for MicroVmSandbox {
         };
         let (state, pool) = pool;
         let cache = self.snapshot_cache()?;
-        let header = self.snapshot_header(&state.image, state.key, state.ready);
+        let header = self.snapshot_header(&state.image, state.key, prepared.program(), state.ready);
         let bytes = warm::file::encode(&pool.snapshot, &header, cache);
         write_private(path, &bytes)
             .map_err(|e| Error::setup(format!("write the snapshot file `{}`", path.display()), e))

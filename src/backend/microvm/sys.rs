@@ -267,3 +267,64 @@ pub(super) fn send_fds(sock: BorrowedFd<'_>, data: &[u64; 2], fds: &[RawFd]) -> 
         Err(io::Error::last_os_error())
     }
 }
+
+/// Whether the host has any swap space (`sysinfo`; zram and zswap count). Without swap an
+/// anonymous page is either resident or never written.
+pub(super) fn host_has_swap() -> bool {
+    // SAFETY: `info` is a plain struct the kernel fills.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to it.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return true; // unknown: take the careful path
+    }
+    info.totalswap > 0
+}
+
+/// Which pages from `base` are in use — present in memory or in swap — from
+/// `/proc/self/pagemap`, one byte per page of `out` (bit 0).
+pub(super) fn pagemap_in_use(base: *mut u8, out: &mut [u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    static PAGEMAP: std::sync::OnceLock<std::result::Result<std::fs::File, String>> = std::sync::OnceLock::new();
+    let file = PAGEMAP
+        .get_or_init(|| std::fs::File::open("/proc/self/pagemap").map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| io::Error::other(e.clone()))?;
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    let mut buf = vec![0u8; 8 * 4096];
+    let first = base as u64 / PAGE as u64;
+    for (chunk_index, chunk) in out.chunks_mut(4096).enumerate() {
+        let bytes = &mut buf[..chunk.len() * 8];
+        file.read_exact_at(bytes, (first + chunk_index as u64 * 4096) * 8)?;
+        for (i, entry) in bytes.chunks_exact(8).enumerate() {
+            let e = u64::from_le_bytes(entry.try_into().unwrap_or([0; 8]));
+            chunk[i] = u8::from(e & (PRESENT | SWAPPED) != 0);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without swap, `/proc/self/pagemap` and `mincore` agree on which anonymous pages are in
+    /// use (the pagemap path is the one taken when the host has swap).
+    #[test]
+    fn pagemap_and_mincore_agree_on_anonymous_memory() {
+        let len = 64 * PAGE;
+        let base = map_anonymous(len).unwrap();
+        for page in [0usize, 3, 4, 40, 63] {
+            // SAFETY: inside the mapping made above.
+            unsafe { base.add(page * PAGE).write_volatile(1) };
+        }
+        let (mut a, mut b) = (vec![0u8; 64], vec![0u8; 64]);
+        assert!(mincore(base, len, &mut a));
+        pagemap_in_use(base, &mut b).unwrap();
+        let a: Vec<u8> = a.iter().map(|x| x & 1).collect();
+        assert_eq!(a, b);
+        assert_eq!(b.iter().filter(|x| **x == 1).count(), 5);
+        // SAFETY: the mapping made above, unused from here.
+        unsafe { unmap(base, len) };
+    }
+}

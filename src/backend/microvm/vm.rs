@@ -495,11 +495,16 @@ fn initial_sregs(vcpu: &VcpuFd, cpu: u32) -> Result<kvm_sregs> {
     Ok(*FIRST.get_or_init(|| s))
 }
 
+/// The guest's control registers (see `configure_sregs`).
+pub(crate) const GUEST_CR0: u64 = 0x8005_0033; // PG | AM | WP | NE | ET | MP | PE
+pub(crate) const GUEST_CR4: u64 = 0x620; // PAE | OSFXSR | OSXMMEXCPT
+pub(crate) const GUEST_EFER: u64 = 0xd00; // NXE | LMA | LME
+
 fn configure_sregs(s: &mut kvm_sregs) {
     // Long mode, paging, write protection in supervisor mode, NX; the VM starts in user mode.
-    s.cr0 = 0x8005_0033; // PG | AM | WP | NE | ET | MP | PE
-    s.cr4 = 0x620; // PAE | OSFXSR | OSXMMEXCPT
-    s.efer = 0xd00; // NXE | LMA | LME
+    s.cr0 = GUEST_CR0;
+    s.cr4 = GUEST_CR4;
+    s.efer = GUEST_EFER;
     s.cr3 = layout::PAGE_TABLES;
     s.cs = segment(0x1b, true, 3);
     let data = segment(0x23, false, 3);

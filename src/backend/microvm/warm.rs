@@ -74,16 +74,40 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
-/// Reads which pages of `machine`'s guest RAM are resident (`mincore`) into its
-/// `resident` map, which stays allocated with the machine (a 512 MiB guest's map is 128 KiB:
-/// allocating it per run cost a fresh mapping and its page faults). Returns how many are.
+/// Reads which pages of `machine`'s guest RAM are in use into its `resident` map (bit 0 per
+/// page), which stays allocated with the machine (a 512 MiB guest's map is 128 KiB: allocating
+/// it per run cost a fresh mapping and its page faults). Returns how many are.
+///
+/// `mincore` is exact for this anonymous memory only while nothing of it can be swapped out: a
+/// page in swap (and not in the swap cache) reads as absent, yet holds what a run wrote. So
+/// while the host has any swap (`sysinfo`, checked every time: swap can be turned on at any
+/// moment), the map comes from `/proc/self/pagemap` instead, where a swapped page is marked.
 pub(crate) fn read_resident(machine: &mut Machine) -> Result<u64> {
     let (base, len) = machine.ram();
     machine.resident.resize(len / PAGE, 0);
-    if !sys::mincore(base, len, &mut machine.resident) {
-        return Err(Error::setup("read which guest pages are in use", std::io::Error::last_os_error()));
-    }
+    let exact = if sys::host_has_swap() {
+        sys::pagemap_in_use(base, &mut machine.resident)
+    } else if sys::mincore(base, len, &mut machine.resident) {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    };
+    exact.map_err(|e| Error::setup("read which guest pages are in use", e))?;
     Ok(machine.resident.iter().map(|b| u64::from(b & 1)).sum())
+}
+
+/// Completes what each vCPU's last exit left pending in KVM (the `out` of the final hypercall,
+/// or an emulated string I/O): KVM finishes it at the next `KVM_RUN` — after applying registers
+/// given through the `kvm_run` page, so on the *restored* state. One `KVM_RUN` with
+/// `immediate_exit` set finishes it now and returns before entering the guest (KVM's documented
+/// way). Returns false if a vCPU did anything else (the machine must then be destroyed).
+pub(crate) fn complete_pending(machine: &mut Machine) -> bool {
+    machine.vcpus.iter_mut().all(|vcpu| {
+        vcpu.get_kvm_run().immediate_exit = 1;
+        let done = matches!(vcpu.run(), Err(e) if e.errno() == libc::EINTR);
+        vcpu.get_kvm_run().immediate_exit = 0;
+        done
+    })
 }
 
 impl Snapshot {
@@ -288,6 +312,7 @@ impl Pool {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let machine = tracing::debug_span!("vm.create").in_scope(|| Machine::create(&self.image))?;
         let mut machine = machine;
+        // (A new machine has no pending exit: nothing to complete.)
         let restored = read_resident(&mut machine).and_then(|_| self.snapshot.restore(&mut machine));
         if let Err(e) = restored {
             machine.destroy();
@@ -299,6 +324,12 @@ impl Pool {
     /// Restores `machine` (back from a run, its resident map read since its vCPUs stopped) to
     /// the snapshot and keeps it if there is room.
     pub(crate) fn give_back(&self, mut machine: Machine) {
+        if self.idle.lock().len() >= self.config.size {
+            // No room: not worth restoring (checked again when it is put back).
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            machine.destroy();
+            return;
+        }
         match tracing::debug_span!("vm.restore").in_scope(|| self.snapshot.restore(&mut machine)) {
             Ok(()) => self.put(machine),
             Err(e) => {
@@ -366,7 +397,7 @@ impl Drop for Pool {
 }
 
 /// Destroys pooled VMs that stay idle past their timeout even when no run comes to notice: one
-/// thread per process, started with the first pool, waking once a second while pools exist.
+/// thread per process, started with the first pool, waking every half second.
 mod janitor {
     use super::*;
     use std::sync::OnceLock;
@@ -552,7 +583,7 @@ pub(crate) mod file {
         let mut cpus = Vec::with_capacity(ncpu);
         for _ in 0..ncpu {
             let state = CpuState { regs: c.pod()?, sregs: c.pod()?, fpu: c.pod()?, events: c.pod()? };
-            check_registers(&state.sregs)?;
+            check_registers(&state)?;
             cpus.push(state);
         }
         let pages = (image.ram as usize) / PAGE;
@@ -594,19 +625,32 @@ pub(crate) mod file {
         Ok((Snapshot { cpus, changeable, saved, saved_pages, data }, header.ready))
     }
 
-    /// A restored vCPU must be in user mode on the VM's own page tables, GDT and IDT, in long
-    /// mode with paging: what any guest state looks like at a snapshot point.
-    fn check_registers(s: &kvm_sregs) -> std::result::Result<(), String> {
+    /// A restored vCPU must be in the state the VM gives its guests and user mode can reach:
+    /// user mode, long mode with paging, the control registers, descriptor tables and TSS this
+    /// backend sets (`vm::configure_sregs`), I/O privilege 0, and no pending event.
+    fn check_registers(state: &CpuState) -> std::result::Result<(), String> {
         use sandcell_abi::layout;
-        let ok = s.cs.dpl == 3
+        let (s, r, e) = (&state.sregs, &state.regs, &state.events);
+        let sregs = s.cs.dpl == 3
+            && s.cs.l == 1
             && s.ss.dpl == 3
             && s.cr3 == layout::PAGE_TABLES
-            && s.cr0 & 0x8000_0001 == 0x8000_0001
-            && s.efer & 0x500 == 0x500
-            && s.gdt.base == layout::GDT
-            && s.idt.base == layout::IDT
+            && s.cr0 == super::super::vm::GUEST_CR0
+            && s.cr4 == super::super::vm::GUEST_CR4
+            && s.efer == super::super::vm::GUEST_EFER
+            && (s.gdt.base, s.gdt.limit) == (layout::GDT, 7 * 8 - 1)
+            && (s.idt.base, s.idt.limit) == (layout::IDT, 32 * 16 - 1)
             && s.tr.base == layout::TSS;
-        if ok {
+        // IOPL (bits 12-13) and virtual-8086 mode (bit 17) are out of user mode's reach.
+        let flags = r.rflags & 0x2_3000 == 0;
+        let events = e.exception.injected == 0
+            && e.exception.pending == 0
+            && e.nmi.injected == 0
+            && e.nmi.pending == 0
+            && e.smi.smm == 0
+            && e.smi.pending == 0
+            && e.triple_fault.pending == 0;
+        if sregs && flags && events {
             Ok(())
         } else {
             Err("its vCPU state is not a user-mode state of this VM".into())

@@ -319,10 +319,11 @@ fn main() -> i32 {
                 let n = read_stdin(&mut buf);
                 let input = core::str::from_utf8(&buf[..n]).unwrap_or("?");
                 println!(
-                    "input {input:?}, initialised {}, residue {found} markers {runs} runs xmm15 {x15:#x} xmm14 {x14:#x}, token {:016x}, rdrand {:016x}",
+                    "input {input:?}, initialised {}, residue {found} markers {runs} runs xmm15 {x15:#x} xmm14 {x14:#x}, token {:016x}, rdrand {:016x}, preparing {}",
                     INITIALISED.load(Ordering::SeqCst),
                     TOKEN.load(Ordering::SeqCst),
-                    rdrand()
+                    rdrand(),
+                    sandcell_guest::preparing()
                 );
                 flush();
                 if check {
