@@ -145,7 +145,7 @@
 #define SANDCELL_UNLIMITED_U32 UINT32_MAX
 
 // Ready instances a prepared program keeps by default (sandcell_prepare_options_t).
-#define SANDCELL_DEFAULT_POOL_SIZE 1
+#define SANDCELL_DEFAULT_POOL_SIZE 2
 
 // The largest pool a prepared program may keep.
 #define SANDCELL_MAX_POOL_SIZE 64

@@ -25,8 +25,9 @@ impl Default for PrepareOptions {
     }
 }
 
-/// Ready instances a pool keeps when [`PrepareOptions::pool_size`] is not given.
-pub const DEFAULT_POOL_SIZE: usize = 1;
+/// Ready instances a pool keeps when [`PrepareOptions::pool_size`] is not given: two, so that
+/// back-to-back runs alternate between them while the other is being restored.
+pub const DEFAULT_POOL_SIZE: usize = 2;
 /// How long a pool keeps an idle instance when [`PrepareOptions::idle_timeout`] is not given.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest pool a prepared program may keep.
@@ -100,7 +101,7 @@ pub struct PoolStats {
     pub misses: u64,
     /// Instances destroyed because they stayed idle past the timeout or the pool was full.
     pub evictions: u64,
-    /// Instances idle now.
+    /// Instances idle now (ready, or being reset after a run).
     pub idle: u64,
     /// Bytes of guest memory the snapshot keeps (saved once per prepared program, shared by
     /// its instances).

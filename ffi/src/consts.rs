@@ -90,7 +90,7 @@ pub const SANDCELL_UNLIMITED: u64 = u64::MAX;
 pub const SANDCELL_UNLIMITED_U32: u32 = u32::MAX;
 
 /// Ready instances a prepared program keeps by default (sandcell_prepare_options_t).
-pub const SANDCELL_DEFAULT_POOL_SIZE: u32 = 1;
+pub const SANDCELL_DEFAULT_POOL_SIZE: u32 = 2;
 /// The largest pool a prepared program may keep.
 pub const SANDCELL_MAX_POOL_SIZE: u32 = 64;
 const _: () = assert!(

@@ -302,7 +302,7 @@ def test_prepare_options_pool_where_the_backend_keeps_one_and_are_refused_elsewh
             assert plain.run().ok
             stats = plain.pool_stats
             if fx.backend == "microvm":
-                assert stats is not None and stats["hits"] == 1 and stats["idle"] == 1, stats
+                assert stats is not None and stats["hits"] == 1 and stats["idle"] == 2, stats
             else:
                 assert stats is None
         if fx.backend == "microvm":

@@ -445,10 +445,10 @@ impl MicroVmSandbox {
         let (cpu, peak) = match pool {
             Some(pool) => {
                 let (cpu, mut machine) = tracing::debug_span!("vm.finish").in_scope(|| vm.finish_keep());
-                let complete = machine.complete && warm::complete_pending(&mut machine);
-                match (complete, warm::read_resident(&mut machine)) {
+                match (machine.complete, warm::read_resident(&mut machine)) {
                     (true, Ok(pages)) => {
-                        pool.give_back(machine);
+                        // Restored off this run's path (see `warm::Pool::give_back`).
+                        warm::Pool::give_back(pool, machine);
                         (cpu, pages * 4096)
                     }
                     _ => {

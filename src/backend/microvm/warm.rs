@@ -266,8 +266,17 @@ pub(crate) struct Pool {
     pub(crate) snapshot: Snapshot,
     image: Arc<GuestImage>,
     config: PoolConfig,
-    idle: Mutex<Vec<(Machine, Instant)>>,
+    idle: Mutex<Idle>,
+    /// Signalled when a VM back from a run has been restored (or given up).
+    restored: parking_lot::Condvar,
     pub(crate) stats: Arc<crate::pool::Counters>,
+}
+
+/// The pool's VMs: idle ones with when they became idle, and how many are being restored.
+#[derive(Default)]
+struct Idle {
+    machines: Vec<(Machine, Instant)>,
+    restoring: usize,
 }
 
 impl std::fmt::Debug for Pool {
@@ -283,7 +292,8 @@ impl Pool {
             snapshot,
             image,
             config,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Idle::default()),
+            restored: parking_lot::Condvar::new(),
             stats: Arc::new(crate::pool::Counters::default()),
         });
         pool.stats.snapshot_bytes.store(pool.snapshot.saved_bytes() as u64, Ordering::Relaxed);
@@ -292,19 +302,49 @@ impl Pool {
         } else {
             pool.put(first);
         }
+        // The pool starts full, so that runs do not wait for a VM to be made: back to back, a
+        // run takes one VM while the one the previous run used is being restored.
+        for _ in 1..config.size {
+            let mut machine = match Machine::create(&pool.image) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!("the pool starts with fewer VMs: {e}");
+                    break;
+                }
+            };
+            match read_resident(&mut machine).and_then(|_| pool.snapshot.restore(&mut machine)) {
+                Ok(()) => pool.put(machine),
+                Err(e) => {
+                    tracing::debug!("the pool starts with fewer VMs: {e}");
+                    machine.destroy();
+                    break;
+                }
+            }
+        }
         janitor::watch(&pool);
         pool
     }
 
-    /// An idle VM in the snapshot's state, or a new one restored from it.
+    /// An idle VM in the snapshot's state — waiting for one being restored if there is one —,
+    /// or a new one restored from the snapshot.
     pub(crate) fn take(&self) -> Result<Machine> {
         let (found, expired) = {
             let mut idle = self.idle.lock();
-            let expired = self.expired(&mut idle);
-            (idle.pop().map(|(m, _)| m), expired)
+            let expired = self.expired(&mut idle.machines);
+            let found = loop {
+                if let Some((m, _)) = idle.machines.pop() {
+                    break Some(m);
+                }
+                // A restore takes well under a millisecond; the bound only guards against a
+                // restorer that cannot run.
+                if idle.restoring == 0 || self.restored.wait_for(&mut idle, Duration::from_millis(100)).timed_out() {
+                    break idle.machines.pop().map(|(m, _)| m);
+                }
+            };
+            self.stats.idle.store((idle.machines.len() + idle.restoring) as u64, Ordering::Relaxed);
+            (found, expired)
         };
         self.evict(expired);
-        self.stats.idle.store(self.idle.lock().len() as u64, Ordering::Relaxed);
         if let Some(machine) = found {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(machine);
@@ -321,39 +361,64 @@ impl Pool {
         Ok(machine)
     }
 
-    /// Restores `machine` (back from a run, its resident map read since its vCPUs stopped) to
-    /// the snapshot and keeps it if there is room.
-    pub(crate) fn give_back(&self, mut machine: Machine) {
-        if self.idle.lock().len() >= self.config.size {
-            // No room: not worth restoring (checked again when it is put back).
-            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-            machine.destroy();
-            return;
-        }
-        match tracing::debug_span!("vm.restore").in_scope(|| self.snapshot.restore(&mut machine)) {
-            Ok(()) => self.put(machine),
-            Err(e) => {
-                tracing::debug!("a VM could not be restored, destroyed: {e}");
+    /// Takes back `machine` from a run: if the pool has room, the snapshot is restored into it
+    /// on the restorer thread (off the run's path; a run that needs it meanwhile waits for it)
+    /// and it becomes idle; otherwise it is destroyed.
+    pub(crate) fn give_back(pool: &Arc<Pool>, machine: Machine) {
+        {
+            let mut idle = pool.idle.lock();
+            if idle.machines.len() + idle.restoring >= pool.config.size {
+                drop(idle);
+                pool.stats.evictions.fetch_add(1, Ordering::Relaxed);
                 machine.destroy();
+                return;
             }
+            idle.restoring += 1;
+            pool.stats.idle.store((idle.machines.len() + idle.restoring) as u64, Ordering::Relaxed);
+        }
+        if let Err((pool, machine)) = restorer::send(pool.clone(), machine) {
+            pool.restore_and_keep(machine);
         }
     }
 
+    /// Completes the machine's pending exit, restores the snapshot into it and keeps it (the
+    /// restorer's job; `restoring` was counted for it).
+    fn restore_and_keep(&self, mut machine: Machine) {
+        let ok = tracing::debug_span!("vm.restore").in_scope(|| {
+            complete_pending(&mut machine)
+                && read_resident(&mut machine).and_then(|_| self.snapshot.restore(&mut machine)).is_ok()
+        });
+        {
+            let mut idle = self.idle.lock();
+            idle.restoring -= 1;
+            self.stats.idle.store((idle.machines.len() + idle.restoring) as u64, Ordering::Relaxed);
+        }
+        if ok {
+            self.put(machine);
+        } else {
+            tracing::debug!("a VM could not be restored, destroyed");
+            machine.destroy();
+        }
+        self.restored.notify_all();
+    }
+
+    /// Makes `machine` idle if there is room (else destroys it, an eviction).
     fn put(&self, machine: Machine) {
         let refused = {
             let mut idle = self.idle.lock();
-            if idle.len() < self.config.size {
-                idle.push((machine, Instant::now()));
+            let refused = if idle.machines.len() < self.config.size {
+                idle.machines.push((machine, Instant::now()));
                 None
             } else {
                 Some(machine)
-            }
+            };
+            self.stats.idle.store((idle.machines.len() + idle.restoring) as u64, Ordering::Relaxed);
+            refused
         };
         if let Some(machine) = refused {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             machine.destroy();
         }
-        self.stats.idle.store(self.idle.lock().len() as u64, Ordering::Relaxed);
     }
 
     /// Takes the VMs idle for longer than the idle timeout out of `idle`.
@@ -380,18 +445,51 @@ impl Pool {
 
     /// Destroys the VMs idle past the timeout (called by the janitor).
     fn trim(&self) {
-        let expired = self.expired(&mut self.idle.lock());
-        if !expired.is_empty() {
-            self.evict(expired);
-            self.stats.idle.store(self.idle.lock().len() as u64, Ordering::Relaxed);
-        }
+        let expired = {
+            let mut idle = self.idle.lock();
+            let expired = self.expired(&mut idle.machines);
+            self.stats.idle.store((idle.machines.len() + idle.restoring) as u64, Ordering::Relaxed);
+            expired
+        };
+        self.evict(expired);
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        for (m, _) in self.idle.get_mut().drain(..) {
+        for (m, _) in self.idle.get_mut().machines.drain(..) {
             m.destroy();
+        }
+    }
+}
+
+/// The thread that restores VMs back from runs (one per process, started with the first):
+/// a run returns its outcome without waiting for its VM's restore.
+mod restorer {
+    use super::*;
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::OnceLock;
+
+    type Job = (Arc<Pool>, Machine);
+
+    /// Hands `machine` to the restorer; gives the job back if the thread cannot be started.
+    pub(super) fn send(pool: Arc<Pool>, machine: Machine) -> std::result::Result<(), Job> {
+        static TX: OnceLock<Option<parking_lot::Mutex<Sender<Job>>>> = OnceLock::new();
+        let tx = TX.get_or_init(|| {
+            let (tx, rx) = channel::<Job>();
+            std::thread::Builder::new()
+                .name("sandcell-vm-restore".into())
+                .spawn(move || {
+                    for (pool, machine) in rx {
+                        pool.restore_and_keep(machine);
+                    }
+                })
+                .ok()
+                .map(|_| parking_lot::Mutex::new(tx))
+        });
+        match tx {
+            Some(tx) => tx.lock().send((pool, machine)).map_err(|e| e.0),
+            None => Err((pool, machine)),
         }
     }
 }
