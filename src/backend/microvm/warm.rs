@@ -376,7 +376,8 @@ impl Pool {
             idle.restoring += 1;
             pool.stats.idle.store((idle.machines.len() + idle.restoring) as u64, Ordering::Relaxed);
         }
-        if let Err((pool, machine)) = restorer::send(pool.clone(), machine) {
+        if let Err(job) = restorer::send(pool.clone(), machine) {
+            let (pool, machine) = *job;
             pool.restore_and_keep(machine);
         }
     }
@@ -473,7 +474,7 @@ mod restorer {
     type Job = (Arc<Pool>, Machine);
 
     /// Hands `machine` to the restorer; gives the job back if the thread cannot be started.
-    pub(super) fn send(pool: Arc<Pool>, machine: Machine) -> std::result::Result<(), Job> {
+    pub(super) fn send(pool: Arc<Pool>, machine: Machine) -> std::result::Result<(), Box<Job>> {
         static TX: OnceLock<Option<parking_lot::Mutex<Sender<Job>>>> = OnceLock::new();
         let tx = TX.get_or_init(|| {
             let (tx, rx) = channel::<Job>();
@@ -488,8 +489,8 @@ mod restorer {
                 .map(|_| parking_lot::Mutex::new(tx))
         });
         match tx {
-            Some(tx) => tx.lock().send((pool, machine)).map_err(|e| e.0),
-            None => Err((pool, machine)),
+            Some(tx) => tx.lock().send((pool, machine)).map_err(|e| Box::new(e.0)),
+            None => Err(Box::new((pool, machine))),
         }
     }
 }
