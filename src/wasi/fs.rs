@@ -391,6 +391,17 @@ impl FileSystem for RunDir {
         Err(FsError::PermissionDenied)
     }
 
+    // Links are refused here, not `Unsupported` (the trait's default): for `Unsupported`, wasix
+    // keeps a symlink or hard link in its own memory instead, which a guest could repeat
+    // without bound.
+    fn create_symlink(&self, _: &Path, _: &Path) -> FsResult<()> {
+        Err(FsError::PermissionDenied)
+    }
+
+    fn hard_link(&self, _: &Path, _: &Path) -> FsResult<()> {
+        Err(FsError::PermissionDenied)
+    }
+
     fn remove_dir(&self, _: &Path) -> FsResult<()> {
         Err(FsError::PermissionDenied)
     }

@@ -192,6 +192,17 @@ impl WasiHost {
         runtime.set_networking_implementation(UnsupportedVirtualNetworking::default());
         let mut opened = Vec::with_capacity(mounts.len());
         for (i, m) in mounts.iter().enumerate() {
+            if m.guest.starts_with(fs::RUN_DIR) {
+                return Err(Error::invalid_policy(
+                    format!("mounts[{i}].guest"),
+                    format!(
+                        "`{}` is inside `{}`, sandcell's own directory in a WASI guest (where a guest says it is \
+                         ready); mount elsewhere",
+                        m.guest.display(),
+                        fs::RUN_DIR
+                    ),
+                ));
+            }
             let field = format!("mounts[{i}].host");
             let host = std::fs::canonicalize(&m.host)
                 .map_err(|e| Error::invalid_policy(&field, format!("`{}`: {e}", m.host.display())))?;
@@ -249,6 +260,9 @@ impl WasiHost {
         let mut imports = wasmer_wasix::generate_import_object_from_env(store, &fenv.env, WasiVersion::Snapshot1);
         if wanted("path_open") {
             wrap_path_open(store, &mut imports, fenv, self.max_open_files);
+        }
+        if wanted("path_link") || wanted("path_symlink") {
+            cap_links(store, &mut imports, self.run_dir_fd());
         }
         no_sockets(store, &mut imports, &wanted);
         let root_mount = self.mounts.first().is_some_and(|(guest, _, _)| guest == std::path::Path::new("/"));
@@ -447,6 +461,98 @@ fn fdstat<T>(ctx: &mut FunctionEnvMut<T>, raw: &Function, wasi: &FunctionEnv<Was
 /// - `O_TRUNC` needs `path_filestat_set_size` on the directory (wasix checks only
 ///   `path_open`): `ENOTCAPABLE` otherwise;
 /// - a descriptor that is not a directory as the directory: `ENOTDIR` (wasix says `EACCES`).
+/// Links a run may make (hard and symbolic together).
+const MAX_LINKS: u32 = 1024;
+/// The longest symlink target (`PATH_MAX`).
+const MAX_SYMLINK_TARGET: i32 = 4096;
+
+/// Bounds the links a guest makes. wasix keeps a hard link as an alias in its own memory (never
+/// on the host), and a symlink too where the file system has none to offer (host mounts): a
+/// guest repeating either, with long names or targets, would grow host memory without bound.
+/// So a run makes at most [`MAX_LINKS`] of them, each symlink target at most
+/// [`MAX_SYMLINK_TARGET`] bytes, and none in `/run/sandcell` (`run_dir`, sandcell's own
+/// directory); beyond that the call fails (`EMLINK`, `ENAMETOOLONG`, `EPERM`).
+fn cap_links(store: &mut Store, imports: &mut Imports, run_dir: u32) {
+    const ERRNO_MLINK: i32 = 34;
+    const ERRNO_NAMETOOLONG: i32 = 37;
+    const ERRNO_PERM: i32 = 63;
+    struct Links {
+        link: Option<Function>,
+        symlink: Option<Function>,
+        made: u32,
+    }
+    let get = |imports: &Imports, name: &str| match imports.get_export(WASI_MODULE, name) {
+        Some(wasmer::Extern::Function(f)) => Some(f),
+        _ => None,
+    };
+    let (link, symlink) = (get(imports, "path_link"), get(imports, "path_symlink"));
+    let env = FunctionEnv::new(store, Links { link: link.clone(), symlink: symlink.clone(), made: 0 });
+    fn errno(values: &[Value]) -> i32 {
+        values.first().and_then(Value::i32).unwrap_or(0)
+    }
+    if link.is_some() {
+        let path_link = Function::new_typed_with_env(
+            store,
+            &env,
+            move |mut ctx: FunctionEnvMut<Links>,
+                  old_fd: i32,
+                  old_flags: i32,
+                  old_path: i32,
+                  old_len: i32,
+                  new_fd: i32,
+                  new_path: i32,
+                  new_len: i32|
+                  -> std::result::Result<i32, RuntimeError> {
+                if new_fd as u32 == run_dir {
+                    return Ok(ERRNO_PERM);
+                }
+                if ctx.data().made >= MAX_LINKS {
+                    return Ok(ERRNO_MLINK);
+                }
+                let Some(inner) = ctx.data().link.clone() else { return Ok(ERRNO_PERM) };
+                let args = [old_fd, old_flags, old_path, old_len, new_fd, new_path, new_len].map(Value::I32);
+                let e = errno(&inner.call(&mut ctx, &args)?);
+                if e == 0 {
+                    ctx.data_mut().made += 1;
+                }
+                Ok(e)
+            },
+        );
+        imports.define(WASI_MODULE, "path_link", path_link);
+    }
+    if symlink.is_some() {
+        let path_symlink = Function::new_typed_with_env(
+            store,
+            &env,
+            move |mut ctx: FunctionEnvMut<Links>,
+                  old_path: i32,
+                  old_len: i32,
+                  fd: i32,
+                  new_path: i32,
+                  new_len: i32|
+                  -> std::result::Result<i32, RuntimeError> {
+                if fd as u32 == run_dir {
+                    return Ok(ERRNO_PERM);
+                }
+                if old_len as u32 > MAX_SYMLINK_TARGET as u32 {
+                    return Ok(ERRNO_NAMETOOLONG);
+                }
+                if ctx.data().made >= MAX_LINKS {
+                    return Ok(ERRNO_MLINK);
+                }
+                let Some(inner) = ctx.data().symlink.clone() else { return Ok(ERRNO_PERM) };
+                let args = [old_path, old_len, fd, new_path, new_len].map(Value::I32);
+                let e = errno(&inner.call(&mut ctx, &args)?);
+                if e == 0 {
+                    ctx.data_mut().made += 1;
+                }
+                Ok(e)
+            },
+        );
+        imports.define(WASI_MODULE, "path_symlink", path_symlink);
+    }
+}
+
 fn wrap_path_open(store: &mut Store, imports: &mut Imports, fenv: &WasiFunctionEnv, max: Option<u64>) {
     const ERRNO_ACCES: i32 = 2;
     const ERRNO_MFILE: i32 = 33;

@@ -296,8 +296,26 @@ fn without_mounts_the_guest_sees_no_files_but_run_sandcell() {
     }
     let out = sb.run(&Program::path(guest).args(["ls", "/run/sandcell"])).unwrap();
     assert_eq!(text(&out.stdout), "ok ready\n");
-    let out = sb.run(&Program::path(guest).args(["write", "/run/sandcell/other", "data"])).unwrap();
-    assert!(text(&out.stdout).starts_with("err"), "{}", text(&out.stdout));
+    // Nothing can be made there: no file, directory, symlink or hard link (for a link the file
+    // system does not support, wasix would keep one in host memory instead).
+    for args in [
+        &["write", "/run/sandcell/other", "data"][..],
+        &["mkdir", "/run/sandcell/d"],
+        // (/run/sandcell is descriptor 4 without mounts: after wasix's root at 3.)
+        &["link", "sym", "4", "ready", "s"],
+        &["link", "hard", "/run/sandcell/ready", "/run/sandcell/h"],
+        &["remove", "/run/sandcell/ready"],
+    ] {
+        let out = sb.run(&Program::path(guest).args(args.iter().copied())).unwrap();
+        assert!(text(&out.stdout).starts_with("err"), "{args:?}: {}", text(&out.stdout));
+    }
+    // A policy mount inside it is refused when the sandbox is built.
+    let dir = TempDir::new("runmount");
+    let e = SandboxBuilder::new(BackendKind::Wasm)
+        .policy(Policy { mounts: vec![Mount::read_only(dir.path(), "/run/sandcell/x")], ..Policy::default() })
+        .build()
+        .unwrap_err();
+    assert!(matches!(&e, sandcell::Error::InvalidPolicy { field, .. } if field == "mounts[0].guest"), "{e}");
     let out = sb.run(&Program::path(guest).args(["write", "/tmp/x", "data"])).unwrap();
     assert!(text(&out.stdout).starts_with("err"), "{}", text(&out.stdout));
 }
@@ -809,4 +827,23 @@ pub fn short_reads_of_streamed_stdin(sandbox: &dyn Sandbox) {
 fn wasi_reads_of_a_streamed_stdin_return_what_has_arrived() {
     let sb = SandboxBuilder::new(BackendKind::Wasm).build().unwrap();
     short_reads_of_streamed_stdin(&*sb);
+}
+
+/// wasix keeps hard links (and symlinks on host mounts) in its own memory: a run makes at most
+/// 1,024, and a symlink's target is at most 4,096 bytes, so a guest cannot grow host memory
+/// through them.
+#[test]
+fn links_a_guest_makes_are_bounded() {
+    let guest = or_skip!(crate::common::wasm_guest(), "no wasm test guest");
+    let dir = TempDir::new("links");
+    std::fs::write(dir.join("f"), "x").unwrap();
+    let sb = sandbox(Policy { mounts: vec![Mount::read_write(dir.path(), "/d")], ..Policy::default() });
+    let out = sb.run(&Program::path(guest).args(["links", "1500", "/d"])).unwrap();
+    assert_eq!(text(&out.stdout), "made 1024\n");
+    // The mount is descriptor 4 here (wasix's root is 3).
+    let long = "x".repeat(5000);
+    let out = sb.run(&Program::path(guest).args(["link", "sym", "4", &long, "s"])).unwrap();
+    assert!(text(&out.stdout).starts_with("err"), "{}", text(&out.stdout));
+    let out = sb.run(&Program::path(guest).args(["link", "sym", "4", "f", "s"])).unwrap();
+    assert_eq!(text(&out.stdout), "ok\n");
 }

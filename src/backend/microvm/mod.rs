@@ -809,6 +809,8 @@ struct OpenFiles {
     run_dir: u32,
     open: std::collections::BTreeSet<u32>,
     ready: std::collections::BTreeSet<u32>,
+    /// A standard stream or preopen the guest replaced (`fd_renumber` onto it).
+    replaced: Option<u32>,
 }
 
 fn bad_host_call(message: String) -> Status {
@@ -1123,15 +1125,22 @@ impl Session<'_> {
                 }
                 self.files.open.insert(fd);
             }
+            // wasix's `fd_renumber` is a `dup2`: `from` stays open and `to` becomes a copy.
             Some("fd_renumber") if args.len() == 2 => {
                 let (from, to) = (args[0] as u32, args[1] as u32);
-                self.files.open.remove(&to);
-                let was_ready = self.files.ready.remove(&from);
-                self.files.ready.remove(&to);
-                if self.files.open.remove(&from) {
-                    self.files.open.insert(to);
-                    if was_ready {
+                if from != to {
+                    if to <= self.files.run_dir {
+                        // A standard stream or preopen replaced: a fresh environment would not
+                        // have what the guest now has there.
+                        self.files.replaced = Some(to);
+                    }
+                    if self.files.ready.contains(&from) {
                         self.files.ready.insert(to);
+                    } else {
+                        self.files.ready.remove(&to);
+                    }
+                    if to > self.files.run_dir {
+                        self.files.open.insert(to);
                     }
                 }
             }
@@ -1139,6 +1148,12 @@ impl Session<'_> {
                 let fd = args[0] as u32;
                 self.files.open.remove(&fd);
                 if self.files.ready.remove(&fd) {
+                    if let Some(replaced) = self.files.replaced {
+                        return Err(format!(
+                            "the program replaced descriptor {replaced} (a standard stream or preopen) before it said it \
+                             was ready: a run restored from the snapshot starts with a fresh WASI environment"
+                        ));
+                    }
                     let others: Vec<String> = self.files.open.iter().map(u32::to_string).collect();
                     if !others.is_empty() {
                         return Err(format!(

@@ -302,9 +302,11 @@ impl Pool {
         } else {
             pool.put(first);
         }
-        // The pool starts full, so that runs do not wait for a VM to be made: back to back, a
-        // run takes one VM while the one the previous run used is being restored.
-        for _ in 1..config.size {
+        // The pool starts with two VMs (or its size if smaller), so that runs do not wait for a
+        // VM to be made: back to back, a run takes one while the one the previous run used is
+        // being restored. More are made as concurrent runs need them (each VM holds its own
+        // copy of the snapshot's pages, which a guest prepared until ready sizes).
+        for _ in 1..config.size.min(2) {
             let mut machine = match Machine::create(&pool.image) {
                 Ok(m) => m,
                 Err(e) => {
@@ -376,6 +378,8 @@ impl Pool {
             idle.restoring += 1;
             pool.stats.idle.store((idle.machines.len() + idle.restoring) as u64, Ordering::Relaxed);
         }
+        // One restorer serves every pool: while it is busy, the run restores its own VM (a
+        // guest whose runs are costly to reset cannot delay other programs' runs).
         if let Err(job) = restorer::send(pool.clone(), machine) {
             let (pool, machine) = *job;
             pool.restore_and_keep(machine);
@@ -386,21 +390,35 @@ impl Pool {
     /// restorer's job; `restoring` was counted for it).
     fn restore_and_keep(&self, mut machine: Machine) {
         let ok = tracing::debug_span!("vm.restore").in_scope(|| {
-            complete_pending(&mut machine)
-                && read_resident(&mut machine).and_then(|_| self.snapshot.restore(&mut machine)).is_ok()
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                complete_pending(&mut machine)
+                    && read_resident(&mut machine).and_then(|_| self.snapshot.restore(&mut machine)).is_ok()
+            }))
+            .unwrap_or(false)
         });
-        {
+        // Counted down and made idle in one step: a run looking meanwhile either waits or
+        // finds it.
+        let refused = {
             let mut idle = self.idle.lock();
             idle.restoring -= 1;
+            let refused = if ok && idle.machines.len() < self.config.size {
+                idle.machines.push((machine, Instant::now()));
+                None
+            } else {
+                Some(machine)
+            };
             self.stats.idle.store((idle.machines.len() + idle.restoring) as u64, Ordering::Relaxed);
-        }
-        if ok {
-            self.put(machine);
-        } else {
-            tracing::debug!("a VM could not be restored, destroyed");
+            refused
+        };
+        self.restored.notify_all();
+        if let Some(machine) = refused {
+            if ok {
+                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            } else {
+                tracing::debug!("a VM could not be restored, destroyed");
+            }
             machine.destroy();
         }
-        self.restored.notify_all();
     }
 
     /// Makes `machine` idle if there is room (else destroys it, an eviction).
@@ -473,8 +491,15 @@ mod restorer {
 
     type Job = (Arc<Pool>, Machine);
 
-    /// Hands `machine` to the restorer; gives the job back if the thread cannot be started.
+    /// Jobs handed to the restorer and not finished.
+    static QUEUED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// Hands `machine` to the restorer; gives the job back if the restorer is busy or cannot be
+    /// started.
     pub(super) fn send(pool: Arc<Pool>, machine: Machine) -> std::result::Result<(), Box<Job>> {
+        if QUEUED.load(Ordering::SeqCst) > 0 {
+            return Err(Box::new((pool, machine)));
+        }
         static TX: OnceLock<Option<parking_lot::Mutex<Sender<Job>>>> = OnceLock::new();
         let tx = TX.get_or_init(|| {
             let (tx, rx) = channel::<Job>();
@@ -483,13 +508,20 @@ mod restorer {
                 .spawn(move || {
                     for (pool, machine) in rx {
                         pool.restore_and_keep(machine);
+                        QUEUED.fetch_sub(1, Ordering::SeqCst);
                     }
                 })
                 .ok()
                 .map(|_| parking_lot::Mutex::new(tx))
         });
         match tx {
-            Some(tx) => tx.lock().send((pool, machine)).map_err(|e| Box::new(e.0)),
+            Some(tx) => {
+                QUEUED.fetch_add(1, Ordering::SeqCst);
+                tx.lock().send((pool, machine)).map_err(|e| {
+                    QUEUED.fetch_sub(1, Ordering::SeqCst);
+                    Box::new(e.0)
+                })
+            }
             None => Err(Box::new((pool, machine))),
         }
     }

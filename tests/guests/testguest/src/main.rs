@@ -84,6 +84,25 @@ fn main() {
             Ok(()) => println!("ok"),
             Err(e) => println!("err {:?} {}", e.kind(), e.raw_os_error().unwrap_or(0)),
         },
+        // `link sym DIRFD TARGET NAME`: the symlink NAME (in the directory descriptor DIRFD) to
+        // TARGET, with the raw WASI call (std's is unstable); `link hard TARGET NAME`: a hard link.
+        "link" => {
+            let made = if rest[0] == "sym" {
+                symlink_at(rest[1].parse().unwrap_or(0), &rest[2], &rest[3])
+            } else {
+                std::fs::hard_link(&rest[1], &rest[2])
+            };
+            match made {
+                Ok(()) => println!("ok"),
+                Err(e) => println!("err {e}"),
+            }
+        }
+        // `links N DIR`: N hard links of DIR/f; prints how many were made.
+        "links" => {
+            let n: usize = rest[0].parse().unwrap_or(1);
+            let made = (0..n).filter(|i| std::fs::hard_link(format!("{}/f", rest[1]), format!("{}/l{i}", rest[1])).is_ok()).count();
+            println!("made {made}");
+        }
         "mkdir" => match std::fs::create_dir(&rest[0]) {
             Ok(()) => println!("ok"),
             Err(e) => println!("err {:?} {}", e.kind(), e.raw_os_error().unwrap_or(0)),
@@ -257,4 +276,24 @@ fn getrandom(buf: &mut [u8]) {
         h.write_u8(0);
         chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
     }
+}
+
+#[cfg(target_os = "wasi")]
+fn symlink_at(dirfd: u32, target: &str, name: &str) -> std::io::Result<()> {
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    extern "C" {
+        fn path_symlink(old: *const u8, old_len: usize, fd: u32, new: *const u8, new_len: usize) -> u16;
+    }
+    // SAFETY: both strings are valid for their lengths during the call.
+    let errno = unsafe { path_symlink(target.as_ptr(), target.len(), dirfd, name.as_ptr(), name.len()) };
+    if errno == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("errno {errno}")))
+    }
+}
+
+#[cfg(not(target_os = "wasi"))]
+fn symlink_at(_: u32, target: &str, name: &str) -> std::io::Result<()> {
+    std::os::unix::fs::symlink(target, name)
 }
