@@ -446,21 +446,6 @@ fn fdstat<T>(ctx: &mut FunctionEnvMut<T>, raw: &Function, wasi: &FunctionEnv<Was
         .then(|| Fdstat { filetype: answer[0], rights: u64::from_le_bytes(answer[8..16].try_into().expect("8 bytes")) })
 }
 
-/// Wraps `path_open` (and `fd_close`) for what wasix lacks:
-///
-/// - the cap on descriptors the guest holds open (`max_open_files`). In WASI preview 1 only
-///   `path_open` creates descriptors: an open beyond the cap fails with `EMFILE`. (wasix keeps
-///   each descriptor in host memory and has no cap of its own, so without this a guest could
-///   grow host memory by opening one file forever.) A close that wasix answers with success but
-///   does not carry out (a descriptor for a preopened directory itself: wasix keeps it) gives no
-///   slot back;
-/// - opening a directory (`O_DIRECTORY`) with rights that include `fd_write`, as a guest asking
-///   for a directory descriptor with the rights of the one it came from does (the WASI test
-///   suite's Rust tests open their root so): wasix refuses that with `EISDIR`, but a directory
-///   descriptor cannot be written anyway, so the right is dropped and the open goes ahead;
-/// - `O_TRUNC` needs `path_filestat_set_size` on the directory (wasix checks only
-///   `path_open`): `ENOTCAPABLE` otherwise;
-/// - a descriptor that is not a directory as the directory: `ENOTDIR` (wasix says `EACCES`).
 /// Links a run may make (hard and symbolic together).
 const MAX_LINKS: u32 = 1024;
 /// The longest symlink target (`PATH_MAX`).
@@ -553,6 +538,21 @@ fn cap_links(store: &mut Store, imports: &mut Imports, run_dir: u32) {
     }
 }
 
+/// Wraps `path_open` (and `fd_close`) for what wasix lacks:
+///
+/// - the cap on descriptors the guest holds open (`max_open_files`). In WASI preview 1 only
+///   `path_open` creates descriptors: an open beyond the cap fails with `EMFILE`. (wasix keeps
+///   each descriptor in host memory and has no cap of its own, so without this a guest could
+///   grow host memory by opening one file forever.) A close that wasix answers with success but
+///   does not carry out (a descriptor for a preopened directory itself: wasix keeps it) gives no
+///   slot back;
+/// - opening a directory (`O_DIRECTORY`) with rights that include `fd_write`, as a guest asking
+///   for a directory descriptor with the rights of the one it came from does (the WASI test
+///   suite's Rust tests open their root so): wasix refuses that with `EISDIR`, but a directory
+///   descriptor cannot be written anyway, so the right is dropped and the open goes ahead;
+/// - `O_TRUNC` needs `path_filestat_set_size` on the directory (wasix checks only
+///   `path_open`): `ENOTCAPABLE` otherwise;
+/// - a descriptor that is not a directory as the directory: `ENOTDIR` (wasix says `EACCES`).
 fn wrap_path_open(store: &mut Store, imports: &mut Imports, fenv: &WasiFunctionEnv, max: Option<u64>) {
     const ERRNO_ACCES: i32 = 2;
     const ERRNO_MFILE: i32 = 33;
