@@ -1000,3 +1000,17 @@ fn a_non_blocking_descriptor_streams_and_is_released_when_the_run_ends_on_every_
         assert_eq!(peer.read(&mut buf).unwrap(), 0, "{}: the run's stdin is still held", f.kind);
     }
 }
+
+/// A program that says it is ready by writing `/run/sandcell/ready` runs unchanged on every
+/// backend: the write succeeds and does nothing outside a preparation until ready.
+#[test]
+fn writing_run_sandcell_ready_works_on_every_backend() {
+    for f in fixtures() {
+        let sb = f.sandbox(policy());
+        let out = sb.run(&f.guest("ready", &[]).stdin(b"in".to_vec())).unwrap();
+        assert_eq!(out.status, Status::Exited(0), "{}: {out:?}", f.kind);
+        let stdout = text(&out.stdout);
+        assert!(stdout.starts_with("before ready"), "{}: {stdout}", f.kind);
+        assert!(stdout.contains("ready Ok(()), input \"in\", table 49950000, run 1"), "{}: {stdout}", f.kind);
+    }
+}

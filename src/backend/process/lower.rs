@@ -241,6 +241,13 @@ pub(super) fn lower(policy: &Policy, host: &HostSupport) -> Result<Lowered> {
             tree.symlinks.push((target.into(), link.into()));
         }
     }
+    // `/run/sandcell/ready`, where a program says its start-up is done (as on the WASI
+    // backends): here a link to /dev/null, whose writes go nowhere. Over a root mount (the
+    // host's directory) there is no room for it.
+    if root.is_none() {
+        tree.parents(Path::new("/run/sandcell/ready"));
+        tree.symlinks.push(("/dev/null".into(), "/run/sandcell/ready".into()));
+    }
     // The system directories: the default set over a fresh root, none over a root mount unless
     // the policy lists them.
     let system: Vec<PathBuf> = match (&system_dirs, root.is_some()) {
