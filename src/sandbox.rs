@@ -250,15 +250,18 @@ use token::PrivateToken;
 /// A program made ready to run, many times, on the sandbox that prepared it
 /// ([`Sandbox::prepare`]).
 ///
-/// What is done once today: reading and checking the program and finding (or compiling) its
+/// What is done once: reading and checking the program and finding (or compiling) its
 /// compiled form — the wasm backend's compiled module, the micro-VM's guest image — so that each
 /// run starts from it instead of reading the file again and looking it up by its contents (for
-/// a 26 MB interpreter that lookup hashes 26 MB per run). On the wasm and micro-VM backends a
-/// `Prepared` keeps the program as it was when prepared: changing the file afterwards does not
-/// change what its runs execute. The process backend prepares only the checks of the program
-/// for now (each run executes the path). Runs share nothing
-/// writable: each gets a new instance, VM or process, exactly as [`Sandbox::run`] does, and its
-/// own [`RunOptions`] (stdin, limits, interrupt).
+/// a 26 MB interpreter that lookup hashes 26 MB per run). On the micro-VM, a snapshot of the
+/// program's VM (at its entry, after the guest runtime instantiated a WASI module, or where the
+/// program said it was ready: [`PrepareOptions::until_ready`](crate::PrepareOptions::until_ready))
+/// and a pool of VMs that each run restores it into: whatever a run changed is the snapshot's
+/// again before the next run uses that VM. On the wasm and micro-VM backends a `Prepared` keeps
+/// the program as it was when prepared: changing the file afterwards does not change what its
+/// runs execute. The process backend prepares only the checks of the program for now (each run
+/// executes the path). Runs share nothing writable: each gets a new instance or process, or a
+/// VM reset to the snapshot, and its own [`RunOptions`] (stdin, limits, interrupt).
 ///
 /// ```
 /// use sandcell::{BackendKind, Program, RunOptions, SandboxBuilder, Status};
