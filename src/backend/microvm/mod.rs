@@ -593,10 +593,23 @@ impl MicroVmSandbox {
             machine.destroy();
             return Err(e);
         }
-        let pool = warm::Pool::new(image.clone(), snapshot, machine, config);
+        Ok(self.pooled(program, PreparedImage { image, wasm, pool: None, ready, key }, snapshot, machine, config))
+    }
+
+    /// The prepared program of `state`, with a pool of VMs in `snapshot`'s state (`machine` the
+    /// first of them).
+    fn pooled(
+        &self,
+        program: &Program,
+        mut state: PreparedImage,
+        snapshot: warm::Snapshot,
+        machine: vm::Machine,
+        config: warm::PoolConfig,
+    ) -> crate::Prepared<'_> {
+        let pool = warm::Pool::new(state.image.clone(), snapshot, machine, config);
         let counters = pool.stats.clone();
-        let state = PreparedImage { image, wasm, pool: Some(pool), ready, key };
-        Ok(crate::Prepared::pooled(self, program, Box::new(state), counters))
+        state.pool = Some(pool);
+        crate::Prepared::pooled(self, program, Box::new(state), counters)
     }
 
     /// Runs a guest from its entry until it says it is ready, under the policy's limits, and
@@ -1327,10 +1340,7 @@ impl crate::Sandbox for MicroVmSandbox {
                 return Err(e);
             }
         };
-        let pool = warm::Pool::new(image.clone(), snapshot, machine, config);
-        let counters = pool.stats.clone();
-        let state = PreparedImage { image, wasm, pool: Some(pool), ready, key };
-        Ok(crate::Prepared::pooled(self, program, Box::new(state), counters))
+        Ok(self.pooled(program, PreparedImage { image, wasm, pool: None, ready, key }, snapshot, machine, config))
     }
 
     fn save_prepared(

@@ -401,14 +401,12 @@ impl Pool {
         let refused = {
             let mut idle = self.idle.lock();
             idle.restoring -= 1;
-            let refused = if ok && idle.machines.len() < self.config.size {
-                idle.machines.push((machine, Instant::now()));
-                None
+            if ok {
+                self.keep(&mut idle, machine)
             } else {
+                self.stats.idle.store((idle.machines.len() + idle.restoring) as u64, Ordering::Relaxed);
                 Some(machine)
-            };
-            self.stats.idle.store((idle.machines.len() + idle.restoring) as u64, Ordering::Relaxed);
-            refused
+            }
         };
         self.restored.notify_all();
         if let Some(machine) = refused {
@@ -421,19 +419,21 @@ impl Pool {
         }
     }
 
+    /// Makes `machine` idle if there is room, under the pool's lock; gives it back otherwise.
+    fn keep(&self, idle: &mut Idle, machine: Machine) -> Option<Machine> {
+        let refused = if idle.machines.len() < self.config.size {
+            idle.machines.push((machine, Instant::now()));
+            None
+        } else {
+            Some(machine)
+        };
+        self.stats.idle.store((idle.machines.len() + idle.restoring) as u64, Ordering::Relaxed);
+        refused
+    }
+
     /// Makes `machine` idle if there is room (else destroys it, an eviction).
     fn put(&self, machine: Machine) {
-        let refused = {
-            let mut idle = self.idle.lock();
-            let refused = if idle.machines.len() < self.config.size {
-                idle.machines.push((machine, Instant::now()));
-                None
-            } else {
-                Some(machine)
-            };
-            self.stats.idle.store((idle.machines.len() + idle.restoring) as u64, Ordering::Relaxed);
-            refused
-        };
+        let refused = self.keep(&mut self.idle.lock(), machine);
         if let Some(machine) = refused {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             machine.destroy();
