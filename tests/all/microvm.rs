@@ -26,6 +26,13 @@ fn hostile() -> Result<PathBuf, String> {
     common::vm_guest("vm-hostile")
 }
 
+/// The hostile guest linked with its code and read-only data in 2 MiB regions of their own,
+/// which sandcell maps with large pages (as it does the wasm runtime's).
+fn hostile_large() -> Result<PathBuf, String> {
+    available()?;
+    common::vm_guest("vm-hostile-large")
+}
+
 fn sandbox(policy: Policy) -> Box<dyn Sandbox> {
     SandboxBuilder::new(BackendKind::MicroVm).policy(policy).build().unwrap()
 }
@@ -73,6 +80,50 @@ fn hostile_instructions_and_memory_accesses_end_as_traps_with_the_reason() {
     }
     // `syscall` has no kernel to go to: it faults too.
     assert!(matches!(sb.run(&Program::path(&guest).arg("syscall")).unwrap().status, Status::Trap(_)));
+}
+
+#[test]
+fn code_and_read_only_data_in_large_pages_keep_w_xor_x() {
+    let guest = or_skip!(hostile_large(), "no micro-VM");
+    let sb = sandbox(base());
+    // One-shot runs (the code copied into a huge page of the run's own) and prepared runs (the
+    // code mapped from the shared image): neither lets the guest write its code, run its
+    // read-only data, or have the host write into its code for it.
+    let prepared = |mode: &str| sb.prepare(&Program::path(&guest).arg(mode)).unwrap().run().unwrap();
+    let once = |mode: &str| sb.run(&Program::path(&guest).arg(mode)).unwrap();
+    for run in [&once as &dyn Fn(&str) -> sandcell::Outcome, &prepared] {
+        let ok = run("exit");
+        assert_eq!(ok.status, Status::Exited(0), "{}", text(&ok.stderr));
+        for (mode, kind, detail) in [
+            ("write_code", TrapKind::MemoryOutOfBounds, "writing"),
+            ("exec_data", TrapKind::MemoryOutOfBounds, "executing"),
+            ("hc_read_into_code", TrapKind::BadHostCall, "not writable by the guest"),
+        ] {
+            let out = run(mode);
+            let (k, message) = trap(&out.status);
+            assert_eq!(k, kind, "{mode}: {message}");
+            assert!(message.contains(detail), "{mode}: {message}");
+            assert!(!text(&out.stdout).contains("survived"), "{mode} survived");
+        }
+        let out = run("hc_write_from_code");
+        assert!(text(&out.stdout).ends_with("wrote 4\nhc_write_from_code: survived\n"), "{}", text(&out.stdout));
+    }
+}
+
+#[test]
+fn a_wasm_guest_grows_its_memory_past_what_its_start_registers() {
+    let _ = or_skip!(available(), "no micro-VM");
+    // A one-shot run registers part of guest RAM with KVM and the rest as the heap grows
+    // (`op::RAM`): 300 MiB of linear memory is well past the first part; the cap still holds.
+    let wat = r#"(module (memory 1)
+        (func (export "_start")
+          (if (i32.eq (memory.grow (i32.const 4800)) (i32.const -1)) (then unreachable))
+          (i32.store (i32.const 314572000) (i32.const 7))
+          (if (i32.ne (i32.load (i32.const 314572000)) (i32.const 7)) (then unreachable))
+          (if (i32.ne (memory.grow (i32.const 4800)) (i32.const -1)) (then unreachable))))"#;
+    let sb = sandbox(Policy { memory: Some(400 << 20), timeout: Some(Duration::from_secs(30)), ..Policy::default() });
+    let out = sb.run(&Program::bytes(wat.as_bytes().to_vec())).unwrap();
+    assert_eq!(out.status, Status::Exited(0), "{:?} {}", out.status, text(&out.stderr));
 }
 
 #[test]

@@ -30,7 +30,11 @@ pub const MAGIC: u32 = 0x3156_4353;
 /// guest's linear memory.
 /// 4: [`op::READY`], and [`BootInfo::snapshot`] (the wasm runtime says ready after instantiating
 /// its module when the host prepares a snapshot).
-pub const VERSION: u16 = 4;
+/// 5: the image area starts at 2 MiB and holds 6 MiB (the wasm runtime's code gets a 2 MiB
+/// region, mapped with one large page), the stacks move up by 4 MiB and there are at most 12
+/// vCPUs (the heap still starts at 20 MiB);
+/// [`op::RAM`] and [`BootInfo::ram_ready`] (guest RAM made usable as the heap grows).
+pub const VERSION: u16 = 5;
 
 /// The guest-physical layout.
 pub mod layout {
@@ -54,22 +58,23 @@ pub mod layout {
     pub const MAILBOX: u64 = 0x2_0000;
     /// Distance between two vCPUs' mailboxes.
     pub const MAILBOX_STRIDE: u64 = 0x100;
-    /// At most this many vCPUs.
-    pub const MAX_VCPUS: u32 = 16;
+    /// At most this many vCPUs (their stacks fill the area between the image and the heap).
+    pub const MAX_VCPUS: u32 = 12;
     /// Boot information (user, read-only), 60 KiB.
     pub const BOOT_INFO: u64 = 0x2_1000;
     /// Size of the boot information area (arguments and environment included).
     pub const BOOT_INFO_SIZE: u64 = 0xf000;
-    /// Where the guest image is loaded.
-    pub const IMAGE: u64 = 0x10_0000;
-    /// End of the image area (3 MiB for the image).
-    pub const IMAGE_END: u64 = 0x40_0000;
+    /// Where the guest image is loaded (2 MiB-aligned: a 2 MiB region of the image that holds
+    /// only code is mapped with one large page).
+    pub const IMAGE: u64 = 0x20_0000;
+    /// End of the image area (6 MiB for the image).
+    pub const IMAGE_END: u64 = 0x80_0000;
     /// vCPU stacks: `STACK_STRIDE` each, the lowest page of each a guard page (unmapped).
-    pub const STACKS: u64 = 0x40_0000;
+    pub const STACKS: u64 = 0x80_0000;
     /// Distance between two vCPUs' stacks (1 MiB).
     pub const STACK_STRIDE: u64 = 0x10_0000;
     /// Start of the heap (the rest of guest RAM).
-    pub const HEAP: u64 = 0x140_0000;
+    pub const HEAP: u64 = STACKS + MAX_VCPUS as u64 * STACK_STRIDE;
     /// The smallest guest RAM: the fixed area plus 12 MiB of heap.
     pub const MIN_RAM: u64 = 0x200_0000;
     /// The largest guest RAM (one page directory per GiB; the page tables area holds two).
@@ -110,6 +115,10 @@ pub mod op {
     /// and starts every run from this point (after this call returns, with `ret` = 0); in a
     /// plain run the call does nothing.
     pub const READY: u16 = 7;
+    /// The guest's heap needs guest RAM up to `args[0]` (an address): the host makes RAM usable
+    /// up to at least there if it can, never past the end of guest RAM, and answers in `ret`
+    /// where usable RAM now ends (see [`BootInfo::ram_ready`]).
+    pub const RAM: u16 = 8;
 }
 
 /// Errors a host call returns (negated in `ret`).
@@ -245,6 +254,8 @@ pub enum Request {
     Trap { kind: u64, message: Span, fuel_used: Option<u64> },
     /// [`op::READY`]: the guest's start-up is done.
     Ready,
+    /// [`op::RAM`]: make guest RAM usable up to `end`.
+    Ram { end: u64 },
 }
 
 /// Why a mailbox is not a valid request.
@@ -336,6 +347,7 @@ pub fn decode(bytes: &[u8; MAILBOX_BYTES]) -> Result<Request, DecodeError> {
         }
         op::TRAP => Request::Trap { kind: a[0], message: span(a[1], a[2], 4096)?, fuel_used: fuel(a[3]) },
         op::READY => Request::Ready,
+        op::RAM => Request::Ram { end: a[0] },
         other => return Err(DecodeError::UnknownOp(other)),
     })
 }
@@ -429,11 +441,15 @@ pub struct BootInfo {
     /// ready ([`op::READY`]) once its module is compiled and instantiated, right before `_start`,
     /// and every run of the prepared program starts from there.
     pub snapshot: u64,
+    /// Guest RAM below this address is usable from the start; the heap above it (up to
+    /// `heap_end`) only once [`op::RAM`] made it so. A host registers RAM with the hypervisor
+    /// as the heap grows, because registering it all up front costs in proportion to its size.
+    pub ram_ready: u64,
 }
 
 impl BootInfo {
     /// Number of 8-byte fields.
-    pub const FIELDS: usize = 16;
+    pub const FIELDS: usize = 17;
     /// Size of the header in bytes: the strings start here.
     pub const SIZE: u64 = Self::FIELDS as u64 * 8;
 
@@ -455,6 +471,7 @@ impl BootInfo {
             self.stdin_more,
             self.memory_cap,
             self.snapshot,
+            self.ram_ready,
         ]
     }
 
@@ -486,7 +503,18 @@ impl BootInfo {
             stdin_more: f[13],
             memory_cap: f[14],
             snapshot: f[15],
+            ram_ready: f[16],
         }
+    }
+
+    /// Where the guest SDK's heap splits: small blocks below, large blocks (a wasm module's
+    /// linear memory among them) from here up. Small blocks get room for the guest's own data,
+    /// scaled with the program it was given (a wasm module compiles to several times its size),
+    /// at least 8 MiB and at most half the heap. The host uses it to size [`Self::ram_ready`].
+    pub fn heap_split(&self) -> u64 {
+        let small = self.program_len.saturating_mul(24).saturating_add(6 << 20).max(8 << 20);
+        let half = self.heap_end.saturating_sub(self.heap_start) / 2;
+        self.heap_start.saturating_add(small.min(half)).next_multiple_of(4096)
     }
 }
 
@@ -518,7 +546,7 @@ pub fn fuzz_decode(data: &[u8]) {
                 &[(*memory, 1 << 32)]
             }
             Request::Trap { message, .. } => &[(*message, 4096)],
-            Request::Ready => &[],
+            Request::Ready | Request::Ram { .. } => &[],
         };
         for (span, max) in spans {
             assert!(span.addr.checked_add(span.len).is_some() && span.len <= *max, "{span:?}");

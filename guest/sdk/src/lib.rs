@@ -444,8 +444,8 @@ mod allocator {
 
         /// # Safety
         /// `[start, end)` must be free memory used by nothing else, and this is called once.
-        pub unsafe fn init(&self, start: usize, end: usize, small: usize) {
-            let split = (start + small.min((end - start) / 2)).next_multiple_of(4096);
+        /// `split` is where small blocks end (see `BootInfo::heap_split`).
+        pub unsafe fn init(&self, start: usize, end: usize, split: usize) {
             // SAFETY: the caller hands over `[start, end)`.
             unsafe { self.small.lock().init(start as *mut u8, split - start) };
             self.with_large(|l| *l = Large { start: split, top: split, end, last: 0 });
@@ -480,7 +480,7 @@ mod allocator {
             self.with_large(|l| {
                 let at = l.top.next_multiple_of(layout.align().max(4096));
                 match at.checked_add(layout.size()) {
-                    Some(end) if end <= l.end => {
+                    Some(end) if end <= l.end && super::ram_usable(end) => {
                         l.top = end;
                         l.last = at;
                         at as *mut u8
@@ -508,7 +508,7 @@ mod allocator {
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
             if self.is_large(ptr) {
                 let grown = self.with_large(|l| {
-                    if l.last == ptr as usize && l.last + new_size <= l.end {
+                    if l.last == ptr as usize && l.last + new_size <= l.end && super::ram_usable(l.last + new_size) {
                         l.top = l.last + new_size;
                         true
                     } else {
@@ -537,6 +537,24 @@ mod allocator {
 #[global_allocator]
 static ALLOCATOR: allocator::VmAllocator = allocator::VmAllocator::new();
 
+/// Whether guest RAM up to `end` is usable, asking the host for more where it is not yet (see
+/// [`abi::BootInfo::ram_ready`]).
+#[cfg(feature = "alloc")]
+fn ram_usable(end: usize) -> bool {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    // What the host answered last (it only grows during a run).
+    static READY: AtomicU64 = AtomicU64::new(0);
+    let end = end as u64;
+    if end <= READY.load(Ordering::Relaxed).max(boot().ram_ready) {
+        return true;
+    }
+    // SAFETY: RAM takes an address and changes no guest memory.
+    let (ready, _) = unsafe { hypercall(abi::op::RAM, &[end]) };
+    let ready = ready.max(0) as u64;
+    READY.fetch_max(ready, Ordering::Relaxed);
+    end <= ready
+}
+
 /// The largest single allocation the heap can serve (the large-block arena).
 #[cfg(feature = "alloc")]
 pub fn largest_allocation() -> usize {
@@ -549,11 +567,8 @@ pub fn __init() {
     if cpu_id() == 0 {
         let (start, end) = heap();
         if end > start {
-            // Small blocks: room for the guest's own data, scaled with the program it was given
-            // (a wasm module compiles to several times its size), at least 8 MiB.
-            let small = (program().len() * 24 + (6 << 20)).max(8 << 20);
             // SAFETY: the host reserved `[start, end)` for the guest's heap and nothing else uses it.
-            unsafe { ALLOCATOR.init(start as usize, end as usize, small) };
+            unsafe { ALLOCATOR.init(start as usize, end as usize, boot().heap_split() as usize) };
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::{Error, Result};
 
 const PAGE: u64 = 0x1000;
 const LARGE: u64 = 0x20_0000;
+const _: () = assert!(layout::IMAGE % LARGE == 0 && layout::IMAGE_END % LARGE == 0);
 
 // Page-table entry bits.
 const P: u64 = 1;
@@ -38,7 +39,7 @@ struct Perm {
 }
 
 /// A program loaded into the image area.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Loaded {
     /// Bytes from `IMAGE` to the end of the last segment, segments in place, relocations
     /// applied.
@@ -105,7 +106,10 @@ pub(crate) fn load_elf(elf: &[u8]) -> Result<Loaded> {
         }
     }
     let used = used.next_multiple_of(PAGE as usize);
-    let mut bytes = populated(used);
+    // Zeroed and not yet touched (a large allocation is fresh anonymous memory): only the
+    // segments' pages are populated, below, and a runtime whose segments sit in 2 MiB regions of
+    // their own does not pay for the gaps between them.
+    let mut bytes = vec![0u8; used];
     let mut dirty = vec![false; used / PAGE as usize];
     let mut pages: Vec<Option<Perm>> = vec![None; size / PAGE as usize];
     let mut dynamic = None;
@@ -126,9 +130,10 @@ pub(crate) fn load_elf(elf: &[u8]) -> Result<Loaded> {
                 let end = start.checked_add(memsz).ok_or_else(|| bad("segment size overflows"))?;
                 if start < layout::IMAGE || end > layout::IMAGE_END || filesz > memsz {
                     return Err(bad(format!(
-                        "segment {start:#x}..{end:#x} does not fit the image area {:#x}..{:#x} (3 MiB)",
+                        "segment {start:#x}..{end:#x} does not fit the image area {:#x}..{:#x} ({} MiB)",
                         layout::IMAGE,
-                        layout::IMAGE_END
+                        layout::IMAGE_END,
+                        (layout::IMAGE_END - layout::IMAGE) >> 20
                     )));
                 }
                 let src_end = offset
@@ -136,6 +141,9 @@ pub(crate) fn load_elf(elf: &[u8]) -> Result<Loaded> {
                     .filter(|e| *e <= elf.len() as u64)
                     .ok_or_else(|| bad("segment data beyond the end of the file"))?;
                 let at = (start - layout::IMAGE) as usize;
+                if filesz > 0 {
+                    populate(&bytes[at..at + filesz as usize], 23 /* MADV_POPULATE_WRITE */);
+                }
                 bytes[at..at + filesz as usize].copy_from_slice(&elf[offset as usize..src_end as usize]);
                 dirty[at / PAGE as usize..(at + filesz as usize).div_ceil(PAGE as usize)].fill(true);
                 let perm = Perm { write: flags & 2 != 0, exec: flags & 1 != 0 };
@@ -175,17 +183,6 @@ pub(crate) fn load_elf(elf: &[u8]) -> Result<Loaded> {
         }
     }
     Ok(Loaded { bytes, written, pages, entry })
-}
-
-/// A zeroed buffer of `len` bytes whose pages are already mapped: touching fresh pages one
-/// fault at a time is what costs most here on a PVM host (one exit per page), where populating
-/// them in one call does not.
-fn populated(len: usize) -> Vec<u8> {
-    let bytes = vec![0u8; len];
-    if len > 0 {
-        populate(&bytes, 23 /* MADV_POPULATE_WRITE */);
-    }
-    bytes
 }
 
 /// Asks the kernel to map the pages of `range` now (`advice`: MADV_POPULATE_READ, 22, or
@@ -273,6 +270,33 @@ pub(crate) struct GuestImage {
     /// Guest-physical ranges `[start, end)` a run is expected to touch, populated writable in
     /// the run's memory before the guest starts (see [`super::vm::Vm::start`]).
     pub(crate) hot: Vec<(u64, u64)>,
+    /// The 2 MiB regions of the image area that hold only code, or only read-only data, and
+    /// that the guest's page tables map with one large page each (read and execute, or read). See `Machine::create` for how a run
+    /// backs them. Their bytes are written into `memfd` only when a machine first maps them
+    /// from it ([`GuestImage::share_code`]).
+    pub(crate) large_code: Vec<LargeCode>,
+    shared_code: std::sync::OnceLock<std::result::Result<(), String>>,
+    /// The program as loaded into the image area (see [`Loaded`]), kept for the large code
+    /// regions' bytes; pages the loader never touched take no memory.
+    program_bytes: Vec<u8>,
+}
+
+/// One large read-only region of an image (code, or read-only data).
+#[derive(Debug)]
+pub(crate) struct LargeCode {
+    /// Its guest-physical start (2 MiB-aligned).
+    pub(crate) region: u64,
+    /// Where its first loaded page starts (the rest of the region reads as zeros).
+    pub(crate) at: u64,
+    /// Its bytes from there: a range of [`GuestImage::program_bytes`].
+    bytes: std::ops::Range<usize>,
+}
+
+impl GuestImage {
+    /// A large code region's loaded bytes (they start at its `at`).
+    pub(crate) fn code_bytes(&self, code: &LargeCode) -> &[u8] {
+        &self.program_bytes[code.bytes.clone()]
+    }
 }
 
 fn memfd(size: u64) -> io::Result<File> {
@@ -368,6 +392,38 @@ impl GuestImage {
         ranges
     }
 
+    /// How much guest RAM a one-shot run of the wasm runtime registers with KVM up front (see
+    /// `vm::Code`): the small-block heap whole (the runtime's allocator touches it anywhere) and
+    /// 32 MiB of large blocks; the heap grows past it by `op::RAM`. A native guest gets all its
+    /// RAM (it may touch any of its heap without asking).
+    pub(crate) fn initial_ram(&self) -> u64 {
+        if self.program.1 == 0 {
+            return self.ram;
+        }
+        let boot = sandcell_abi::BootInfo {
+            program_len: self.program.1,
+            heap_start: self.heap_start,
+            heap_end: self.ram,
+            ..sandcell_abi::BootInfo::from_fields([0; sandcell_abi::BootInfo::FIELDS])
+        };
+        boot.heap_split().saturating_add(32 << 20).next_multiple_of(LARGE).min(self.ram)
+    }
+
+    /// Writes the large code regions into the image's file (once), for machines that map them
+    /// from it.
+    pub(crate) fn share_code(&self) -> Result<()> {
+        self.shared_code
+            .get_or_init(|| {
+                use std::os::unix::fs::FileExt;
+                self.large_code
+                    .iter()
+                    .try_for_each(|c| self.memfd.write_all_at(self.code_bytes(c), c.at))
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(|e| Error::setup("build the guest image (code)", io::Error::other(e)))
+    }
+
     /// Whether the guest's page tables let it write the page at `page` (page-aligned).
     fn page_writable(&self, page: u64) -> bool {
         if page < layout::IMAGE {
@@ -403,7 +459,7 @@ const HOT_HEAP_WASM: u64 = 64 * PAGE;
 const HAS_ERROR_CODE: [u8; 8] = [8, 10, 11, 12, 13, 14, 17, 21];
 
 /// Builds the image for `loaded` (and, for the wasm runtime, the module bytes `data`).
-pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Result<Arc<GuestImage>> {
+pub(crate) fn build(loaded: Loaded, data: &[u8], ram: u64, vcpus: u32) -> Result<Arc<GuestImage>> {
     let setup = |what: &'static str| move |e: io::Error| Error::setup(format!("build the guest image ({what})"), e);
     let file = tracing::debug_span!("memfd").in_scope(|| memfd(ram)).map_err(setup("memfd"))?;
     let w = Writer { file: &file, low: std::cell::RefCell::new(Vec::with_capacity(layout::PAGE_TABLES_END as usize)) };
@@ -459,13 +515,55 @@ pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Resul
     }
     w.put(layout::TSS + 0x68, &bitmap).map_err(setup("TSS"))?;
 
+    // A 2 MiB region of the image area whose mapped pages all have the same read-only
+    // permissions (all code, or all read-only data) gets one large page: on a VMM that shadows
+    // page tables, one fault maps it where 4 KiB pages cost one fault per 32 KiB the guest
+    // touches. Its unmapped pages read as zeros (nothing is loaded there) and cannot be written
+    // either: W^X holds.
+    let per_region = (LARGE / PAGE) as usize;
+    let regions: Vec<(u64, bool)> = loaded
+        .pages
+        .chunks(per_region)
+        .enumerate()
+        .filter_map(|(i, region)| {
+            let first = region.iter().flatten().next()?;
+            let uniform = region.len() == per_region && !first.write && region.iter().flatten().all(|p| p == first);
+            uniform.then_some((layout::IMAGE + i as u64 * LARGE, first.exec))
+        })
+        .collect();
+    // Their bytes are kept apart (see `LargeCode`); the rest of the program goes into the file.
+    let large_code: Vec<LargeCode> = regions
+        .iter()
+        .map(|&(region, _)| {
+            let lo = (region - layout::IMAGE) as usize;
+            let hi = (lo + LARGE as usize).min(loaded.bytes.len());
+            // The pages loaded there (the rest of the region reads as zeros).
+            let clipped =
+                loaded.written.iter().map(|&(a, b)| (a.clamp(lo, hi), b.clamp(lo, hi))).filter(|(a, b)| a < b);
+            let first = clipped.clone().map(|(a, _)| a).min().unwrap_or(lo);
+            let last = clipped.map(|(_, b)| b).max().unwrap_or(first);
+            LargeCode { region, at: layout::IMAGE + first as u64, bytes: first..last }
+        })
+        .collect();
+    let large_at = |gpa: u64| regions.iter().find(|(r, _)| *r == gpa).map(|(_, exec)| *exec);
+    let in_large = |start: usize| large_at(layout::IMAGE + start as u64 / LARGE * LARGE).is_some();
+
     // The program.
     tracing::debug_span!("program")
         .in_scope(|| {
-            loaded
-                .written
-                .iter()
-                .try_for_each(|&(start, end)| w.put(layout::IMAGE + start as u64, &loaded.bytes[start..end]))
+            loaded.written.iter().try_for_each(|&(start, end)| {
+                // Written ranges are page runs; one that starts in a large code region may run
+                // on past it.
+                let mut at = start;
+                while at < end {
+                    let next = (at as u64 / LARGE * LARGE + LARGE).min(end as u64) as usize;
+                    if !in_large(at) {
+                        w.put(layout::IMAGE + at as u64, &loaded.bytes[at..next])?;
+                    }
+                    at = next;
+                }
+                Ok(())
+            })
         })
         .map_err(setup("program"))?;
     let program_at = layout::HEAP;
@@ -504,7 +602,11 @@ pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Resul
         w.u64(pdpt + g * 8, table(pd + g * PAGE)).map_err(setup("page tables"))?;
     }
     for i in 0..small_tables {
-        w.u64(pd + i * 8, table(pt + i * PAGE)).map_err(setup("page tables"))?;
+        let entry = match large_at(i * LARGE) {
+            Some(exec) => i * LARGE | P | U | A | PS | if exec { 0 } else { NX },
+            None => table(pt + i * PAGE),
+        };
+        w.u64(pd + i * 8, entry).map_err(setup("page tables"))?;
     }
     let mut addr = layout::HEAP;
     while addr + LARGE <= ram {
@@ -581,6 +683,9 @@ pub(crate) fn build(loaded: &Loaded, data: &[u8], ram: u64, vcpus: u32) -> Resul
         content_end,
         image_writable,
         hot,
+        large_code,
+        shared_code: std::sync::OnceLock::new(),
+        program_bytes: loaded.bytes,
         memfd: file,
         ram,
         entry: loaded.entry,
@@ -671,7 +776,7 @@ mod tests {
         let loaded = load_elf(&tiny_elf()).unwrap();
         for vcpus in [1, 3] {
             let ram = 64 << 20;
-            let img = build(&loaded, b"", ram, vcpus).unwrap();
+            let img = build(loaded.clone(), b"", ram, vcpus).unwrap();
             let pages = (0..layout::HEAP).step_by(PAGE as usize).chain((layout::HEAP..ram).step_by(LARGE as usize));
             for page in pages {
                 if page == layout::MAILBOX {
@@ -693,6 +798,40 @@ mod tests {
             assert!(!img.writable(ram - 8, 16));
             assert!(!img.writable(u64::MAX - 4, 8));
         }
+    }
+
+    /// The page-directory entry that maps `addr` (the image's tables, first GiB).
+    fn pd_entry(img: &GuestImage, addr: u64) -> u64 {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 8];
+        img.memfd.read_exact_at(&mut b, layout::PAGE_TABLES + 2 * PAGE + (addr >> 21) * 8).unwrap();
+        u64::from_le_bytes(b)
+    }
+
+    #[test]
+    fn the_wasm_runtime_code_gets_one_read_execute_large_page() {
+        let runtime = super::super::RUNTIME;
+        if runtime.is_empty() {
+            assert!(std::env::var_os("SANDCELL_REQUIRE_ALL").is_none(), "the guest runtime was not built");
+            eprintln!("skipped: the guest runtime was not built");
+            return;
+        }
+        let loaded = load_elf(runtime).unwrap();
+        let entry = loaded.entry;
+        let img = build(loaded, b"\0asm\x01\0\0\0", 64 << 20, 1).unwrap();
+        let code =
+            img.large_code.iter().find(|c| (c.region..c.region + LARGE).contains(&entry)).expect("no large page");
+        let e = pd_entry(&img, code.region);
+        assert_eq!(e & (P | U | PS | W | NX), P | U | PS, "{e:#x}");
+        assert_eq!(e & !0xfff & !(1 << 63), code.region);
+        // Not writable for the host either, on the guest's behalf; its bytes are the runtime's.
+        assert!(!img.writable(entry, 8));
+        assert!(img.code_bytes(code).iter().any(|&b| b != 0));
+        // Mapped shared, the image's file holds the code once asked to.
+        img.share_code().unwrap();
+        let mut b = vec![0u8; 64];
+        std::os::unix::fs::FileExt::read_exact_at(&img.memfd, &mut b, code.at).unwrap();
+        assert_eq!(&b[..], &img.code_bytes(code)[..64]);
     }
 
     #[test]

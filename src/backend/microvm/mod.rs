@@ -214,7 +214,7 @@ impl MicroVmSandbox {
                 ram >> 20
             )));
         }
-        let img = tracing::debug_span!("build").in_scope(|| image::build(&loaded, &data, ram, vcpus))?;
+        let img = tracing::debug_span!("build").in_scope(|| image::build(loaded, &data, ram, vcpus))?;
         let mut images = self.images.lock();
         if images.len() >= 64 {
             images.clear();
@@ -232,6 +232,7 @@ impl MicroVmSandbox {
         wasm: bool,
         stdin: Option<&StdinSource>,
         preparing: bool,
+        one_shot: bool,
     ) -> Result<(Vec<u8>, usize)> {
         let mut strings = Vec::new();
         let mut argc = 0u64;
@@ -286,6 +287,8 @@ impl MicroVmSandbox {
             stdin_more: u64::from(streamed || inline < stdin.len()),
             memory_cap: if wasm { self.lowered.linear_memory.unwrap_or(u64::MAX) } else { u64::MAX },
             snapshot: u64::from(preparing),
+            // As `Machine::create` registers it (see `vm::Code`).
+            ram_ready: if one_shot { image.initial_ram() } else { image.ram },
         };
         let mut boot = info.to_bytes().to_vec();
         boot.extend_from_slice(&strings);
@@ -353,8 +356,11 @@ impl MicroVmSandbox {
         let after_ready = prepared.is_some_and(|p| p.ready);
         // Restored after ready, the guest has read its boot information long ago: the run's
         // arguments cannot change, its stdin comes by hypercall.
-        let (boot, stdin_inline) =
-            if after_ready { (Vec::new(), 0) } else { self.boot_info(&image, program, wasm, stdin.as_ref(), false)? };
+        let (boot, stdin_inline) = if after_ready {
+            (Vec::new(), 0)
+        } else {
+            self.boot_info(&image, program, wasm, stdin.as_ref(), false, pool.is_none())?
+        };
 
         let mut run = Run::begin(&self.interrupt, options.handles());
         let control = run.control.clone();
@@ -452,7 +458,7 @@ impl MicroVmSandbox {
                         (cpu, pages * 4096)
                     }
                     _ => {
-                        let peak = vm::resident_bytes(&machine.memory);
+                        let peak = vm::resident_bytes(&machine);
                         machine.destroy();
                         (cpu, peak)
                     }
@@ -540,7 +546,9 @@ impl MicroVmSandbox {
             h.update(n.as_bytes());
         }
         warm::file::Header {
-            sandcell: env!("CARGO_PKG_VERSION").to_owned(),
+            // The guest ABI's version too: it fixes the guest-physical layout the snapshot's
+            // pages and registers assume.
+            sandcell: format!("{} (guest ABI {})", env!("CARGO_PKG_VERSION"), sandcell_abi::VERSION),
             cpu: warm::file::cpu(),
             policy: crate::cache::hex(&Sha256::digest(&policy)),
             program: crate::cache::hex(&h.finalize()),
@@ -587,7 +595,8 @@ impl MicroVmSandbox {
         // Where the snapshot was taken (`ready`) is the file's to say; everything else must match.
         let expected = self.snapshot_header(&image, key, program, false);
         let (snapshot, ready) = warm::file::decode(&bytes, &expected, cache, &image).map_err(refuse)?;
-        let mut machine = tracing::debug_span!("vm.create").in_scope(|| vm::Machine::create(&image))?;
+        let mut machine =
+            tracing::debug_span!("vm.create").in_scope(|| vm::Machine::create(&image, vm::Code::Shared))?;
         let restored = warm::read_resident(&mut machine).and_then(|_| snapshot.restore(&mut machine));
         if let Err(e) = restored {
             machine.destroy();
@@ -626,10 +635,10 @@ impl MicroVmSandbox {
         mode: ReadyCall,
     ) -> Result<std::result::Result<vm::Machine, String>> {
         let started = Instant::now();
-        let (boot, _) = self.boot_info(image, program, wasm, None, true)?;
+        let (boot, _) = self.boot_info(image, program, wasm, None, true, false)?;
         // The preparing run's stdin is empty (each run restored from it has its own).
         let program = &program.clone().stdin(Vec::new());
-        let machine = vm::Machine::create(image)?;
+        let machine = vm::Machine::create(image, vm::Code::Shared)?;
         if let Err(e) = machine.write_boot(&boot) {
             machine.destroy();
             return Err(e);
@@ -1009,6 +1018,7 @@ impl Session<'_> {
                 self.status = Some(Status::Exited(code));
                 (0, 0)
             }
+            Request::Ram { end } => (self.vm.grow_ram(end) as i64, 0),
             Request::Trap { kind, message, fuel_used } => {
                 self.fuel = fuel_used;
                 let text = self.read(message).map(|m| String::from_utf8_lossy(&m).into_owned()).unwrap_or_default();
@@ -1296,8 +1306,9 @@ impl crate::Sandbox for MicroVmSandbox {
             });
         }
         let at_entry = || -> Result<vm::Machine> {
-            let (boot, _) = self.boot_info(&image, program, wasm, None, false)?;
-            let machine = tracing::debug_span!("vm.create").in_scope(|| vm::Machine::create(&image))?;
+            let (boot, _) = self.boot_info(&image, program, wasm, None, false, false)?;
+            let machine =
+                tracing::debug_span!("vm.create").in_scope(|| vm::Machine::create(&image, vm::Code::Shared))?;
             if let Err(e) = machine.write_boot(&boot) {
                 machine.destroy();
                 return Err(e);

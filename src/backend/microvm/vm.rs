@@ -25,18 +25,14 @@ use crate::{BackendKind, Error, Result};
 
 /// The process's handle on `/dev/kvm`, opened once, with its keeper VM.
 pub(crate) fn kvm() -> Result<&'static Kvm> {
-    static KVM: OnceLock<std::result::Result<(Kvm, Option<Keeper>), String>> = OnceLock::new();
-    KVM.get_or_init(|| {
-        let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
-        let keeper = Keeper::new(&kvm);
-        Ok((kvm, keeper))
-    })
-    .as_ref()
-    .map(|(kvm, _)| kvm)
-    .map_err(|reason| Error::BackendUnavailable { backend: BackendKind::MicroVm, reason: reason.clone() })
+    static KVM: OnceLock<std::result::Result<Kvm, String>> = OnceLock::new();
+    KVM.get_or_init(|| Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}")))
+        .as_ref()
+        .map_err(|reason| Error::BackendUnavailable { backend: BackendKind::MicroVm, reason: reason.clone() })
 }
 
-/// An idle VM with one vCPU that lives as long as the process and never runs.
+/// An idle VM with one vCPU that lives as long as the process and never runs again: the first
+/// single-vCPU machine this process destroys, without its memory.
 ///
 /// Why: KVM switches some of its code paths with static keys that count VMs and vCPUs (for
 /// example, vCPUs without an in-kernel local APIC). When the first VM or vCPU on the host
@@ -44,18 +40,35 @@ pub(crate) fn kvm() -> Result<&'static Kvm> {
 /// with inter-processor interrupts. Without a keeper, every run on an otherwise idle host pays
 /// that twice (creating and destroying its VM): measured here, 0.9 ms of a 2.5 ms run, and
 /// 0.6 ms of the raw create-run-destroy floor. The keeper holds the counts above zero. It costs
-/// two file descriptors and the kernel's memory for one vCPU; it runs no guest code, shares
-/// nothing with any run's VM, and if it cannot be created runs are only slower.
+/// two file descriptors and the kernel's memory for one vCPU; it runs no guest code and keeps
+/// no guest memory (its memory slot is deleted first, so nothing of its run stays reachable
+/// through it). It is adopted rather than created up front: a process that runs one VM (the
+/// CLI) then creates one VM, not two (≈ 0.25 ms of the command).
 struct Keeper {
     _vcpu: VcpuFd,
     _vm: VmFd,
 }
 
+static KEEPER: parking_lot::Mutex<Option<Keeper>> = parking_lot::Mutex::new(None);
+
 impl Keeper {
-    fn new(kvm: &Kvm) -> Option<Keeper> {
-        let vm = kvm.create_vm().ok()?;
-        let vcpu = vm.create_vcpu(0).ok()?;
-        Some(Keeper { _vcpu: vcpu, _vm: vm })
+    /// Keeps `vm` as the keeper if there is none yet and it has one vCPU; otherwise gives
+    /// them back. The caller must not run the VM again.
+    fn adopt(vm: VmFd, mut vcpus: Vec<VcpuFd>, slots: u32) -> Option<(VmFd, Vec<VcpuFd>)> {
+        let mut keeper = KEEPER.lock();
+        if keeper.is_some() || vcpus.len() != 1 {
+            return Some((vm, vcpus));
+        }
+        for slot in 0..slots {
+            let none = kvm_userspace_memory_region { slot, ..Default::default() };
+            // SAFETY: a zero-sized region deletes the slot; KVM drops its mappings of the memory.
+            if unsafe { vm.set_user_memory_region(none) }.is_err() {
+                return Some((vm, vcpus));
+            }
+        }
+        let vcpu = vcpus.pop()?;
+        *keeper = Some(Keeper { _vcpu: vcpu, _vm: vm });
+        None
     }
 }
 
@@ -93,6 +106,18 @@ pub(crate) enum Event {
 }
 
 /// What kind of fault ended a vCPU (a VM exit no guest may cause).
+/// How a machine backs the image's large code regions (see [`Machine::create`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Code {
+    /// Mapped from the image, shared with every machine of the image.
+    Shared,
+    /// Copied into memory of the machine's own, in a huge page where the host offers one.
+    Private,
+}
+
+/// A large page of the guest's page tables.
+const LARGE_PAGE: u64 = 0x20_0000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FaultKind {
     /// Port I/O other than a hypercall: a bad host call.
@@ -125,6 +150,50 @@ pub(crate) struct Machine {
     pub(crate) complete: bool,
     /// Which pages of its memory were resident when last read (see `warm::read_resident`).
     pub(crate) resident: Vec<u8>,
+    /// Guest RAM registered with KVM so far (see [`Vm::grow_ram`]).
+    ram: RamSlots,
+}
+
+/// Guest RAM registered with KVM: `[0, ready)`, in `slots` memory slots (0 to `slots - 1`).
+#[derive(Clone, Copy, Debug)]
+struct RamSlots {
+    ready: u64,
+    slots: u32,
+    /// The end of guest RAM.
+    size: u64,
+    /// Where guest RAM is mapped in this process.
+    host: u64,
+}
+
+/// At most this many memory slots per VM: the last one registers all the RAM left.
+const MAX_SLOTS: u32 = 16;
+
+impl RamSlots {
+    /// Registers guest RAM up to at least `end` (rounded up, at least doubling what is
+    /// registered, never past the end of RAM). Returns where registered RAM now ends.
+    fn grow(&mut self, vm: &VmFd, end: u64) -> u64 {
+        if end <= self.ready || self.ready >= self.size {
+            return self.ready;
+        }
+        let mut to = end.max(self.ready.saturating_mul(2)).next_multiple_of(LARGE_PAGE).min(self.size);
+        if self.slots + 1 >= MAX_SLOTS {
+            to = self.size;
+        }
+        let slot = kvm_userspace_memory_region {
+            slot: self.slots,
+            flags: 0,
+            guest_phys_addr: self.ready,
+            memory_size: to - self.ready,
+            userspace_addr: self.host + self.ready,
+        };
+        // SAFETY: the range is part of the machine's guest memory mapping, which the machine
+        // keeps until the VM file descriptor is closed, and overlaps no registered slot.
+        if unsafe { vm.set_user_memory_region(slot) }.is_ok() {
+            self.ready = to;
+            self.slots += 1;
+        }
+        self.ready
+    }
 }
 
 /// A running VM.
@@ -150,6 +219,7 @@ pub(crate) struct Vm {
     pub(crate) events: Receiver<Event>,
     /// The machine's resident map, kept for when it comes back.
     resident: Vec<u8>,
+    ram: parking_lot::Mutex<RamSlots>,
 }
 
 /// What a vCPU thread hands back when its part of a run ends: the vCPU and the CPU time used.
@@ -180,7 +250,15 @@ fn kvm_err(action: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
 impl Machine {
     /// Creates a VM from `image`: guest memory with the image's contents, its vCPUs with their
     /// registers at the program's entry. Nothing runs yet.
-    pub(crate) fn create(image: &GuestImage) -> Result<Machine> {
+    ///
+    /// `code` says how the image's large code regions ([`GuestImage::large_code`]) are backed:
+    /// [`Code::Shared`] maps them from the image like the rest of its read-only pages (no copy:
+    /// what pooled machines use, see `warm.rs`), [`Code::Private`] copies them into a 2 MiB
+    /// transparent huge page of the machine's own where the host offers those, so that a VMM
+    /// shadowing the guest's page tables maps the whole region on its first fault (a one-shot
+    /// run: ≈ 30 fewer faults for the wasm runtime, at ≈ 40 µs each on PVM). Without huge pages
+    /// the copy is only a copy.
+    pub(crate) fn create(image: &GuestImage, code: Code) -> Result<Machine> {
         let kvm = kvm()?;
         let vm = kvm.create_vm().map_err(kvm_err("create a KVM virtual machine"))?;
         vm.set_tss_address(0xfffb_d000).map_err(kvm_err("set the VM's TSS address"))?;
@@ -211,20 +289,50 @@ impl Machine {
                 .map_err(|e| Error::setup("map the guest image", e))?;
         }
         let host_addr = region.as_ptr() as u64;
+        if code == Code::Shared {
+            image.share_code()?;
+        } else {
+            for large in &image.large_code {
+                let start = large.region;
+                // The arena is 2 MiB-aligned where the host gave it so; otherwise the copy still
+                // serves, in small pages.
+                let at = (host_addr + start) as *mut u8;
+                let len = LARGE_PAGE as usize;
+                // SAFETY: the region lies inside the arena (below `content_end`, which
+                // `Arena::reset_front` replaces after the run), which only this machine uses,
+                // and nothing refers to its contents yet.
+                if !unsafe { sys::remap_anonymous(at, len) } {
+                    return Err(Error::setup("map the guest's code", std::io::Error::last_os_error()));
+                }
+                sys::advise_huge(at, len);
+                // SAFETY: `[at, at+len)` is the fresh read-write anonymous mapping just made, and
+                // the code's bytes lie inside it (the image builder cut them from the region).
+                let bytes = image.code_bytes(large);
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.add((large.at - start) as usize), bytes.len())
+                };
+            }
+        }
         let region = GuestRegionMmap::new(region, GuestAddress(0))
             .ok_or_else(|| Error::setup("map guest memory", std::io::Error::other("bad region")))?;
         let memory = GuestMemoryMmap::from_regions(vec![region])
             .map_err(|e| Error::setup("map guest memory", std::io::Error::other(e.to_string())))?;
+        // A one-shot run registers the RAM its start needs, the rest as its heap grows (KVM
+        // allocates its bookkeeping for a memory slot in proportion to the slot's size: for the
+        // default 512 MiB cap on linear memory, ≈ 0.5 ms of every run). A pooled machine has
+        // everything registered: a snapshot restored into it may use any of it.
+        let ready = if code == Code::Private { image.initial_ram() } else { image.ram };
         let slot = kvm_userspace_memory_region {
             slot: 0,
             flags: 0,
             guest_phys_addr: 0,
-            memory_size: image.ram,
+            memory_size: ready,
             userspace_addr: host_addr,
         };
-        // SAFETY: the region is a live mapping of exactly `memory_size` bytes owned by `memory`,
-        // which the machine keeps until the VM file descriptor is closed.
+        // SAFETY: the region is a live mapping of at least `memory_size` bytes owned by
+        // `memory`, which the machine keeps until the VM file descriptor is closed.
         unsafe { vm.set_user_memory_region(slot) }.map_err(kvm_err("give the VM its memory"))?;
+        let ram = RamSlots { ready, slots: 1, size: image.ram, host: host_addr };
         for (start, end) in &image.hot {
             // The range lies inside the mapping (the image builder keeps it below `ram`).
             sys::populate_write((host_addr + start) as *mut u8, (end - start) as usize);
@@ -255,6 +363,7 @@ impl Machine {
             vcpus,
             complete: true,
             resident: Vec::new(),
+            ram,
         })
     }
 
@@ -272,11 +381,18 @@ impl Machine {
 
     /// Destroys the VM (on the reaper thread when it can) and cleans its memory for reuse.
     pub(crate) fn destroy(self) {
-        let Machine { memory, arena, content_end, vm, vcpus, .. } = self;
+        let Machine { memory, arena, content_end, vm, vcpus, ram, .. } = self;
         drop(memory);
         // Before returning, the arena becomes one plain anonymous mapping again (no image file
         // mapped into it, nothing new in this process's memory map).
         let clean = arena.reset_front(content_end);
+        let Some((vm, vcpus)) = Keeper::adopt(vm, vcpus, ram.slots) else {
+            // Kept, without its memory: the arena is the run's no more.
+            if clean {
+                arena.recycle();
+            }
+            return;
+        };
         let fds: Vec<_> = std::iter::once(vm.as_raw_fd()).chain(vcpus.iter().map(|v| v.as_raw_fd())).collect();
         match if clean { reaper::hand_over(&fds, arena) } else { Err(arena) } {
             Ok(handed) => {
@@ -303,7 +419,7 @@ impl Vm {
     /// Creates the VM from `image`, writes the run's boot information, and starts its vCPUs
     /// (they enter the guest at once).
     pub(crate) fn start(image: &GuestImage, boot: &[u8], seccomp: Arc<Vec<seccompiler::sock_filter>>) -> Result<Vm> {
-        let machine = Machine::create(image)?;
+        let machine = Machine::create(image, Code::Private)?;
         if let Err(e) = machine.write_boot(boot) {
             machine.destroy();
             return Err(e);
@@ -322,7 +438,7 @@ impl Vm {
                 return Err(e);
             }
         };
-        let Machine { memory, arena, content_end, vm, mut vcpus, resident, .. } = machine;
+        let Machine { memory, arena, content_end, vm, mut vcpus, resident, ram, .. } = machine;
         let count = vcpus.len();
         let exits: Vec<_> =
             vcpus.iter_mut().map(|v| AtomicPtr::new(&mut v.get_kvm_run().immediate_exit as *mut u8)).collect();
@@ -374,7 +490,14 @@ impl Vm {
             stop,
             events,
             resident,
+            ram: parking_lot::Mutex::new(ram),
         })
+    }
+
+    /// Makes guest RAM usable up to at least `end` if it is not yet (`op::RAM`), as far as the
+    /// end of guest RAM. Returns where usable RAM now ends.
+    pub(crate) fn grow_ram(&self, end: u64) -> u64 {
+        self.ram.lock().grow(&self.vm, end)
     }
 
     /// Makes every vCPU stop at its next entry into the guest, without running an instruction:
@@ -411,7 +534,7 @@ impl Vm {
     /// the vCPU threads used for this run and the guest memory it used.
     pub(crate) fn finish(self) -> (Duration, u64) {
         let (cpu, machine) = self.finish_keep();
-        let peak = resident_bytes(&machine.memory);
+        let peak = resident_bytes(&machine);
         machine.destroy();
         (cpu, peak)
     }
@@ -440,9 +563,10 @@ impl Vm {
                 vcpus.push(vcpu);
             }
         }
-        let Vm { memory, arena, content_end, vm, pthreads, resident, .. } = self;
+        let Vm { memory, arena, content_end, vm, pthreads, resident, ram, .. } = self;
+        let ram = ram.into_inner();
         let complete = vcpus.len() == pthreads.len();
-        (cpu, Machine { memory, arena, content_end, vm, vcpus, complete, resident })
+        (cpu, Machine { memory, arena, content_end, vm, vcpus, complete, resident, ram })
     }
 }
 
@@ -772,9 +896,11 @@ mod pool {
 }
 
 /// Pages of guest RAM the guest touched (resident in the private mapping).
-pub(crate) fn resident_bytes(memory: &vm_memory::GuestMemoryMmap) -> u64 {
+pub(crate) fn resident_bytes(machine: &Machine) -> u64 {
+    let memory = &machine.memory;
     let Ok(base) = memory.get_host_address(GuestAddress(0)) else { return 0 };
-    let len = memory.last_addr().0 as usize + 1;
+    // Only registered RAM: the guest cannot touch the rest, nor the host for it.
+    let len = (memory.last_addr().0 as usize + 1).min(machine.ram.ready as usize);
     let pages = len.div_ceil(4096);
     let mut vec = vec![0u8; pages];
     // `base..base+len` is the guest RAM mapping, alive while `memory` is; `vec` has one byte per

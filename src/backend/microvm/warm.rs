@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 
 use super::image::{GuestImage, Sharing};
 use super::sys;
-use super::vm::Machine;
+use super::vm::{Code, Machine};
 use crate::{Error, Result};
 
 const PAGE: usize = 0x1000;
@@ -307,7 +307,7 @@ impl Pool {
         // being restored. More are made as concurrent runs need them (each VM holds its own
         // copy of the snapshot's pages, which a guest prepared until ready sizes).
         for _ in 1..config.size.min(2) {
-            let mut machine = match Machine::create(&pool.image) {
+            let mut machine = match Machine::create(&pool.image, Code::Shared) {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::debug!("the pool starts with fewer VMs: {e}");
@@ -352,7 +352,7 @@ impl Pool {
             return Ok(machine);
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        let machine = tracing::debug_span!("vm.create").in_scope(|| Machine::create(&self.image))?;
+        let machine = tracing::debug_span!("vm.create").in_scope(|| Machine::create(&self.image, Code::Shared))?;
         let mut machine = machine;
         // (A new machine has no pending exit: nothing to complete.)
         let restored = read_resident(&mut machine).and_then(|_| self.snapshot.restore(&mut machine));

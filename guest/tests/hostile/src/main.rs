@@ -314,7 +314,8 @@ fn main() -> i32 {
                 // The residue check reads the whole heap (slow on PVM); `ready N` alone only
                 // echoes, for benchmarks.
                 let check = args().nth(3) == Some("check");
-                let (found, runs, x15, x14) = if check { count_residue() } else { (0, RUNS.load(Ordering::SeqCst), 0, 0) };
+                let (found, runs, x15, x14) =
+                    if check { count_residue() } else { (0, RUNS.load(Ordering::SeqCst), 0, 0) };
                 let mut buf = [0u8; 256];
                 let n = read_stdin(&mut buf);
                 let input = core::str::from_utf8(&buf[..n]).unwrap_or("?");
