@@ -53,12 +53,16 @@ impl PrepareOptions {
         self
     }
 
-    /// Runs the program once while preparing, until it says it is ready (a native micro-VM
-    /// guest calls `sandcell_guest::ready()`), and starts every run from that point: the
-    /// program's start-up is paid once. Each run then has its own stdin; the arguments and
-    /// environment are those the program read before it was ready. Output written before ready
-    /// is discarded; a program that ends before it is ready fails `prepare_with`. Backends that
-    /// cannot snapshot a running program refuse it.
+    /// Runs the program once while preparing, until it says it is ready, and starts every run
+    /// from that point: the program's start-up is paid once. On the micro-VM a native guest
+    /// calls `sandcell_guest::ready()` and a WASI program writes and closes
+    /// `/run/sandcell/ready`; on the wasm backend, where a running call stack cannot be captured,
+    /// the module exports `wizer.initialize` (the Wizer convention): it is called once under the
+    /// sandbox's policy, and the memories and globals it leaves become a new module that every
+    /// run starts (tables are not captured, as with Wizer). Each run then has its own stdin; the
+    /// arguments and environment are those the program read before it was ready. Output written
+    /// before ready is discarded; a program that ends before it is ready fails `prepare_with`.
+    /// The process backend refuses it.
     pub fn until_ready(mut self, yes: bool) -> Self {
         self.until_ready = yes;
         self

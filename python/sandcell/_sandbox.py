@@ -498,7 +498,8 @@ class Sandbox(_Owned):
 
         `pool_size` (ready instances kept between runs, 0 to 64) and `idle_timeout` (seconds an
         idle one is kept) shape the pool; `until_ready=True` runs the program once until it says
-        it is ready and starts every run from there; `snapshot_file` starts from a snapshot
+        it is ready and starts every run from there (on the wasm backend: the module's
+        `wizer.initialize` export, whose memory and globals become the snapshot); `snapshot_file` starts from a snapshot
         another process saved (`Prepared.save_snapshot`), checked first. A backend that cannot
         do what they ask raises `UnenforceableError`."""
         call = _Call(program, args, None, env, cwd, entry, name, None, None)

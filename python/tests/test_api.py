@@ -248,3 +248,27 @@ def test_the_gil_is_released_while_a_guest_runs() -> None:
         for t in threads:
             t.join(10)
     assert [results[i].status for i in range(2)] == ["interrupted", "interrupted"]
+
+
+WIZER = b"""(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $inits (mut i32) (i32.const 0))
+  (data (i32.const 200) "inits=?\\n")
+  (func (export "wizer.initialize")
+    (global.set $inits (i32.add (global.get $inits) (i32.const 1))))
+  (func (export "_start")
+    (i32.store8 (i32.const 206) (i32.add (i32.const 48) (global.get $inits)))
+    (i32.store (i32.const 0) (i32.const 200)) (i32.store (i32.const 4) (i32.const 8))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+
+
+def test_wasm_prepare_until_ready_runs_the_wizer_initializer_once() -> None:
+    with sandcell.Sandbox("wasm", timeout=5.0) as sb:
+        assert sb.run(WIZER).stdout == b"inits=0\n"
+        with sb.prepare(WIZER, until_ready=True) as ready:
+            for _ in range(2):
+                assert ready.run().stdout == b"inits=1\n"
+        with pytest.raises(sandcell.InvalidProgramError, match="wizer.initialize"):
+            sb.prepare(REPO / "examples" / "hello.wat", until_ready=True)

@@ -847,3 +847,76 @@ fn links_a_guest_makes_are_bounded() {
     let out = sb.run(&Program::path(guest).args(["link", "sym", "4", "f", "s"])).unwrap();
     assert_eq!(text(&out.stdout), "ok\n");
 }
+
+/// A WASI command with a Wizer initialiser: `wizer.initialize` counts itself in `$inits`, fills
+/// a table of squares and reads the environment's size; `_start` counts itself in `$runs` and
+/// prints `inits=I runs=R sq=S env=E` (S: the table's entry 3, E: the environment's count then).
+const WIZER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $es (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $inits (mut i32) (i32.const 0))
+  (global $runs (mut i32) (i32.const 0))
+  (data (i32.const 200) "inits=? runs=? sq=? env=?\n")
+  (func (export "wizer.initialize") (local $i i32)
+    (global.set $inits (i32.add (global.get $inits) (i32.const 1)))
+    (loop $l
+      (i32.store (i32.add (i32.const 1024) (i32.shl (local.get $i) (i32.const 2)))
+                 (i32.mul (local.get $i) (local.get $i)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 1000))))
+    (drop (call $es (i32.const 16) (i32.const 20))))
+  (func (export "_start")
+    (global.set $runs (i32.add (global.get $runs) (i32.const 1)))
+    (i32.store8 (i32.const 206) (i32.add (i32.const 48) (global.get $inits)))
+    (i32.store8 (i32.const 213) (i32.add (i32.const 48) (global.get $runs)))
+    (i32.store8 (i32.const 218) (i32.add (i32.const 48) (i32.load (i32.const 1036))))
+    (i32.store8 (i32.const 224) (i32.add (i32.const 48) (i32.load (i32.const 16))))
+    (i32.store (i32.const 0) (i32.const 200)) (i32.store (i32.const 4) (i32.const 26))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"#;
+
+#[test]
+fn until_ready_snapshots_a_module_after_its_wizer_initializer() {
+    let sb = sandbox(Policy { timeout: Some(Duration::from_secs(10)), ..Policy::default() });
+    let program = wat(WIZER).env("A", "1").env("B", "2");
+    // Unprepared: the initialiser never runs.
+    assert_eq!(text(&sb.run(&program).unwrap().stdout), "inits=0 runs=1 sq=0 env=0\n");
+    // Prepared until ready: it ran once, before any run; every run starts from what it left
+    // (its memory and globals), not from the previous run.
+    let prepared = sb.prepare_with(&program, &sandcell::PrepareOptions::new().until_ready(true)).unwrap();
+    for _ in 0..3 {
+        let out = prepared.run().unwrap();
+        assert_eq!(out.status, Status::Exited(0));
+        assert_eq!(text(&out.stdout), "inits=1 runs=1 sq=9 env=2\n");
+    }
+    // The snapshot's module is compiled once, and cached like any module.
+    assert_eq!(prepared.run().unwrap().usage.artifact, Some(ArtifactSource::Prepared));
+}
+
+#[test]
+fn a_wizer_initializer_that_fails_or_overruns_is_refused_with_the_reason_under_the_policy() {
+    let sb = sandbox(Policy { timeout: Some(Duration::from_millis(300)), memory: Some(2 << 20), ..Policy::default() });
+    let ready = sandcell::PrepareOptions::new().until_ready(true);
+    let module = |init: &str| {
+        wat(&format!(
+            r#"(module (memory (export "memory") 1) (func (export "wizer.initialize") {init}) (func (export "_start")))"#
+        ))
+    };
+    for (init, why) in [
+        ("unreachable", "Trap"),
+        ("(loop $l (br $l))", "Timeout"),
+        ("(if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))", "MemoryLimit"),
+    ] {
+        let started = Instant::now();
+        let err = sb.prepare_with(&module(init), &ready).err().expect(init);
+        assert_eq!(err.kind(), ErrorKind::InvalidProgram, "{init}: {err}");
+        assert!(err.to_string().contains("did not return") && err.to_string().contains(why), "{init}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{init}");
+    }
+    // No initialiser, or pools and snapshot files (the wasm backend keeps no instances).
+    let err = sb.prepare_with(&wat(r#"(module (func (export "_start")))"#), &ready).err().unwrap();
+    assert!(err.to_string().contains("wizer.initialize"), "{err}");
+    let err = sb.prepare_with(&module(""), &ready.clone().pool_size(4)).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Unenforceable, "{err}");
+}

@@ -24,6 +24,7 @@
 pub(crate) mod engine;
 pub(crate) mod guard;
 mod lower;
+mod wizer;
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -112,6 +113,7 @@ impl WasmSandbox {
         program: &Program,
         options: RunOptions,
         started: Instant,
+        mut init: Option<(&wizer::Shape, &mut Option<wizer::Captured>)>,
     ) -> Result<Outcome> {
         let mut run = Run::begin(&self.interrupt, options.handles());
         let control = run.control.clone();
@@ -193,8 +195,8 @@ impl WasmSandbox {
             );
         }
 
-        // Run.
-        let entry = program.entry_point().unwrap_or("_start");
+        // Run (an initialisation being prepared: `wizer.initialize`, see `wizer.rs`).
+        let entry = if init.is_some() { wizer::INIT_EXPORT } else { program.entry_point().unwrap_or("_start") };
         let func = instance.exports.get_function(entry).map_err(|_| {
             Error::invalid_program(if entry == "_start" {
                 "the module has no `_start` export: sandcell runs WASI commands (or set an entry point)".to_owned()
@@ -202,7 +204,14 @@ impl WasmSandbox {
                 format!("the module has no exported function `{entry}`")
             })
         })?;
-        let params = entry_params(func.ty(&store).params(), program, entry)?;
+        let params = if init.is_some() {
+            if !func.ty(&store).params().is_empty() || !func.ty(&store).results().is_empty() {
+                return Err(Error::invalid_program(format!("`{entry}` must take and return nothing")));
+            }
+            Vec::new()
+        } else {
+            entry_params(func.ty(&store).params(), program, entry)?
+        };
         engine::take_grow_refused();
         let guest = tracing::debug_span!("guest").entered();
         // The module's start function first (see `guard::START_EXPORT`), under the same limits.
@@ -215,6 +224,12 @@ impl WasmSandbox {
         drop(guest);
 
         run.finish();
+        // The initialisation returned, unstopped: what it left is the snapshot.
+        if let Some((shape, captured)) = init.as_mut() {
+            if result.is_ok() && control.reason().is_none() {
+                **captured = Some(wizer_state(&instance, &mut store, shape)?);
+            }
+        }
         let cpu = crate::sys::thread_cpu_time().saturating_sub(cpu_start);
         // SAFETY: the stopper is disarmed, nothing else writes the flag; reading it through the
         // global API is ordinary store access.
@@ -258,6 +273,31 @@ impl WasmSandbox {
         let usage = Usage { wall: started.elapsed(), cpu, peak_memory_bytes, fuel, artifact: Some(source) };
         Ok(self.outcome(status, &sink, usage))
     }
+}
+
+/// The memories and globals an initialisation left (exported under `wizer`'s names).
+fn wizer_state(instance: &Instance, store: &mut Store, shape: &wizer::Shape) -> Result<wizer::Captured> {
+    let missing = |what: String| Error::Engine { reason: format!("the instrumented module lacks `{what}`") };
+    let mut captured = wizer::Captured::default();
+    for i in 0..shape.memories {
+        let name = format!("{}{i}", wizer::MEMORY_PREFIX);
+        let memory = instance.exports.get_memory(&name).map_err(|_| missing(name))?;
+        let bytes = memory.view(store).copy_to_vec().map_err(|e| Error::Engine { reason: e.to_string() })?;
+        captured.memories.push(bytes);
+    }
+    for i in 0..shape.globals.len() {
+        let name = format!("{}{i}", wizer::GLOBAL_PREFIX);
+        let global = instance.exports.get_global(&name).map_err(|_| missing(name))?;
+        captured.globals.push(match global.get(store) {
+            Value::I32(v) => Some(wizer::GlobalValue::I32(v)),
+            Value::I64(v) => Some(wizer::GlobalValue::I64(v)),
+            Value::F32(v) => Some(wizer::GlobalValue::F32(v.to_bits())),
+            Value::F64(v) => Some(wizer::GlobalValue::F64(v.to_bits())),
+            Value::V128(v) => Some(wizer::GlobalValue::V128(v)),
+            _ => None,
+        });
+    }
+    Ok(captured)
 }
 
 /// Finds the stop flag global's address.
@@ -378,13 +418,68 @@ impl crate::Sandbox for WasmSandbox {
         let _stacks = crate::wasi::WasmerCalls::begin();
         check_program(program)?;
         let (compiled, source) = tracing::debug_span!("compile").in_scope(|| self.compile(program))?;
-        self.run_compiled(&compiled, source, program, options, started)
+        self.run_compiled(&compiled, source, program, options, started, None)
     }
 
     /// Checks the program and compiles it (or finds it compiled) once.
     fn prepare(&self, program: &Program) -> Result<crate::Prepared<'_>> {
         check_program(program)?;
         let (compiled, _) = tracing::debug_span!("compile").in_scope(|| self.compile(program))?;
+        Ok(crate::Prepared::new(self, program, Box::new(compiled)))
+    }
+
+    /// `until_ready` alone: a snapshot after `wizer.initialize` (see `wizer.rs`). The wasm
+    /// backend keeps no instances between runs and takes no snapshot files.
+    fn prepare_with(&self, program: &Program, options: &crate::PrepareOptions) -> Result<crate::Prepared<'_>> {
+        if options.is_plain() {
+            return self.prepare(program);
+        }
+        if options != &crate::PrepareOptions::new().until_ready(true) {
+            return Err(Error::Unsupported {
+                backend: BackendKind::Wasm,
+                what: "pools of ready instances and snapshot files".into(),
+                reason: "it keeps no instances between runs (instantiating a compiled module is what a run does);                          prepare without options, or with `until_ready` alone for a module that exports                          `wizer.initialize`"
+                    .into(),
+            });
+        }
+        let _span = tracing::info_span!("sandcell.prepare", backend = "wasm").entered();
+        check_program(program)?;
+        let bytes = program.load()?;
+        let (wasm, _) = crate::wasm_module::check(&bytes, &self.lowered.compile)?;
+        crate::wasm_module::validate(&wasm)?;
+        let shape = wizer::shape(&wasm).map_err(Error::invalid_program)?;
+        let instrumented = wizer::instrument(&wasm, &shape).map_err(Error::invalid_program)?;
+        let (compiled, source) = self.lowered.base.module(&instrumented, self.disk.as_ref(), &self.lowered.compile)?;
+        // Under the sandbox's policy, with the program's arguments and environment and no stdin;
+        // what it prints is dropped.
+        let init_program = program.clone().stdin(Vec::new());
+        let _stacks = crate::wasi::WasmerCalls::begin();
+        let mut captured = None;
+        let outcome = tracing::debug_span!("initialize").in_scope(|| {
+            self.run_compiled(
+                &compiled,
+                source,
+                &init_program,
+                RunOptions::new(),
+                Instant::now(),
+                Some((&shape, &mut captured)),
+            )
+        })?;
+        let Some(captured) = captured else {
+            return Err(Error::invalid_program(format!(
+                "`{}` did not return: {:?}{}",
+                wizer::INIT_EXPORT,
+                outcome.status,
+                match String::from_utf8_lossy(&outcome.stderr).trim() {
+                    "" => String::new(),
+                    e => format!(" (stderr: {e})"),
+                }
+            )));
+        };
+        let snapshot = wizer::snapshot(&wasm, &shape, &captured).map_err(Error::invalid_program)?;
+        drop(captured);
+        let (compiled, _) = tracing::debug_span!("compile")
+            .in_scope(|| self.lowered.base.module(&snapshot, self.disk.as_ref(), &self.lowered.compile))?;
         Ok(crate::Prepared::new(self, program, Box::new(compiled)))
     }
 
@@ -401,7 +496,7 @@ impl crate::Sandbox for WasmSandbox {
         };
         let program = &*options.program(prepared.program());
         let _stacks = crate::wasi::WasmerCalls::begin();
-        self.run_compiled(compiled, ArtifactSource::Prepared, program, options, started)
+        self.run_compiled(compiled, ArtifactSource::Prepared, program, options, started, None)
     }
 
     fn interrupt_handle(&self) -> InterruptHandle {
