@@ -198,6 +198,10 @@ impl Run {
     pub(crate) fn begin<'a>(sandbox: &'a InterruptHandle, run: impl IntoIterator<Item = &'a InterruptHandle>) -> Run {
         let control = RunControl::new();
         let attachments = std::iter::once(sandbox).chain(run).map(|h| h.attach(&control)).collect();
+        // The watchdog thread starts now (once per process), not once the guest runs: a thread
+        // that starts maps and unmaps memory, and on a virtualised host the TLB shootdowns that
+        // sends to the guest's CPU cost a micro-VM guest hundreds of microseconds.
+        watchdog::start();
         Run { control, _attachments: attachments, timers: Vec::new() }
     }
 
@@ -340,6 +344,11 @@ pub(crate) mod watchdog {
                 }
             }),
         )
+    }
+
+    /// Starts the watchdog thread if it is not running yet.
+    pub(crate) fn start() {
+        shared();
     }
 
     /// Calls `task` on the watchdog thread at `at` (and again at whatever it returns).

@@ -107,6 +107,7 @@ impl MicroVmSandbox {
         let cache = builder.cache_dir.as_deref().map(crate::cache::ArtifactCache::open).transpose()?;
         let lowered = tracing::debug_span!("lower").in_scope(|| lower::lower(&policy, wasi::proxy_engine()))?;
         arena::sandbox_created();
+        vm::pool::prewarm(seccomp_vcpu::filter());
         Ok(MicroVmSandbox {
             policy,
             lowered,
