@@ -61,7 +61,8 @@ impl PrepareOptions {
     /// sandbox's policy, and the memories and globals it leaves become a new module that every
     /// run starts (tables are not captured, as with Wizer). Each run then has its own stdin; the
     /// arguments and environment are those the program read before it was ready. Output written
-    /// before ready is discarded; a program that ends before it is ready fails `prepare_with`.
+    /// before ready is discarded (past the policy's output cap it stops the program, as in a
+    /// run); a program that ends, fails or is stopped before it is ready fails `prepare_with`.
     /// The process backend refuses it.
     pub fn until_ready(mut self, yes: bool) -> Self {
         self.until_ready = yes;

@@ -107,6 +107,11 @@ fn code_and_read_only_data_in_large_pages_keep_w_xor_x() {
         }
         let out = run("hc_write_from_code");
         assert!(text(&out.stdout).ends_with("wrote 4\nhc_write_from_code: survived\n"), "{}", text(&out.stdout));
+        // What the large page maps beyond the code reads as zeros, run after run.
+        for _ in 0..2 {
+            let out = run("gap");
+            assert!(text(&out.stdout).starts_with("gap 0x0\n"), "{:?} {}", out.status, text(&out.stdout));
+        }
     }
 }
 

@@ -458,6 +458,12 @@ const HOT_HEAP_WASM: u64 = 64 * PAGE;
 /// Exceptions for which the CPU pushes an error code.
 const HAS_ERROR_CODE: [u8; 8] = [8, 10, 11, 12, 13, 14, 17, 21];
 
+/// Where the page-directory entry for the heap's 2 MiB page at `addr` lies in guest memory, and
+/// the entry as [`build`] writes it.
+pub(crate) fn heap_entry(addr: u64) -> (u64, u64) {
+    (layout::PAGE_TABLES + 2 * PAGE + (addr / LARGE) * 8, addr | P | W | U | A | D | PS | NX)
+}
+
 /// Builds the image for `loaded` (and, for the wasm runtime, the module bytes `data`).
 pub(crate) fn build(loaded: Loaded, data: &[u8], ram: u64, vcpus: u32) -> Result<Arc<GuestImage>> {
     let setup = |what: &'static str| move |e: io::Error| Error::setup(format!("build the guest image ({what})"), e);
@@ -610,8 +616,10 @@ pub(crate) fn build(loaded: Loaded, data: &[u8], ram: u64, vcpus: u32) -> Result
     }
     let mut addr = layout::HEAP;
     while addr + LARGE <= ram {
-        let flags = if addr < heap_start { P | U | A | PS | NX } else { P | W | U | A | D | PS | NX };
-        w.u64(pd + (addr / LARGE) * 8, addr | flags).map_err(setup("page tables"))?;
+        let (at, entry) = heap_entry(addr);
+        debug_assert_eq!(at, pd + (addr / LARGE) * 8);
+        let entry = if addr < heap_start { addr | P | U | A | PS | NX } else { entry };
+        w.u64(at, entry).map_err(setup("page tables"))?;
         addr += LARGE;
     }
     let pte =

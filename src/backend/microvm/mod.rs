@@ -894,7 +894,8 @@ impl Session<'_> {
     /// stacks and heap).
     fn check_inside(&self, span: Span) -> std::result::Result<(), String> {
         // An empty buffer touches nothing (an empty slice's address is dangling, e.g. 0x1).
-        if span.len > 0 && (span.addr < layout::IMAGE || span.end() > self.image.ram) {
+        // Past the RAM registered so far (see `vm::RamSlots`) the guest reaches nothing either.
+        if span.len > 0 && (span.addr < layout::IMAGE || span.end() > self.vm.ram_ready()) {
             return Err(format!("buffer {:#x}+{:#x} is outside the guest's memory", span.addr, span.len));
         }
         Ok(())

@@ -87,9 +87,6 @@ pub(super) unsafe fn map_file_over(
     Ok(())
 }
 
-/// Faults the pages of `[addr, addr + len)` in, writable (`MADV_POPULATE_WRITE`: a private
-/// mapping's pages are copied now instead of at the first write). Best effort: the result is not
-/// checked.
 /// Asks for transparent huge pages in `[addr, addr+len)` (`MADV_HUGEPAGE`). A hint: where the
 /// host has them off, or the range is not 2 MiB-aligned, small pages serve.
 pub(super) fn advise_huge(addr: *mut u8, len: usize) {
@@ -97,6 +94,9 @@ pub(super) fn advise_huge(addr: *mut u8, len: usize) {
     unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) };
 }
 
+/// Faults the pages of `[addr, addr + len)` in, writable (`MADV_POPULATE_WRITE`: a private
+/// mapping's pages are copied now instead of at the first write). Best effort: the result is not
+/// checked.
 pub(super) fn populate_write(addr: *mut u8, len: usize) {
     const MADV_POPULATE_WRITE: i32 = 23;
     // SAFETY: MADV_POPULATE_WRITE changes no byte of memory, only whether pages are present

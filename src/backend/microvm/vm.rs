@@ -105,7 +105,6 @@ pub(crate) enum Event {
     Interrupted { cpu: u32 },
 }
 
-/// What kind of fault ended a vCPU (a VM exit no guest may cause).
 /// How a machine backs the image's large code regions (see [`Machine::create`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Code {
@@ -118,6 +117,7 @@ pub(crate) enum Code {
 /// A large page of the guest's page tables.
 const LARGE_PAGE: u64 = 0x20_0000;
 
+/// What kind of fault ended a vCPU (a VM exit no guest may cause).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FaultKind {
     /// Port I/O other than a hypercall: a bad host call.
@@ -171,11 +171,13 @@ const MAX_SLOTS: u32 = 16;
 impl RamSlots {
     /// Registers guest RAM up to at least `end` (rounded up, at least doubling what is
     /// registered, never past the end of RAM). Returns where registered RAM now ends.
-    fn grow(&mut self, vm: &VmFd, end: u64) -> u64 {
-        if end <= self.ready || self.ready >= self.size {
+    fn grow(&mut self, vm: &VmFd, memory: &GuestMemoryMmap, end: u64) -> u64 {
+        let end = end.min(self.size);
+        if end <= self.ready {
             return self.ready;
         }
-        let mut to = end.max(self.ready.saturating_mul(2)).next_multiple_of(LARGE_PAGE).min(self.size);
+        // `size` is at most 2 GiB (`layout::MAX_RAM`): nothing here can overflow.
+        let mut to = end.max(self.ready * 2).next_multiple_of(LARGE_PAGE).min(self.size);
         if self.slots + 1 >= MAX_SLOTS {
             to = self.size;
         }
@@ -189,11 +191,24 @@ impl RamSlots {
         // SAFETY: the range is part of the machine's guest memory mapping, which the machine
         // keeps until the VM file descriptor is closed, and overlaps no registered slot.
         if unsafe { vm.set_user_memory_region(slot) }.is_ok() {
-            self.ready = to;
-            self.slots += 1;
+            // Then the guest's page tables map it (they did not, so that an access there was a
+            // page fault in the guest, not an access to memory KVM would have to emulate).
+            if set_heap_entries(memory, self.ready, to, true) {
+                self.ready = to;
+                self.slots += 1;
+            }
         }
         self.ready
     }
+}
+
+/// Makes the guest's page-directory entries for the heap's 2 MiB pages in `[from, to)` present
+/// (as the image built them) or not present. Returns false if guest memory could not be written.
+fn set_heap_entries(memory: &GuestMemoryMmap, from: u64, to: u64, present: bool) -> bool {
+    (from..to).step_by(LARGE_PAGE as usize).all(|addr| {
+        let (at, entry) = super::image::heap_entry(addr);
+        memory.write_obj(if present { entry } else { 0 }, GuestAddress(at)).is_ok()
+    })
 }
 
 /// A running VM.
@@ -338,6 +353,14 @@ impl Machine {
             .in_scope(|| unsafe { vm.set_user_memory_region(slot) })
             .map_err(kvm_err("give the VM its memory"))?;
         let ram = RamSlots { ready, slots: 1, size: image.ram, host: host_addr };
+        if ready < image.ram && !set_heap_entries(&memory, ready, image.ram / LARGE_PAGE * LARGE_PAGE, false) {
+            return Err(Error::setup("map guest memory", std::io::Error::other("cannot write the page tables")));
+        }
+        // A private code region is a mapping of its own until the arena's front is reset.
+        let content_end = match code {
+            Code::Private => image.large_code.iter().map(|c| c.region + LARGE_PAGE).fold(image.content_end, u64::max),
+            Code::Shared => image.content_end,
+        };
         tracing::debug_span!("populate").in_scope(|| {
             for (start, end) in &image.hot {
                 // The range lies inside the mapping (the image builder keeps it below `ram`).
@@ -366,7 +389,7 @@ impl Machine {
         Ok(Machine {
             memory,
             arena,
-            content_end: image.content_end as usize,
+            content_end: content_end as usize,
             vm,
             vcpus,
             complete: true,
@@ -506,7 +529,12 @@ impl Vm {
     /// Makes guest RAM usable up to at least `end` if it is not yet (`op::RAM`), as far as the
     /// end of guest RAM. Returns where usable RAM now ends.
     pub(crate) fn grow_ram(&self, end: u64) -> u64 {
-        self.ram.lock().grow(&self.vm, end)
+        self.ram.lock().grow(&self.vm, &self.memory, end)
+    }
+
+    /// Where the guest RAM registered so far ends (the guest can reach nothing past it).
+    pub(crate) fn ram_ready(&self) -> u64 {
+        self.ram.lock().ready
     }
 
     /// Makes every vCPU stop at its next entry into the guest, without running an instruction:

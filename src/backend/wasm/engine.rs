@@ -347,6 +347,14 @@ impl BaseEngine {
 }
 
 impl BaseEngine {
+    /// Compiles `program` within its budgets and keeps it in no cache (a module made for one
+    /// prepared program: a snapshot after initialisation).
+    pub(crate) fn compile_uncached(&self, program: &[u8], limits: &CompileLimits) -> Result<CompiledModule> {
+        let module = self.compile(program, limits)?;
+        let imported: std::collections::BTreeSet<String> = module.imports().map(|i| i.name().to_owned()).collect();
+        Ok(CompiledModule { module, uses_wasi: !imported.is_empty(), imported: imported.into() })
+    }
+
     /// Compiles `wasm` on `engine` (a clone of this one) with no budget: for sandcell's own tests.
     pub(crate) fn compile_unbudgeted(&self, engine: &Engine, wasm: &[u8]) -> std::result::Result<Module, String> {
         let _one_at_a_time = self.compiling.lock();

@@ -438,8 +438,11 @@ impl crate::Sandbox for WasmSandbox {
             return Err(Error::Unsupported {
                 backend: BackendKind::Wasm,
                 what: "pools of ready instances and snapshot files".into(),
-                reason: "it keeps no instances between runs (instantiating a compiled module is what a run does);                          prepare without options, or with `until_ready` alone for a module that exports                          `wizer.initialize`"
-                    .into(),
+                reason: concat!(
+                    "it keeps no instances between runs (instantiating a compiled module is what a run does); ",
+                    "prepare without options, or with `until_ready` alone for a module that exports `wizer.initialize`"
+                )
+                .into(),
             });
         }
         let _span = tracing::info_span!("sandcell.prepare", backend = "wasm").entered();
@@ -466,20 +469,24 @@ impl crate::Sandbox for WasmSandbox {
             )
         })?;
         let Some(captured) = captured else {
+            let stderr = String::from_utf8_lossy(&outcome.stderr);
+            let stderr: String = stderr.trim().chars().take(1000).collect();
             return Err(Error::invalid_program(format!(
                 "`{}` did not return: {:?}{}",
                 wizer::INIT_EXPORT,
                 outcome.status,
-                match String::from_utf8_lossy(&outcome.stderr).trim() {
-                    "" => String::new(),
-                    e => format!(" (stderr: {e})"),
-                }
+                if stderr.is_empty() { String::new() } else { format!(" (stderr: {stderr})") }
             )));
         };
-        let snapshot = wizer::snapshot(&wasm, &shape, &captured).map_err(Error::invalid_program)?;
+        // The snapshot holds what the initialiser left in memory: it is held to the module-size
+        // budget while it is written, and compiled without the module caches (another
+        // initialisation makes another module, which no other run would find there).
+        let snapshot = wizer::snapshot(&wasm, &shape, &captured, self.lowered.compile.max_module_size)
+            .map_err(Error::invalid_program)?;
         drop(captured);
-        let (compiled, _) = tracing::debug_span!("compile")
-            .in_scope(|| self.lowered.base.module(&snapshot, self.disk.as_ref(), &self.lowered.compile))?;
+        crate::wasm_module::validate(&snapshot)?;
+        let compiled = tracing::debug_span!("compile")
+            .in_scope(|| self.lowered.base.compile_uncached(&snapshot, &self.lowered.compile))?;
         Ok(crate::Prepared::new(self, program, Box::new(compiled)))
     }
 

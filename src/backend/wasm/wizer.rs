@@ -15,9 +15,14 @@
 //! (arguments, environment, files, random bytes) is baked into the snapshot. A module that
 //! imports a memory or uses 64-bit memories or custom page sizes is refused.
 //!
+//! Passive element segments dropped during the initialisation are back too, and so are
+//! passive data segments.
+//!
 //! Everything here is byte surgery on a module that passed validation: sections that do not
-//! change are copied as they are, the others re-encoded with the helpers below. The result is
-//! validated again before it is compiled.
+//! change are copied as they are, the others re-encoded with the helpers below. The snapshot is
+//! held to the module-size budget while it is written, has at most [`MAX_SEGMENTS`] data
+//! segments of its own, and is validated again (and compiled within the compile budgets)
+//! before anything runs it.
 
 use std::ops::Range;
 
@@ -29,8 +34,12 @@ pub(crate) const INIT_EXPORT: &str = "wizer.initialize";
 pub(crate) const GLOBAL_PREFIX: &str = "sandcell:wizer:global:";
 pub(crate) const MEMORY_PREFIX: &str = "sandcell:wizer:memory:";
 
-/// Zero bytes shorter than this between non-zero ones stay in one data segment.
+/// Zero bytes shorter than this between non-zero ones stay in one data segment (the gap doubles
+/// until the memories fit [`MAX_SEGMENTS`]).
 const GAP: usize = 32;
+/// At most this many data segments for the memories' contents (validators refuse more than
+/// 100,000 segments in a module).
+pub(crate) const MAX_SEGMENTS: usize = 10_000;
 
 /// The value of one defined global after initialisation (`None`: not captured, keep the
 /// module's own initial value).
@@ -153,6 +162,8 @@ fn name(out: &mut Vec<u8>, name: &str) {
 }
 
 fn section(out: &mut Vec<u8>, id: u8, content: &[u8]) {
+    // Callers keep every section under the module-size budget, far below 4 GiB.
+    debug_assert!(u32::try_from(content.len()).is_ok());
     out.push(id);
     leb_u32(out, content.len() as u32);
     out.extend_from_slice(content);
@@ -221,19 +232,17 @@ pub(crate) fn instrument(bytes: &[u8], shape: &Shape) -> Result<Vec<u8>, String>
     Ok(out)
 }
 
-/// The module as the initialisation left it (see the module's documentation).
-pub(crate) fn snapshot(bytes: &[u8], shape: &Shape, captured: &Captured) -> Result<Vec<u8>, String> {
-    if captured.memories.len() != shape.memories as usize || captured.globals.len() != shape.globals.len() {
-        return Err("the initialised instance does not match the module".into());
-    }
-    let mut segments: Vec<(u32, usize, &[u8])> = Vec::new();
-    for (m, memory) in captured.memories.iter().enumerate() {
+/// The non-zero runs of `memories`, zero gaps shorter than `gap` included, as (memory index,
+/// offset, bytes); `None` once there would be more than `max` of them.
+fn runs(memories: &[Vec<u8>], first_index: u32, gap: usize, max: usize) -> Option<Vec<(u32, usize, &[u8])>> {
+    let mut segments = Vec::new();
+    for (m, memory) in memories.iter().enumerate() {
         let mut at = 0;
         while let Some(start) = memory[at..].iter().position(|&b| b != 0).map(|p| p + at) {
             let mut end = start;
             let mut zeros = 0;
             let mut i = start;
-            while i < memory.len() && zeros < GAP {
+            while i < memory.len() && zeros < gap {
                 if memory[i] == 0 {
                     zeros += 1;
                 } else {
@@ -242,9 +251,38 @@ pub(crate) fn snapshot(bytes: &[u8], shape: &Shape, captured: &Captured) -> Resu
                 }
                 i += 1;
             }
-            segments.push((shape.imported_memories + m as u32, start, &memory[start..end]));
+            if segments.len() == max {
+                return None;
+            }
+            segments.push((first_index + m as u32, start, &memory[start..end]));
             at = end;
         }
+    }
+    Some(segments)
+}
+
+/// The module as the initialisation left it (see the module's documentation), at most
+/// `max_size` bytes.
+pub(crate) fn snapshot(bytes: &[u8], shape: &Shape, captured: &Captured, max_size: u64) -> Result<Vec<u8>, String> {
+    if captured.memories.len() != shape.memories as usize || captured.globals.len() != shape.globals.len() {
+        return Err("the initialised instance does not match the module".into());
+    }
+    if captured.memories.iter().any(|m| m.len() as u64 > u64::from(u32::MAX)) {
+        return Err("a memory of 4 GiB cannot be snapshotted".into());
+    }
+    let mut gap = GAP;
+    let segments = loop {
+        if let Some(s) = runs(&captured.memories, shape.imported_memories, gap, MAX_SEGMENTS) {
+            break s;
+        }
+        gap = gap.saturating_mul(2);
+    };
+    let too_big = || {
+        format!("the initialised memories do not fit a module of {max_size} bytes (the compile budget's module size)")
+    };
+    let contents: u64 = segments.iter().map(|(_, _, d)| d.len() as u64 + 16).sum();
+    if contents.saturating_add(bytes.len() as u64) > max_size {
+        return Err(too_big());
     }
     let mut out = bytes[..8].to_vec();
     let mut wrote_data = false;
@@ -321,8 +359,8 @@ pub(crate) fn snapshot(bytes: &[u8], shape: &Shape, captured: &Captured) -> Resu
         section(&mut out, id, &content);
     }
     if !wrote_data && !segments.is_empty() {
-        // No data section: one at the end (after the code, where it belongs; a module with a
-        // data count section always has a data section).
+        // No data section: one at the end, after the code, where it belongs (a data count
+        // section, if any, was counted above with the new segments).
         let mut content = Vec::new();
         leb_u32(&mut content, segments.len() as u32);
         for (memory, at, data) in &segments {
@@ -332,6 +370,9 @@ pub(crate) fn snapshot(bytes: &[u8], shape: &Shape, captured: &Captured) -> Resu
         let tail = out.split_off(out.len() - custom_tail);
         section(&mut out, 11, &content);
         out.extend_from_slice(&tail);
+    }
+    if out.len() as u64 > max_size {
+        return Err(too_big());
     }
     Ok(out)
 }
@@ -359,8 +400,6 @@ fn trailing_custom(bytes: &[u8]) -> Result<usize, String> {
         let payload = payload.map_err(bad)?;
         let Some((id, r)) = payload.as_section() else { continue };
         // The section as copied: its id, its size's encoding, its content.
-        let mut copied = Vec::new();
-        section(&mut copied, id, &[]);
         let size = (r.end - r.start) as usize;
         let mut leb = Vec::new();
         leb_u32(&mut leb, size as u32);
@@ -407,7 +446,7 @@ mod tests {
         memory[100..105].copy_from_slice(b"hello");
         memory[70000] = 9;
         let captured = Captured { memories: vec![memory], globals: vec![Some(GlobalValue::I32(-7)), None] };
-        let snap = snapshot(&bytes, &shape, &captured).unwrap();
+        let snap = snapshot(&bytes, &shape, &captured, 1 << 30).unwrap();
         validate(&snap);
         let module = Module::new(&store, &snap).unwrap();
         assert!(module.exports().all(|e| e.name() != INIT_EXPORT));
@@ -431,6 +470,33 @@ mod tests {
         assert_eq!(read(16, 6), [0; 6]);
         assert_eq!(read(200, 1), [0]);
         assert_eq!(read(300, 7), b"passive");
+    }
+
+    #[test]
+    fn a_sparse_memory_makes_a_bounded_number_of_segments_and_a_large_one_is_refused() {
+        let bytes = wasmer::wat2wasm(
+            br#"(module (memory (export "memory") 32) (func (export "wizer.initialize")) (func (export "_start")))"#,
+        )
+        .unwrap()
+        .into_owned();
+        let shape = shape(&bytes).unwrap();
+        // One non-zero byte every 64: 32,768 runs at the first gap.
+        let mut memory = vec![0u8; 32 * 65536];
+        for b in memory.iter_mut().step_by(64) {
+            *b = 1;
+        }
+        let captured = Captured { memories: vec![memory], globals: vec![] };
+        let snap = snapshot(&bytes, &shape, &captured, 1 << 30).unwrap();
+        validate(&snap);
+        let count = Parser::new(0)
+            .parse_all(&snap)
+            .find_map(|p| match p.unwrap() {
+                Payload::DataSection(r) => Some(r.count()),
+                _ => None,
+            })
+            .unwrap();
+        assert!(count as usize <= MAX_SEGMENTS, "{count}");
+        assert!(snapshot(&bytes, &shape, &captured, 64 << 10).unwrap_err().contains("module size"));
     }
 
     #[test]

@@ -139,6 +139,13 @@ fn main() -> i32 {
                 f();
             }
             "write_code" => core::ptr::write_volatile(main as *const () as *mut u8, 0x90),
+            "gap" => {
+                // The last word of the 2 MiB region that holds this program's code: no segment
+                // covers it (in `vm-hostile-large`, mapped by the code's large page).
+                let region = (main as *const () as u64) & !0x1f_ffff;
+                let word = core::ptr::read_volatile((region + 0x20_0000 - 8) as *const u64);
+                println!("gap {word:#x}");
+            }
             "stack_overflow" => {
                 recurse(0);
             }
