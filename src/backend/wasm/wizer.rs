@@ -26,6 +26,7 @@
 
 use std::ops::Range;
 
+use wasm_encoder::Encode;
 use wasmer::wasmparser::{DataKind, Parser, Payload, ValType};
 
 /// The export that does a module's initialisation.
@@ -132,41 +133,10 @@ pub(crate) fn shape(bytes: &[u8]) -> Result<Shape, String> {
     Ok(shape)
 }
 
-fn leb_u32(out: &mut Vec<u8>, mut v: u32) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn leb_i64(out: &mut Vec<u8>, mut v: i64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        let done = (v == 0 && byte & 0x40 == 0) || (v == -1 && byte & 0x40 != 0);
-        out.push(if done { byte } else { byte | 0x80 });
-        if done {
-            return;
-        }
-    }
-}
-
-fn name(out: &mut Vec<u8>, name: &str) {
-    leb_u32(out, name.len() as u32);
-    out.extend_from_slice(name.as_bytes());
-}
-
 fn section(out: &mut Vec<u8>, id: u8, content: &[u8]) {
     // Callers keep every section under the module-size budget, far below 4 GiB.
-    debug_assert!(u32::try_from(content.len()).is_ok());
     out.push(id);
-    leb_u32(out, content.len() as u32);
-    out.extend_from_slice(content);
+    content.encode(out);
 }
 
 /// A constant expression for `value`.
@@ -175,11 +145,11 @@ fn const_expr(value: GlobalValue) -> Vec<u8> {
     match value {
         GlobalValue::I32(v) => {
             e.push(0x41);
-            leb_i64(&mut e, i64::from(v));
+            v.encode(&mut e);
         }
         GlobalValue::I64(v) => {
             e.push(0x42);
-            leb_i64(&mut e, v);
+            v.encode(&mut e);
         }
         GlobalValue::F32(bits) => {
             e.push(0x43);
@@ -209,20 +179,20 @@ pub(crate) fn instrument(bytes: &[u8], shape: &Shape) -> Result<Vec<u8>, String>
         if let Payload::ExportSection(reader) = &payload {
             let mut content = Vec::new();
             let added = shape.globals.len() as u32 + shape.memories;
-            leb_u32(&mut content, reader.count() + added);
+            (reader.count() + added).encode(&mut content);
             // The existing entries as they are.
             let first = reader.clone().into_iter_with_offsets().next().map(|e| e.map(|(o, _)| o as usize)).transpose();
             let first = first.map_err(bad)?.unwrap_or(r.end);
             content.extend_from_slice(&bytes[first..r.end]);
             for i in 0..shape.globals.len() as u32 {
-                name(&mut content, &format!("{GLOBAL_PREFIX}{i}"));
+                format!("{GLOBAL_PREFIX}{i}").as_str().encode(&mut content);
                 content.push(0x03);
-                leb_u32(&mut content, shape.imported_globals + i);
+                (shape.imported_globals + i).encode(&mut content);
             }
             for i in 0..shape.memories {
-                name(&mut content, &format!("{MEMORY_PREFIX}{i}"));
+                format!("{MEMORY_PREFIX}{i}").as_str().encode(&mut content);
                 content.push(0x02);
-                leb_u32(&mut content, shape.imported_memories + i);
+                (shape.imported_memories + i).encode(&mut content);
             }
             section(&mut out, id, &content);
         } else {
@@ -295,20 +265,20 @@ pub(crate) fn snapshot(bytes: &[u8], shape: &Shape, captured: &Captured, max_siz
             // The start function ran before the initialisation.
             Payload::StartSection { .. } => continue,
             Payload::MemorySection(reader) => {
-                leb_u32(&mut content, reader.count());
+                reader.count().encode(&mut content);
                 for (i, memory) in reader.into_iter().enumerate() {
                     let memory = memory.map_err(bad)?;
                     let pages = (captured.memories[i].len() / 65536) as u64;
                     let flags = u8::from(memory.maximum.is_some()) | (u8::from(memory.shared) << 1);
                     content.push(flags);
-                    leb_u32(&mut content, pages.max(memory.initial) as u32);
+                    (pages.max(memory.initial) as u32).encode(&mut content);
                     if let Some(max) = memory.maximum {
-                        leb_u32(&mut content, max as u32);
+                        (max as u32).encode(&mut content);
                     }
                 }
             }
             Payload::GlobalSection(reader) => {
-                leb_u32(&mut content, reader.count());
+                reader.count().encode(&mut content);
                 for (i, entry) in reader.into_iter_with_offsets().enumerate() {
                     let (offset, global) = entry.map_err(bad)?;
                     let offset = offset as usize;
@@ -325,18 +295,18 @@ pub(crate) fn snapshot(bytes: &[u8], shape: &Shape, captured: &Captured, max_siz
             Payload::ExportSection(reader) => {
                 let entries: Vec<_> = reader.into_iter_with_offsets().collect::<Result<_, _>>().map_err(bad)?;
                 let kept: Vec<usize> = (0..entries.len()).filter(|&i| entries[i].1.name != INIT_EXPORT).collect();
-                leb_u32(&mut content, kept.len() as u32);
+                (kept.len() as u32).encode(&mut content);
                 for i in kept {
                     let end = entries.get(i + 1).map_or(r.end, |(o, _)| *o as usize);
                     content.extend_from_slice(&bytes[entries[i].0 as usize..end]);
                 }
             }
             Payload::DataCountSection { count, .. } => {
-                leb_u32(&mut content, count + segments.len() as u32);
+                (count + segments.len() as u32).encode(&mut content);
             }
             Payload::DataSection(reader) => {
                 wrote_data = true;
-                leb_u32(&mut content, reader.count() + segments.len() as u32);
+                (reader.count() + segments.len() as u32).encode(&mut content);
                 let entries: Vec<_> = reader.into_iter_with_offsets().collect::<Result<_, _>>().map_err(bad)?;
                 for (i, (offset, data)) in entries.iter().enumerate() {
                     let end = entries.get(i + 1).map_or(r.end, |(o, _)| *o as usize);
@@ -362,7 +332,7 @@ pub(crate) fn snapshot(bytes: &[u8], shape: &Shape, captured: &Captured, max_siz
         // No data section: one at the end, after the code, where it belongs (a data count
         // section, if any, was counted above with the new segments).
         let mut content = Vec::new();
-        leb_u32(&mut content, segments.len() as u32);
+        (segments.len() as u32).encode(&mut content);
         for (memory, at, data) in &segments {
             active(&mut content, *memory, *at, data);
         }
@@ -383,12 +353,12 @@ fn active(out: &mut Vec<u8>, memory: u32, at: usize, data: &[u8]) {
         out.push(0x00);
     } else {
         out.push(0x02);
-        leb_u32(out, memory);
+        memory.encode(out);
     }
     out.push(0x41);
-    leb_i64(out, i64::from(at as u32 as i32));
+    (at as u32 as i32).encode(out);
     out.push(0x0b);
-    leb_u32(out, data.len() as u32);
+    (data.len() as u32).encode(out);
     out.extend_from_slice(data);
 }
 
@@ -402,7 +372,7 @@ fn trailing_custom(bytes: &[u8]) -> Result<usize, String> {
         // The section as copied: its id, its size's encoding, its content.
         let size = (r.end - r.start) as usize;
         let mut leb = Vec::new();
-        leb_u32(&mut leb, size as u32);
+        (size as u32).encode(&mut leb);
         let len = 1 + leb.len() + size;
         tail = if id == 0 { tail + len } else { 0 };
     }
@@ -497,6 +467,27 @@ mod tests {
             .unwrap();
         assert!(count as usize <= MAX_SEGMENTS, "{count}");
         assert!(snapshot(&bytes, &shape, &captured, 64 << 10).unwrap_err().contains("module size"));
+    }
+
+    #[test]
+    fn a_module_without_data_gets_a_data_section_before_its_custom_sections() {
+        // Named functions: wat2wasm ends the module with a `name` custom section.
+        let wat = r#"(module (memory (export "memory") 1)
+            (func $init (export "wizer.initialize")) (func $run (export "_start")))"#;
+        let bytes = wasmer::wat2wasm(wat.as_bytes()).unwrap().into_owned();
+        assert!(trailing_custom(&bytes).unwrap() > 0);
+        let shape = shape(&bytes).unwrap();
+        let mut memory = vec![0u8; 65536];
+        memory[8..11].copy_from_slice(b"abc");
+        let snap = snapshot(&bytes, &shape, &Captured { memories: vec![memory], globals: vec![] }, 1 << 30).unwrap();
+        validate(&snap);
+        let mut store = Store::default();
+        let module = Module::new(&store, &snap).unwrap();
+        let instance = Instance::new(&mut store, &module, &imports! {}).unwrap();
+        let mut b = [0u8; 3];
+        instance.exports.get_memory("memory").unwrap().view(&store).read(8, &mut b).unwrap();
+        assert_eq!(&b, b"abc");
+        assert_eq!(trailing_custom(&snap).unwrap(), trailing_custom(&bytes).unwrap());
     }
 
     #[test]
