@@ -452,6 +452,8 @@ impl BootInfo {
     pub const FIELDS: usize = 17;
     /// Size of the header in bytes: the strings start here.
     pub const SIZE: u64 = Self::FIELDS as u64 * 8;
+    /// Where [`BootInfo::ram_ready`] lies in the header (the last field).
+    pub const RAM_READY_AT: u64 = Self::SIZE - 8;
 
     fn fields(&self) -> [u64; Self::FIELDS] {
         [

@@ -233,7 +233,6 @@ impl MicroVmSandbox {
         wasm: bool,
         stdin: Option<&StdinSource>,
         preparing: bool,
-        one_shot: bool,
     ) -> Result<(Vec<u8>, usize)> {
         let mut strings = Vec::new();
         let mut argc = 0u64;
@@ -288,8 +287,8 @@ impl MicroVmSandbox {
             stdin_more: u64::from(streamed || inline < stdin.len()),
             memory_cap: if wasm { self.lowered.linear_memory.unwrap_or(u64::MAX) } else { u64::MAX },
             snapshot: u64::from(preparing),
-            // As `Machine::create` registers it (see `vm::Code`).
-            ram_ready: if one_shot { image.initial_ram() } else { image.ram },
+            // Set by the machine the boot information is written into (`Machine::write_boot`).
+            ram_ready: image.ram,
         };
         let mut boot = info.to_bytes().to_vec();
         boot.extend_from_slice(&strings);
@@ -357,11 +356,8 @@ impl MicroVmSandbox {
         let after_ready = prepared.is_some_and(|p| p.ready);
         // Restored after ready, the guest has read its boot information long ago: the run's
         // arguments cannot change, its stdin comes by hypercall.
-        let (boot, stdin_inline) = if after_ready {
-            (Vec::new(), 0)
-        } else {
-            self.boot_info(&image, program, wasm, stdin.as_ref(), false, pool.is_none())?
-        };
+        let (boot, stdin_inline) =
+            if after_ready { (Vec::new(), 0) } else { self.boot_info(&image, program, wasm, stdin.as_ref(), false)? };
 
         let mut run = Run::begin(&self.interrupt, options.handles());
         let control = run.control.clone();
@@ -636,7 +632,7 @@ impl MicroVmSandbox {
         mode: ReadyCall,
     ) -> Result<std::result::Result<vm::Machine, String>> {
         let started = Instant::now();
-        let (boot, _) = self.boot_info(image, program, wasm, None, true, false)?;
+        let (boot, _) = self.boot_info(image, program, wasm, None, true)?;
         // The preparing run's stdin is empty (each run restored from it has its own).
         let program = &program.clone().stdin(Vec::new());
         let machine = vm::Machine::create(image, vm::Code::Shared)?;
@@ -1308,7 +1304,7 @@ impl crate::Sandbox for MicroVmSandbox {
             });
         }
         let at_entry = || -> Result<vm::Machine> {
-            let (boot, _) = self.boot_info(&image, program, wasm, None, false, false)?;
+            let (boot, _) = self.boot_info(&image, program, wasm, None, false)?;
             let machine =
                 tracing::debug_span!("vm.create").in_scope(|| vm::Machine::create(&image, vm::Code::Shared))?;
             if let Err(e) = machine.write_boot(&boot) {

@@ -399,10 +399,14 @@ impl Machine {
     }
 
     /// Writes a run's boot information.
+    /// The header's `ram_ready` is this machine's: how much RAM it registered (see `Code`).
     pub(crate) fn write_boot(&self, boot: &[u8]) -> Result<()> {
         self.memory
             .write_slice(boot, GuestAddress(layout::BOOT_INFO))
-            .map_err(|_| Error::invalid_program("arguments and environment do not fit the boot area"))
+            .map_err(|_| Error::invalid_program("arguments and environment do not fit the boot area"))?;
+        self.memory
+            .write_obj(self.ram.ready, GuestAddress(layout::BOOT_INFO + sandcell_abi::BootInfo::RAM_READY_AT))
+            .map_err(|_| Error::setup("write the boot information", std::io::Error::other("outside guest memory")))
     }
 
     /// The host address of guest RAM and its length.
